@@ -1,0 +1,5 @@
+export { NbdClient } from './nbd-client.ts'
+export type { BlockStatus, BlockStatusOptions, MapExtent, Offset, RequestOptions, WriteOptions, ZeroOptions } from './nbd-client.ts'
+export type { NbdClientOptions } from './options.ts'
+export { NBD_CLIENT_STATE, stateChannel } from './engine.ts'
+export type { NbdClientState, StateChange } from './engine.ts'

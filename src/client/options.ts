@@ -1,0 +1,117 @@
+/**
+ * Client options: what the caller may set, the defaults, and the checks that turn a URI or
+ * an options bag into what the engine and the connector need.
+ */
+import { InvalidArgumentError, NotSupportedError } from '../errors.ts'
+import type { BackoffOptions } from '../connector/backoff.ts'
+import { parseNbdUri, type NbdAddress, type NbdUri } from '../protocol/uri.ts'
+import { socketOpener, type OpenSocket } from '../transport/open-socket.ts'
+import { MAX_IN_FLIGHT } from './engine.ts'
+
+export interface NbdClientOptions {
+  /** Where to connect, as an NBD URI (nbd://, nbds://, nbd+unix://, nbds+unix://). */
+  readonly uri?: string
+  /** Where to connect, when no URI is given. */
+  readonly address?: NbdAddress
+  /** The export to open, when no URI is given. @default '' */
+  readonly exportName?: string
+  /**
+   * Opens the byte stream. Defaults to TCP or a Unix socket from the URI or address; inject
+   * your own to run over any Duplex (a socketpair, a pipe to `nbdkit -s`).
+   */
+  readonly open?: OpenSocket
+  /** Requests in flight per connection. @default 16 */
+  readonly maxInFlight?: number
+  /** Connections to spread requests over; needs a server that advertises CAN_MULTI_CONN. @default 1 */
+  readonly connections?: number
+  /** Meta contexts to select for blockStatus. @default ['base:allocation'] */
+  readonly metaContexts?: readonly string[]
+  /** Negotiate structured replies. @default true */
+  readonly structuredReplies?: boolean
+  /** Negotiate extended headers (64-bit lengths). @default true */
+  readonly extendedHeaders?: boolean
+  /** Bound on connect + handshake, ms. @default 10000 */
+  readonly handshakeTimeout?: number
+  /** A request without a reply this long declares the connection dead, ms (0 = never). @default 60000 */
+  readonly requestTimeout?: number
+  /**
+   * How long requests wait for a lost server to come back before failing, ms. 0 fails them
+   * at once (the connector still reconnects in the background, as QEMU does). @default 0
+   */
+  readonly reconnectDelay?: number
+  /** How long the first connect keeps retrying, ms (0 = a single attempt). @default 0 */
+  readonly openTimeout?: number
+  /** Back-off between reconnect attempts. @default 1 s doubling to 16 s, ±20% */
+  readonly backoff?: BackoffOptions
+  /**
+   * Largest READ or WRITE sent in one request; bigger ones are split. The server's own
+   * maximum (NBD_INFO_BLOCK_SIZE) lowers it. @default 33554432 (32 MiB)
+   */
+  readonly maxRequestSize?: number
+  /** Also learn every meta context the export offers (ExportInfo.availableContexts). @default false */
+  readonly listContexts?: boolean
+  /** Aborts the connect. */
+  readonly signal?: AbortSignal
+}
+
+export interface ResolvedOptions {
+  readonly address: NbdAddress | undefined
+  readonly exportName: string
+  readonly open: OpenSocket
+  readonly maxInFlight: number
+  readonly connections: number
+  readonly metaContexts: readonly string[]
+  readonly structuredReplies: boolean
+  readonly extendedHeaders: boolean
+  readonly handshakeTimeout: number
+  readonly requestTimeout: number
+  readonly reconnectDelay: number
+  readonly openTimeout: number
+  readonly backoff: BackoffOptions | undefined
+  readonly maxRequestSize: number
+  readonly listContexts: boolean
+  readonly uri: NbdUri | undefined
+}
+
+function count (value: number | undefined, fallback: number, name: string, min: number, max: number): number {
+  const n = value ?? fallback
+  if (!Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be an integer from ${min} to ${max}, not ${n}`)
+  return n
+}
+
+function duration (value: number | undefined, fallback: number, name: string): number {
+  const n = value ?? fallback
+  if (!Number.isFinite(n) || n < 0) throw new InvalidArgumentError(`${name} must be a non-negative number of milliseconds, not ${n}`)
+  return n
+}
+
+export function resolveOptions (target: string | NbdClientOptions, extra: NbdClientOptions = {}): ResolvedOptions {
+  const options: NbdClientOptions = typeof target === 'string' ? { ...extra, uri: target } : { ...target, ...extra }
+  const uri = options.uri === undefined ? undefined : parseNbdUri(options.uri)
+  if (uri !== undefined && uri.tls === 'require') {
+    throw new NotSupportedError(`TLS is not supported yet (${options.uri})`)
+  }
+  const address = uri?.address ?? options.address
+  if (options.open === undefined && address === undefined) {
+    throw new InvalidArgumentError('say where to connect: a uri, an address, or an open function')
+  }
+  const maxRequestSize = count(options.maxRequestSize, 32 * 1024 * 1024, 'maxRequestSize', 512, 64 * 1024 * 1024)
+  return {
+    address,
+    exportName: uri?.exportName ?? options.exportName ?? '',
+    open: options.open ?? socketOpener(address!),
+    maxInFlight: count(options.maxInFlight, 16, 'maxInFlight', 1, MAX_IN_FLIGHT),
+    connections: count(options.connections, 1, 'connections', 1, 64),
+    metaContexts: options.metaContexts ?? ['base:allocation'],
+    structuredReplies: options.structuredReplies ?? true,
+    extendedHeaders: options.extendedHeaders ?? true,
+    handshakeTimeout: duration(options.handshakeTimeout, 10_000, 'handshakeTimeout'),
+    requestTimeout: duration(options.requestTimeout, 60_000, 'requestTimeout'),
+    reconnectDelay: duration(options.reconnectDelay, 0, 'reconnectDelay'),
+    openTimeout: duration(options.openTimeout, 0, 'openTimeout'),
+    backoff: options.backoff,
+    maxRequestSize,
+    listContexts: options.listContexts ?? false,
+    uri
+  }
+}

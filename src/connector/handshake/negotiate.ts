@@ -1,0 +1,110 @@
+/**
+ * The whole handshake, in QEMU's order: greeting, (STARTTLS,) EXTENDED_HEADERS or else
+ * STRUCTURED_REPLY, SET_META_CONTEXT, then GO, falling back to EXPORT_NAME for servers that
+ * do not know GO. A non-fixed-newstyle server only gets EXPORT_NAME.
+ *
+ *   greeting ──► [fixed?] ──no──► EXPORT_NAME ──► transmission (simple replies)
+ *                   │yes
+ *                   ▼
+ *             EXTENDED_HEADERS ──ack──► mode=extended ─┐
+ *                   │err                               │
+ *             STRUCTURED_REPLY ──ack──► mode=structured┤
+ *                   │err                               │
+ *               mode=simple ───────────────────────────┤
+ *                                                      ▼
+ *                              SET_META_CONTEXT (not in simple mode)
+ *                                                      ▼
+ *                                GO ──ack──► transmission
+ *                                 │ERR_UNSUP
+ *                                 ▼
+ *                            EXPORT_NAME ──► transmission
+ */
+import { ProtocolError } from '../../errors.ts'
+import { NBD_OPT } from '../../protocol/constants.ts'
+import { usableTransmissionFlags } from '../../protocol/export-flags.ts'
+import type { ReplyMode } from '../../protocol/reply.ts'
+import type { ExportInfo } from '../export-info.ts'
+import { greet } from './greeting.ts'
+import { optExportName } from './opt-export-name.ts'
+import { optExtendedHeaders } from './opt-extended-headers.ts'
+import { optInfoOrGo } from './opt-go.ts'
+import { optListMetaContext, optSetMetaContext } from './opt-meta-context.ts'
+import { optStructuredReply } from './opt-structured-reply.ts'
+import type { OptionChannel } from './option-channel.ts'
+
+export interface NegotiateOptions {
+  readonly exportName: string
+  /** Ask for structured replies (default true). */
+  readonly structuredReplies: boolean
+  /** Ask for extended headers (default true). */
+  readonly extendedHeaders: boolean
+  /** Meta contexts to select for block status (default ['base:allocation']). */
+  readonly metaContexts: readonly string[]
+  /** Also ask which meta contexts the export offers (for `nbdts info`). */
+  readonly listContexts?: boolean
+}
+
+export async function negotiate (ch: OptionChannel, options: NegotiateOptions): Promise<ExportInfo> {
+  const { exportName } = options
+  const handshake = await greet(ch)
+
+  if (!handshake.fixedNewstyle) {
+    const reply = await optExportName(ch, exportName, handshake.noZeroes)
+    return exportInfo(options, 'newstyle', 'simple', new Map(), {
+      size: reply.size, flags: reply.flags, canonicalName: undefined, description: undefined, blockSize: undefined
+    })
+  }
+
+  let mode: ReplyMode = 'simple'
+  if (options.structuredReplies && options.extendedHeaders && await optExtendedHeaders(ch)) mode = 'extended'
+  else if (options.structuredReplies && await optStructuredReply(ch)) mode = 'structured'
+
+  const available = mode !== 'simple' && options.listContexts === true
+    ? await optListMetaContext(ch, exportName, [])
+    : undefined
+  const contexts = mode !== 'simple' && options.metaContexts.length > 0
+    ? await optSetMetaContext(ch, exportName, options.metaContexts)
+    : new Map<number, string>()
+
+  const go = await optInfoOrGo(ch, NBD_OPT.GO, exportName)
+  if (go !== 'unsupported') return { ...exportInfo(options, 'newstyle-fixed', mode, contexts, go), availableContexts: available }
+
+  if (mode === 'extended') {
+    // A server that acked extended headers MUST support GO; EXPORT_NAME is then forbidden.
+    throw new ProtocolError('server acked NBD_OPT_EXTENDED_HEADERS but does not support NBD_OPT_GO')
+  }
+  const reply = await optExportName(ch, exportName, handshake.noZeroes)
+  return {
+    ...exportInfo(options, 'newstyle-fixed', mode, contexts, {
+      size: reply.size, flags: reply.flags, canonicalName: undefined, description: undefined, blockSize: undefined
+    }),
+    availableContexts: available
+  }
+}
+
+function exportInfo (
+  options: NegotiateOptions,
+  protocol: ExportInfo['protocol'],
+  mode: ReplyMode,
+  contexts: Map<number, string>,
+  go: { size: bigint, flags: number, canonicalName: string | undefined, description: string | undefined, blockSize: ExportInfo['blockSize'] }
+): ExportInfo {
+  if (go.size > 0x7fff_ffff_ffff_ffffn) {
+    // Offsets are signed 64-bit on most servers; libnbd's CVE-2023-5215 came from trusting this.
+    throw new ProtocolError(`export size ${go.size} is above 2^63 - 1`)
+  }
+  return {
+    exportName: options.exportName,
+    canonicalName: go.canonicalName,
+    description: go.description,
+    size: go.size,
+    flags: usableTransmissionFlags(go.flags, mode),
+    serverFlags: go.flags,
+    blockSize: go.blockSize,
+    mode,
+    protocol,
+    tls: false,
+    contexts,
+    availableContexts: undefined
+  }
+}

@@ -1,0 +1,71 @@
+/**
+ * The handshake's view of a connection: send an option, read its replies up to the final one.
+ * Options never overlap (the client MUST wait for the final reply before the next option).
+ */
+import type { Duplex } from 'node:stream'
+import { HandshakeError } from '../../errors.ts'
+import { NBD_OPT, NBD_OPTION_REPLY_HEADER, NBD_REP } from '../../protocol/constants.ts'
+import { optionName } from '../../protocol/names.ts'
+import {
+  encodeOptionRequest, isErrorReply, parseOptionError, parseOptionReplyHeader, type OptionError
+} from '../../protocol/option.ts'
+import type { SocketReader } from '../../transport/socket-reader.ts'
+
+const EMPTY = Buffer.alloc(0)
+
+export class OptionChannel {
+  socket: Duplex
+  reader: SocketReader
+  /** Bytes we wrote, for tests that check what went out in clear before TLS. */
+  bytesWritten = 0
+
+  constructor (socket: Duplex, reader: SocketReader) {
+    this.socket = socket
+    this.reader = reader
+  }
+
+  send (bytes: Buffer): void {
+    this.bytesWritten += bytes.length
+    this.socket.write(bytes)
+  }
+
+  read (n: number, what: string): Promise<Buffer> {
+    return this.reader.take(n, what)
+  }
+
+  /**
+   * Sends `option` and hands every non-final reply to `onReply`. Resolves with undefined on
+   * ACK, or with the error reply. Two errors end the negotiation wherever they come from:
+   * ERR_SHUTDOWN (the client MUST then soft-disconnect) and ERR_TLS_REQD on an option other
+   * than INFO/GO (no option will work without TLS).
+   */
+  async exchange (option: number, data: Buffer | undefined, onReply: (type: number, payload: Buffer) => void): Promise<OptionError | undefined> {
+    this.send(encodeOptionRequest(option, data))
+    for (;;) {
+      const header = parseOptionReplyHeader(await this.read(NBD_OPTION_REPLY_HEADER, `reply to ${optionName(option)}`), option)
+      const payload = header.length === 0 ? EMPTY : await this.read(header.length, `${optionName(option)} reply data`)
+      if (isErrorReply(header.type)) {
+        const err = parseOptionError(header.type, payload)
+        if (err.type === NBD_REP.ERR_SHUTDOWN) throw refused(option, err, 'the server is shutting down')
+        if (err.type === NBD_REP.ERR_TLS_REQD && option !== NBD_OPT.GO && option !== NBD_OPT.INFO) throw refused(option, err, 'the server requires TLS')
+        return err
+      }
+      if (header.type === NBD_REP.ACK) return undefined
+      onReply(header.type, payload)
+    }
+  }
+}
+
+/** A HandshakeError for a refused option, with the server's own message when it sent one. */
+export function refused (option: number, err: OptionError, summary: string): HandshakeError {
+  const detail = err.message === '' ? err.name : `${err.name}: ${err.message}`
+  return new HandshakeError(`${summary} (${optionName(option)} → ${detail})`, { option: optionName(option), reply: err.name })
+}
+
+export function unexpectedReply (option: number): (type: number) => never {
+  return (type) => {
+    // parseOptionReplyHeader already refuses reply types that do not fit the option, so only
+    // a bug gets here.
+    throw new Error(`internal: unhandled reply ${type} to ${optionName(option)}`)
+  }
+}

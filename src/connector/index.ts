@@ -1,0 +1,8 @@
+export { establish } from './connection.ts'
+export type { Connection, Establish, EstablishOptions } from './connection.ts'
+export { Connector } from './connector.ts'
+export { backoffDelay } from './backoff.ts'
+export type { BackoffOptions } from './backoff.ts'
+export type { ExportInfo } from './export-info.ts'
+export { listExports } from './list-exports.ts'
+export type { ListedExport, ListExportsOptions } from './list-exports.ts'

@@ -1,0 +1,210 @@
+/**
+ * One error family for the whole package. Every error carries a stable `code`; callers
+ * branch on `code` (or `instanceof`), never on the message.
+ *
+ *   NbdError                      code
+ *   ├── ProtocolError             NBD_ERR_PROTOCOL        the server broke the protocol: the connection is poisoned
+ *   ├── HandshakeError            NBD_ERR_HANDSHAKE       the server refused an option or the export
+ *   ├── ServerError               NBD_ERR_SERVER          the server failed one request (errno); the connection lives on
+ *   ├── ConnectionError           NBD_ERR_CONNECTION      transport failure: refused, reset, EOF
+ *   ├── TimeoutError              NBD_ERR_TIMEOUT         a bound expired (connect, handshake, open, request)
+ *   ├── ReconnectDelayError       NBD_ERR_RECONNECT_DELAY the server stayed away longer than reconnectDelay
+ *   ├── ServerChangedError        NBD_ERR_SERVER_CHANGED  after a reconnect the export is not the one we had
+ *   ├── NotSupportedError         NBD_ERR_NOT_SUPPORTED   the server did not advertise what the request needs
+ *   ├── InvalidArgumentError      NBD_ERR_INVALID_ARGUMENT the caller asked for something impossible (bounds, length)
+ *   ├── ClosedError               NBD_ERR_CLOSED          the client is closed (or quit after a fatal error)
+ *   ├── TlsError                  NBD_ERR_TLS             TLS could not be set up or verified
+ *   ├── UriError                  NBD_ERR_URI             the NBD URI is malformed or names something unknown
+ *   └── AbortedError              ABORT_ERR               the caller's AbortSignal fired (name 'AbortError', as Node's own)
+ *
+ * Errors are branded with a registry symbol so that `instanceof` works across two copies of the
+ * package (undici does the same).
+ */
+
+export const NBD_ERROR_CODES = [
+  'NBD_ERR_PROTOCOL',
+  'NBD_ERR_HANDSHAKE',
+  'NBD_ERR_SERVER',
+  'NBD_ERR_CONNECTION',
+  'NBD_ERR_TIMEOUT',
+  'NBD_ERR_RECONNECT_DELAY',
+  'NBD_ERR_SERVER_CHANGED',
+  'NBD_ERR_NOT_SUPPORTED',
+  'NBD_ERR_INVALID_ARGUMENT',
+  'NBD_ERR_CLOSED',
+  'NBD_ERR_TLS',
+  'NBD_ERR_URI',
+  'ABORT_ERR'
+] as const
+
+export type NbdErrorCode = (typeof NBD_ERROR_CODES)[number]
+
+const BRAND = Symbol.for('nbdts.error')
+
+interface ErrorOptionsWithCause {
+  cause?: unknown
+}
+
+export class NbdError extends Error {
+  readonly code: NbdErrorCode
+
+  constructor (code: NbdErrorCode, message: string, options?: ErrorOptionsWithCause) {
+    super(message, options)
+    this.code = code
+    Object.defineProperty(this, BRAND, { value: code })
+  }
+
+  override get name (): string {
+    return this.constructor.name
+  }
+
+  static override [Symbol.hasInstance] (value: unknown): boolean {
+    if (typeof value !== 'object' || value === null) return false
+    const code = (value as Record<symbol, unknown>)[BRAND]
+    if (typeof code !== 'string') return false
+    // The base class matches every branded error; a subclass matches its own code.
+    const own = (this as unknown as { CODE?: NbdErrorCode }).CODE
+    return own === undefined || own === code
+  }
+}
+
+export class ProtocolError extends NbdError {
+  static readonly CODE = 'NBD_ERR_PROTOCOL'
+  constructor (message: string, options?: ErrorOptionsWithCause) {
+    super('NBD_ERR_PROTOCOL', message, options)
+  }
+}
+
+export class HandshakeError extends NbdError {
+  static readonly CODE = 'NBD_ERR_HANDSHAKE'
+  /** The option that failed, by spec name (NBD_OPT_GO...), when an option failed. */
+  readonly option: string | undefined
+  /** The server's reply type name (NBD_REP_ERR_UNKNOWN...), when the server sent one. */
+  readonly reply: string | undefined
+  constructor (message: string, details: { option?: string, reply?: string, cause?: unknown } = {}) {
+    super('NBD_ERR_HANDSHAKE', message, details.cause === undefined ? undefined : { cause: details.cause })
+    this.option = details.option
+    this.reply = details.reply
+  }
+}
+
+/** The errno names the NBD protocol can carry, plus EINVAL for anything unknown. */
+export type NbdErrno = 'EPERM' | 'EIO' | 'ENOMEM' | 'EINVAL' | 'ENOSPC' | 'EOVERFLOW' | 'ENOTSUP' | 'ESHUTDOWN'
+
+export class ServerError extends NbdError {
+  static readonly CODE = 'NBD_ERR_SERVER'
+  /** The errno name the server's error maps to. Unknown values map to EINVAL (spec §11). */
+  readonly errno: NbdErrno
+  /** The raw NBD error value from the wire. */
+  readonly nbdError: number
+  /** For ERROR_OFFSET chunks: the offset the server blamed. */
+  readonly offset: bigint | undefined
+  constructor (errno: NbdErrno, nbdError: number, message: string, offset?: bigint) {
+    super('NBD_ERR_SERVER', message)
+    this.errno = errno
+    this.nbdError = nbdError
+    this.offset = offset
+  }
+}
+
+export class ConnectionError extends NbdError {
+  static readonly CODE = 'NBD_ERR_CONNECTION'
+  constructor (message: string, options?: ErrorOptionsWithCause) {
+    super('NBD_ERR_CONNECTION', message, options)
+  }
+}
+
+export class TimeoutError extends NbdError {
+  static readonly CODE = 'NBD_ERR_TIMEOUT'
+  constructor (message: string, options?: ErrorOptionsWithCause) {
+    super('NBD_ERR_TIMEOUT', message, options)
+  }
+}
+
+export class ReconnectDelayError extends NbdError {
+  static readonly CODE = 'NBD_ERR_RECONNECT_DELAY'
+  constructor (message: string, options?: ErrorOptionsWithCause) {
+    super('NBD_ERR_RECONNECT_DELAY', message, options)
+  }
+}
+
+export class ServerChangedError extends NbdError {
+  static readonly CODE = 'NBD_ERR_SERVER_CHANGED'
+  constructor (message: string) {
+    super('NBD_ERR_SERVER_CHANGED', message)
+  }
+}
+
+export class NotSupportedError extends NbdError {
+  static readonly CODE = 'NBD_ERR_NOT_SUPPORTED'
+  constructor (message: string) {
+    super('NBD_ERR_NOT_SUPPORTED', message)
+  }
+}
+
+export class InvalidArgumentError extends NbdError {
+  static readonly CODE = 'NBD_ERR_INVALID_ARGUMENT'
+  constructor (message: string) {
+    super('NBD_ERR_INVALID_ARGUMENT', message)
+  }
+}
+
+export class ClosedError extends NbdError {
+  static readonly CODE = 'NBD_ERR_CLOSED'
+  constructor (message: string, options?: ErrorOptionsWithCause) {
+    super('NBD_ERR_CLOSED', message, options)
+  }
+}
+
+export class TlsError extends NbdError {
+  static readonly CODE = 'NBD_ERR_TLS'
+  constructor (message: string, options?: ErrorOptionsWithCause) {
+    super('NBD_ERR_TLS', message, options)
+  }
+}
+
+export class UriError extends NbdError {
+  static readonly CODE = 'NBD_ERR_URI'
+  constructor (message: string) {
+    super('NBD_ERR_URI', message)
+  }
+}
+
+export class AbortedError extends NbdError {
+  static readonly CODE = 'ABORT_ERR'
+  constructor (reason?: unknown) {
+    super('ABORT_ERR', 'The operation was aborted', reason === undefined ? undefined : { cause: reason })
+  }
+
+  override get name (): string {
+    return 'AbortError'
+  }
+}
+
+/** Throws an AbortedError if the signal has fired. */
+export function throwIfAborted (signal: AbortSignal | undefined): void {
+  if (signal?.aborted === true) throw new AbortedError(signal.reason)
+}
+
+/**
+ * Errors that mean "the byte stream is gone", as opposed to a server that answered badly.
+ * The request engine retries these across a reconnect (QEMU's -EIO class); everything else
+ * is final.
+ */
+export function isTransportError (err: unknown): boolean {
+  return err instanceof ConnectionError || err instanceof TimeoutError
+}
+
+/** One line for a person: the message plus the causes that add information. */
+export function describeError (err: unknown): string {
+  if (!(err instanceof Error)) return String(err)
+  let text = err.message
+  let cause: unknown = err.cause
+  for (let depth = 0; depth < 4 && cause instanceof Error; depth++) {
+    const code = (cause as NodeJS.ErrnoException).code
+    const known = text.includes(cause.message) || (typeof code === 'string' && text.includes(code))
+    if (!known) text += `: ${cause.message}`
+    cause = cause.cause
+  }
+  return text
+}

@@ -1,0 +1,2 @@
+export { ClientStats } from './client-stats.ts'
+export type { StatsSnapshot } from './client-stats.ts'

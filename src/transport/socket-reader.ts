@@ -1,0 +1,284 @@
+/**
+ * A pull reader over a socket: the only code that listens for incoming bytes. Whoever owns the
+ * read side (the handshake, then the request holding the receive mutex, then the request that
+ * owns a reply's payload) asks for exactly the bytes it needs; nothing else reads.
+ *
+ *        socket 'data'                       take(n) / readInto(sink, at, n)
+ *   ─────────────────────►  [chunk][chunk][chu…  ─────────────────────────────►  owner
+ *                            ^head                 payloads go straight into the owner's
+ *                                                  buffer; a header within one chunk is a
+ *                                                  zero-copy view
+ *
+ * Flow control: the socket flows only while a read is pending, or while the owner expects
+ * replies (requests in flight) and less than HIGH_WATER bytes wait here. So nothing reads the
+ * socket while nothing is in flight, and a flood of unrequested bytes cannot grow memory.
+ *
+ * At most one read is pending at a time: the engine's locking guarantees a single owner.
+ */
+import type { Duplex } from 'node:stream'
+import { ConnectionError } from '../errors.ts'
+
+/** Where payload bytes go. `dest` becomes null when the caller gave up: bytes are then dropped. */
+export interface PayloadSink {
+  dest: Buffer | null
+}
+
+const HIGH_WATER = 1024 * 1024
+
+type Pending =
+  | { kind: 'take', need: number, resolve: (buf: Buffer) => void, reject: (err: Error) => void, what: string }
+  | { kind: 'fill', need: number, resolve: () => void, reject: (err: Error) => void, what: string }
+  | { kind: 'into', sink: PayloadSink, at: number, remaining: number, total: number, resolve: () => void, reject: (err: Error) => void, what: string }
+
+const DISCARD: PayloadSink = { dest: null }
+
+export class SocketReader {
+  readonly #socket: Duplex
+  #chunks: Buffer[] = []
+  #head = 0
+  #buffered = 0
+  #pending: Pending | null = null
+  #error: Error | null = null
+  #flowing = false
+  #expecting = false
+  /** Bytes received in total; the stats report it and stall detection watches it move. */
+  bytesRead = 0
+
+  readonly #onData = (chunk: Buffer): void => { this.#receive(chunk) }
+  readonly #onEnd = (): void => { this.#latch(new ConnectionError('server closed the connection')) }
+  readonly #onError = (err: Error): void => {
+    const code = (err as NodeJS.ErrnoException).code
+    this.#latch(new ConnectionError(`connection failed${code === undefined ? '' : ` (${code})`}`, { cause: err }))
+  }
+
+  readonly #onClose = (): void => { this.#latch(new ConnectionError('connection closed')) }
+
+  constructor (socket: Duplex) {
+    this.#socket = socket
+    socket.pause()
+    socket.on('data', this.#onData)
+    socket.on('end', this.#onEnd)
+    socket.on('error', this.#onError)
+    socket.on('close', this.#onClose)
+  }
+
+  get buffered (): number {
+    return this.#buffered
+  }
+
+  /** The error that ended the stream, if it has ended. */
+  get error (): Error | null {
+    return this.#error
+  }
+
+  /** The owner expects bytes (requests are in flight): keep reading ahead, up to HIGH_WATER. */
+  expect (on: boolean): void {
+    this.#expecting = on
+    this.#updateFlow()
+  }
+
+  /** Takes `n` bytes if they are already here, without a promise; otherwise undefined. */
+  tryTake (n: number): Buffer | undefined {
+    return this.#buffered >= n ? this.#takeNow(n) : undefined
+  }
+
+  /** Resolves with exactly `n` bytes. `what` names them in the error if the stream ends first. */
+  take (n: number, what: string): Promise<Buffer> {
+    if (this.#buffered >= n) return Promise.resolve(this.#takeNow(n))
+    if (this.#error !== null) return Promise.reject(this.#endedError(what, this.#buffered, n))
+    this.#assertIdle()
+    return new Promise<Buffer>((resolve, reject) => {
+      this.#pending = { kind: 'take', need: n, resolve, reject, what }
+      this.#updateFlow()
+    })
+  }
+
+  /** Resolves once at least `n` bytes are buffered, without consuming them. */
+  fill (n: number, what: string): Promise<void> {
+    if (this.#buffered >= n) return Promise.resolve()
+    if (this.#error !== null) return Promise.reject(this.#endedError(what, this.#buffered, n))
+    this.#assertIdle()
+    return new Promise<void>((resolve, reject) => {
+      this.#pending = { kind: 'fill', need: n, resolve, reject, what }
+      this.#updateFlow()
+    })
+  }
+
+  /** The next four bytes as a big-endian u32, not consumed. At least four must be buffered. */
+  peekUInt32BE (): number {
+    const first = this.#chunks[0]!
+    if (first.length - this.#head >= 4) return first.readUInt32BE(this.#head)
+    let value = 0
+    let i = 0
+    for (const chunk of this.#chunks) {
+      for (let at = chunk === first ? this.#head : 0; at < chunk.length && i < 4; at++, i++) {
+        value = value * 256 + chunk[at]!
+      }
+      if (i === 4) break
+    }
+    return value
+  }
+
+  /**
+   * Copies the next `n` bytes into `sink.dest` at `at`, straight from the socket's buffers.
+   * Returns undefined when they were already here (no promise on the fast path).
+   */
+  readInto (sink: PayloadSink, at: number, n: number, what: string): Promise<void> | undefined {
+    const copied = this.#copyOut(sink, at, n)
+    if (copied === n) return undefined
+    if (this.#error !== null) return Promise.reject(this.#endedError(what, copied, n))
+    this.#assertIdle()
+    return new Promise<void>((resolve, reject) => {
+      this.#pending = { kind: 'into', sink, at: at + copied, remaining: n - copied, total: n, resolve, reject, what }
+      this.#updateFlow()
+    })
+  }
+
+  skip (n: number, what: string): Promise<void> | undefined {
+    return this.readInto(DISCARD, 0, n, what)
+  }
+
+  /**
+   * The owner declares the stream dead (protocol violation, timeout, close): every pending and
+   * later read fails with `err`, and whatever was buffered is dropped.
+   */
+  fail (err: Error): void {
+    this.#chunks = []
+    this.#head = 0
+    this.#buffered = 0
+    this.#error = err
+    const pending = this.#pending
+    this.#pending = null
+    pending?.reject(err)
+    this.#updateFlow()
+  }
+
+  /**
+   * Stops reading and hands back whatever was buffered (for STARTTLS, where any byte after
+   * the ACK would be plaintext injected ahead of the TLS handshake).
+   */
+  detach (): Buffer {
+    this.#socket.off('data', this.#onData)
+    this.#socket.off('end', this.#onEnd)
+    this.#socket.off('error', this.#onError)
+    this.#socket.off('close', this.#onClose)
+    this.#socket.pause()
+    const rest = this.#buffered === 0 ? Buffer.alloc(0) : this.#takeNow(this.#buffered)
+    this.#error = new ConnectionError('reader detached')
+    return rest
+  }
+
+  #assertIdle (): void {
+    if (this.#pending !== null) throw new Error('internal: two reads pending on one socket')
+  }
+
+  #endedError (what: string, got: number, want: number): Error {
+    const err = this.#error!
+    if (!(err instanceof ConnectionError) || got === 0 && want === 0) return err
+    return new ConnectionError(`${err.message} while reading ${what} (${got} of ${want} bytes)`, { cause: err.cause })
+  }
+
+  #receive (chunk: Buffer): void {
+    this.bytesRead += chunk.length
+    const p = this.#pending
+    if (p !== null && p.kind === 'into' && this.#buffered === 0) {
+      // The common case for payloads: copy from the socket's buffer straight into place.
+      const n = Math.min(p.remaining, chunk.length)
+      p.sink.dest?.set(n === chunk.length ? chunk : chunk.subarray(0, n), p.at)
+      p.at += n
+      p.remaining -= n
+      if (n < chunk.length) this.#push(chunk.subarray(n))
+      if (p.remaining === 0) {
+        this.#pending = null
+        p.resolve()
+      }
+    } else {
+      this.#push(chunk)
+      if (p !== null) this.#satisfy(p)
+    }
+    this.#updateFlow()
+  }
+
+  #satisfy (p: Pending): void {
+    if (p.kind === 'fill') {
+      if (this.#buffered >= p.need) {
+        this.#pending = null
+        p.resolve()
+      }
+      return
+    }
+    if (p.kind === 'take') {
+      if (this.#buffered >= p.need) {
+        this.#pending = null
+        p.resolve(this.#takeNow(p.need))
+      }
+      return
+    }
+    const n = this.#copyOut(p.sink, p.at, p.remaining)
+    p.at += n
+    p.remaining -= n
+    if (p.remaining === 0) {
+      this.#pending = null
+      p.resolve()
+    }
+  }
+
+  #push (chunk: Buffer): void {
+    this.#chunks.push(chunk)
+    this.#buffered += chunk.length
+  }
+
+  /** Copies up to `n` buffered bytes into the sink; returns how many. */
+  #copyOut (sink: PayloadSink, at: number, n: number): number {
+    let done = 0
+    while (done < n && this.#buffered > 0) {
+      const chunk = this.#chunks[0]!
+      const size = Math.min(n - done, chunk.length - this.#head)
+      sink.dest?.set(chunk.subarray(this.#head, this.#head + size), at + done)
+      done += size
+      this.#consume(size)
+    }
+    return done
+  }
+
+  #takeNow (n: number): Buffer {
+    const first = this.#chunks[0]!
+    if (first.length - this.#head >= n) {
+      const view = first.subarray(this.#head, this.#head + n)
+      this.#consume(n)
+      return view
+    }
+    const out = Buffer.allocUnsafe(n)
+    this.#copyOut({ dest: out }, 0, n)
+    return out
+  }
+
+  #consume (n: number): void {
+    this.#head += n
+    this.#buffered -= n
+    if (this.#head === this.#chunks[0]!.length) {
+      this.#chunks.shift()
+      this.#head = 0
+    }
+  }
+
+  #latch (err: Error): void {
+    if (this.#error !== null) return
+    this.#error = err
+    const p = this.#pending
+    if (p === null) return
+    // Buffered bytes stay readable (a last reply can precede EOF); only an unmet read fails.
+    this.#pending = null
+    const got = p.kind === 'into' ? p.total - p.remaining : this.#buffered
+    p.reject(this.#endedError(p.what, got, p.kind === 'into' ? p.total : p.need))
+  }
+
+  #updateFlow (): void {
+    const want = this.#error === null &&
+      (this.#pending !== null || (this.#expecting && this.#buffered < HIGH_WATER))
+    if (want === this.#flowing) return
+    this.#flowing = want
+    if (want) this.#socket.resume()
+    else this.#socket.pause()
+  }
+}
