@@ -2,8 +2,14 @@
  * The request engine of one NBD connection, after QEMU's block/nbd.c once it dropped its
  * always-running connection coroutine (4ddb5d2fde). Each request is its own async function:
  *
- *   submit ─► slot (p-queue = free_sema) ─► waitConnected ─► send under sendMutex
+ *   submit ─► slot ─► waitConnected ─► send under sendMutex
  *          ─► receiveReplies under receiveMutex ─► read own payload ─► release slot
+ *
+ * Slots (QEMU's in_flight and free_sema). `#admitted` counts requests holding a slot, from
+ * admission until their reply is done (including while they wait for a reconnect). A request
+ * that finds all slots taken waits in `#slotQueue`, a p-queue of concurrency 1: FIFO, and
+ * only its head waits for the next free slot. The fast path (a free slot, nobody waiting) is a
+ * counter increment.
  *
  * Receiving (QEMU §3.2). Whoever holds receiveMutex reads the next reply header into the
  * shared `#reply` (QEMU's s->reply). If it is someone else's, the reader wakes the owner and
@@ -125,10 +131,20 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
   // QEMU's send_mutex, receive_mutex, free_sema and requests[].
   readonly #sendMutex = new Mutex()
   readonly #receiveMutex = new Mutex()
-  readonly #queue: PQueue
+  /** free_sema: requests waiting for a slot, in order. */
+  readonly #slotQueue = new PQueue({ concurrency: 1 })
+  /** The head of #slotQueue, waiting for a slot to free up. */
+  #slotWaiter: (() => void) | null = null
+  #maxInFlight: number
+  /** Requests holding a slot: admitted and not finished. */
+  #admitted = 0
+  /** Resolves close() once nothing holds a slot and nothing waits for one. */
+  #drainWaiter: (() => void) | null = null
   #slots: Array<Request | undefined> = []
   readonly #freeSlots: number[] = []
+  /** Per slot: a 32-byte header buffer and its 28-byte compact view, made once. */
   readonly #headers: Buffer[] = []
+  readonly #compactHeaders: Buffer[] = []
   #sequence = 0
   #inFlight = 0
   #reply: ReplyHeader | null = null
@@ -137,7 +153,7 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
   private constructor (options: EngineOptions) {
     super()
     this.#options = options
-    this.#queue = new PQueue({ concurrency: options.maxInFlight })
+    this.#maxInFlight = options.maxInFlight
     this.#connector = new Connector({
       establish: options.establish,
       ...(options.backoff !== undefined && { backoff: options.backoff }),
@@ -213,16 +229,46 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
   }
 
   get maxInFlight (): number {
-    return this.#queue.concurrency
+    return this.#maxInFlight
   }
 
   set maxInFlight (n: number) {
-    this.#queue.concurrency = n
+    this.#maxInFlight = n
+    this.#offerSlot()
   }
 
   /** Requests waiting for a slot. */
   get queued (): number {
-    return this.#queue.size
+    return this.#slotQueue.size + (this.#slotWaiter === null ? 0 : 1)
+  }
+
+  /** Admits a request to a slot: at once when one is free and nobody waits, else in turn. */
+  #acquireSlot (): Promise<void> | undefined {
+    if (this.#admitted < this.#maxInFlight && this.#slotQueue.size === 0 && this.#slotQueue.pending === 0) {
+      this.#admitted++
+      return undefined
+    }
+    return this.#slotQueue.add(() => new Promise<void>((resolve) => {
+      this.#slotWaiter = () => {
+        this.#admitted++
+        resolve()
+      }
+      this.#offerSlot()
+    }))
+  }
+
+  #releaseSlot (): void {
+    this.#admitted--
+    this.#offerSlot()
+    if (this.#admitted === 0 && this.#slotQueue.size === 0 && this.#slotQueue.pending === 0) this.#drainWaiter?.()
+  }
+
+  #offerSlot (): void {
+    const waiter = this.#slotWaiter
+    if (waiter !== null && this.#admitted < this.#maxInFlight) {
+      this.#slotWaiter = null
+      waiter()
+    }
   }
 
   get lastConnectError (): Error | null {
@@ -238,7 +284,7 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
     if (signal?.aborted === true) return Promise.reject(new AbortedError(signal.reason))
     if (this.#closing) return Promise.reject(this.#quitError ?? new ClosedError('client is closed'))
     const req = new Request(command)
-    const run = this.#queue.add(() => this.#execute(req)) as Promise<Request['statusChunks']>
+    const run = this.#run(req)
     if (signal === undefined) return run
     return new Promise((resolve, reject) => {
       const onAbort = (): void => {
@@ -256,7 +302,20 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
     })
   }
 
-  /** QEMU's do/while retry loop: a transport failure while CONNECTING_WAIT sends the request again. */
+  /**
+   * QEMU's do/while retry loop, inside one slot: a transport failure while CONNECTING_WAIT
+   * sends the request again.
+   */
+  async #run (req: Request): Promise<Request['statusChunks']> {
+    const admission = this.#acquireSlot()
+    if (admission !== undefined) await admission
+    try {
+      return await this.#execute(req)
+    } finally {
+      this.#releaseSlot()
+    }
+  }
+
   async #execute (req: Request): Promise<Request['statusChunks']> {
     for (;;) {
       if (req.abandoned) throw new AbortedError()
@@ -362,7 +421,7 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
       socket.cork()
       process.nextTick(this.#uncork, this, socket)
     }
-    socket.write(extended ? header : header.subarray(0, NBD_REQUEST_HEADER))
+    socket.write(extended ? header : this.#compactHeaders[req.slot]!)
     if (req.payload !== undefined) {
       req.payloadQueued = true
       socket.write(req.payload, req.releasePayload)
@@ -383,7 +442,9 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
       slot = this.#slots.length
       if (slot >= MAX_IN_FLIGHT) throw new Error('internal: slot table overflow')
       this.#slots.push(undefined)
-      this.#headers.push(Buffer.alloc(NBD_EXTENDED_REQUEST_HEADER))
+      const header = Buffer.alloc(NBD_EXTENDED_REQUEST_HEADER)
+      this.#headers.push(header)
+      this.#compactHeaders.push(header.subarray(0, NBD_REQUEST_HEADER))
     }
     this.#sequence++
     req.conn = this.#conn
@@ -601,8 +662,15 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
         chunks.data++
         const dataLength = header.length - 8
         const readData = (prefix: Buffer): boolean | Promise<boolean> => {
-          req.assembly ??= new ReadAssembly(req.offset, req.length, (req.flags & NBD_CMD_FLAG.DF) !== 0)
-          const at = req.assembly.addContent(prefix.readBigUInt64BE(0), dataLength, 'OFFSET_DATA chunk')
+          const chunkOffset = prefix.readBigUInt64BE(0)
+          let at = 0
+          if (done && req.assembly === undefined && dataLength === req.length && chunkOffset === req.offset) {
+            // The common reply: one chunk with all the data. Nothing to reassemble.
+            req.wholeChunk = true
+          } else {
+            req.assembly ??= new ReadAssembly(req.offset, req.length, (req.flags & NBD_CMD_FLAG.DF) !== 0)
+            at = req.assembly.addContent(chunkOffset, dataLength, 'OFFSET_DATA chunk')
+          }
           const pending = reader.readInto(req, at, dataLength, 'OFFSET_DATA payload')
           return pending === undefined ? done : pending.then(() => done)
         }
@@ -667,7 +735,7 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
       this.stats.serverErrors++
       throw failure
     }
-    if (req.type === NBD_CMD.READ && req.structured && req.assembly?.complete !== true) {
+    if (req.type === NBD_CMD.READ && req.structured && !req.wholeChunk && req.assembly?.complete !== true) {
       throw this.#channelError(new ProtocolError(`READ reply ended with DONE but without data for every byte of ${req.offset}+${req.length}`), conn)
     }
     if (req.type === NBD_CMD.BLOCK_STATUS) {
@@ -870,7 +938,9 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
 
   async #close (): Promise<void> {
     this.#closing = true
-    await this.#queue.onIdle()
+    if (this.#admitted > 0 || this.#slotQueue.size > 0 || this.#slotQueue.pending > 0) {
+      await new Promise<void>((resolve) => { this.#drainWaiter = resolve })
+    }
     const conn = this.#conn
     if (conn !== null && this.#state === 'CONNECTED' && this.#poison === null) {
       const release = await this.#sendMutex.acquire()

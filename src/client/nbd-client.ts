@@ -71,6 +71,9 @@ export class NbdClient extends EventEmitter<{ state: [StateChange & { connection
   readonly #maxPayload: number
   #next = 0
   #zeroes: Buffer | undefined
+  /** The size as a number when it is one exactly (fast range checks); else -1. */
+  readonly #sizeNumber: number
+  readonly #writable: boolean
 
   private constructor (options: ResolvedOptions, engines: Engine[]) {
     super()
@@ -82,6 +85,8 @@ export class NbdClient extends EventEmitter<{ state: [StateChange & { connection
     const serverMax = this.#info.blockSize?.maximum ?? 0xffffffff
     const max = Math.min(options.maxRequestSize, serverMax)
     this.#maxPayload = Math.max(this.#minBlock, max - (max % this.#minBlock))
+    this.#sizeNumber = this.#info.size <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(this.#info.size) : -1
+    this.#writable = (this.#info.flags & NBD_FLAG.READ_ONLY) === 0
     engines.forEach((engine, connection) => {
       engine.on('state', (change) => { this.emit('state', { ...change, connection }) })
     })
@@ -211,7 +216,18 @@ export class NbdClient extends EventEmitter<{ state: [StateChange & { connection
   }
 
   /** Fills `buffer` from `offset`. Any offset and length inside the export are fine. */
-  async readInto (buffer: Buffer, offset: Offset, options: RequestOptions = {}): Promise<void> {
+  readInto (buffer: Buffer, offset: Offset, options: RequestOptions = {}): Promise<void> {
+    // The common request (aligned, one payload, a number offset) goes straight to an engine:
+    // no intermediate promise, one BigInt.
+    const length = buffer.length
+    if (typeof offset === 'number' && this.#minBlock === 1 && length > 0 && length <= this.#maxPayload &&
+        Number.isSafeInteger(offset) && offset >= 0 && offset + length <= this.#sizeNumber) {
+      return this.#pick().submit({ type: NBD_CMD.READ, flags: 0, offset: BigInt(offset), length, dest: buffer }, options.signal) as Promise<unknown> as Promise<void>
+    }
+    return this.#readInto(buffer, offset, options)
+  }
+
+  async #readInto (buffer: Buffer, offset: Offset, options: RequestOptions): Promise<void> {
     const start = this.#checkRange(offset, buffer.length)
     if (buffer.length === 0) return
     const { head, end } = this.#widen(start, buffer.length)
@@ -233,7 +249,19 @@ export class NbdClient extends EventEmitter<{ state: [StateChange & { connection
   // ── writes ────────────────────────────────────────────────────────────────────────────
 
   /** Writes `buffer` at `offset`. The buffer must not change until the promise settles. */
-  async write (buffer: Buffer, offset: Offset, options: WriteOptions = {}): Promise<void> {
+  write (buffer: Buffer, offset: Offset, options: WriteOptions = {}): Promise<void> {
+    const length = buffer.length
+    if (typeof offset === 'number' && this.#minBlock === 1 && length > 0 && length <= this.#maxPayload &&
+        options.fua !== true && Number.isSafeInteger(offset) && offset >= 0 && offset + length <= this.#sizeNumber &&
+        this.#writable) {
+      const command = { type: NBD_CMD.WRITE, flags: 0, offset: BigInt(offset), length, payload: buffer }
+      const engine = this.#pick()
+      return this.#order.run('write', () => engine.submit(command, options.signal) as Promise<unknown> as Promise<void>, options.signal)
+    }
+    return this.#write(buffer, offset, options)
+  }
+
+  async #write (buffer: Buffer, offset: Offset, options: WriteOptions): Promise<void> {
     const start = this.#checkRange(offset, buffer.length)
     this.#checkWritable()
     if (buffer.length === 0) return
@@ -457,8 +485,8 @@ export class NbdClient extends EventEmitter<{ state: [StateChange & { connection
     return best
   }
 
-  async #submit (command: Command, signal: AbortSignal | undefined): Promise<void> {
-    await this.#pick().submit(command, signal)
+  #submit (command: Command, signal: AbortSignal | undefined): Promise<void> {
+    return this.#pick().submit(command, signal) as Promise<unknown> as Promise<void>
   }
 
   /** Splits [0, total) into pieces of at most `size` and settles them all. */

@@ -55,6 +55,8 @@ export class Request implements PayloadSink {
   serverError: ServerError | undefined = undefined
   structured = false
   assembly: ReadAssembly | undefined = undefined
+  /** The READ reply was a single chunk covering the whole request. */
+  wholeChunk = false
   statusChunks: StatusChunk[] | undefined = undefined
 
   constructor (command: Command) {
@@ -78,6 +80,7 @@ export class Request implements PayloadSink {
     this.serverError = undefined
     this.structured = false
     this.assembly = undefined
+    this.wholeChunk = false
     this.statusChunks = undefined
   }
 }

@@ -7,6 +7,7 @@ import net from 'node:net'
 import type { Duplex } from 'node:stream'
 import { AbortedError, ConnectionError } from '../errors.ts'
 import type { NbdAddress } from '../protocol/uri.ts'
+import { ReadHook } from './read-hook.ts'
 
 /** Opens a fresh connection to the server; rejects promptly when `signal` fires. */
 export type OpenSocket = (signal: AbortSignal) => Promise<Duplex>
@@ -22,9 +23,11 @@ export function socketOpener (address: NbdAddress): OpenSocket {
       reject(new AbortedError(signal.reason))
       return
     }
+    const hook = new ReadHook()
     const socket = address.transport === 'unix'
-      ? net.connect({ path: address.path })
-      : net.connect({ host: address.host, port: address.port, noDelay: true })
+      ? net.connect({ path: address.path, onread: hook.options })
+      : net.connect({ host: address.host, port: address.port, noDelay: true, onread: hook.options })
+    ReadHook.register(socket, hook)
     const cleanup = (): void => {
       socket.off('connect', onConnect)
       socket.off('error', onError)

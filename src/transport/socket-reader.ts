@@ -14,9 +14,14 @@
  * socket while nothing is in flight, and a flood of unrequested bytes cannot grow memory.
  *
  * At most one read is pending at a time: the engine's locking guarantees a single owner.
+ *
+ * Sockets opened by socketOpener read into reusable buffers (see read-hook.ts); then buffered
+ * chunks may be views of such a buffer, and a view returned by take()/tryTake() must be used
+ * before the caller yields to the event loop (parsing it in a promise continuation is fine).
  */
 import type { Duplex } from 'node:stream'
 import { ConnectionError } from '../errors.ts'
+import { ReadHook, type PooledBuffer } from './read-hook.ts'
 
 /** Where payload bytes go. `dest` becomes null when the caller gave up: bytes are then dropped. */
 export interface PayloadSink {
@@ -44,7 +49,7 @@ export class SocketReader {
   /** Bytes received in total; the stats report it and stall detection watches it move. */
   bytesRead = 0
 
-  readonly #onData = (chunk: Buffer): void => { this.#receive(chunk) }
+  readonly #onData = (chunk: Buffer): void => { this.#receive(chunk, null) }
   readonly #onEnd = (): void => { this.#latch(new ConnectionError('server closed the connection')) }
   readonly #onError = (err: Error): void => {
     const code = (err as NodeJS.ErrnoException).code
@@ -52,11 +57,20 @@ export class SocketReader {
   }
 
   readonly #onClose = (): void => { this.#latch(new ConnectionError('connection closed')) }
+  readonly #hook: ReadHook | undefined
+  /** For each chunk, the pool buffer it is a view of (null for chunks we own). */
+  #sources: Array<PooledBuffer | null> = []
 
   constructor (socket: Duplex) {
     this.#socket = socket
     socket.pause()
-    socket.on('data', this.#onData)
+    this.#hook = ReadHook.for(socket)
+    if (this.#hook === undefined) {
+      socket.on('data', this.#onData)
+    } else {
+      const early = this.#hook.attach({ onBytes: (view, source) => { this.#receive(view, source) } })
+      for (const chunk of early) this.#receive(chunk, null)
+    }
     socket.on('end', this.#onEnd)
     socket.on('error', this.#onError)
     socket.on('close', this.#onClose)
@@ -143,7 +157,7 @@ export class SocketReader {
    * later read fails with `err`, and whatever was buffered is dropped.
    */
   fail (err: Error): void {
-    this.#chunks = []
+    this.#dropChunks()
     this.#head = 0
     this.#buffered = 0
     this.#error = err
@@ -158,14 +172,22 @@ export class SocketReader {
    * the ACK would be plaintext injected ahead of the TLS handshake).
    */
   detach (): Buffer {
+    this.#hook?.detach()
     this.#socket.off('data', this.#onData)
     this.#socket.off('end', this.#onEnd)
     this.#socket.off('error', this.#onError)
     this.#socket.off('close', this.#onClose)
     this.#socket.pause()
-    const rest = this.#buffered === 0 ? Buffer.alloc(0) : this.#takeNow(this.#buffered)
+    const rest = this.#buffered === 0 ? Buffer.alloc(0) : Buffer.from(this.#takeNow(this.#buffered))
+    this.#dropChunks()
     this.#error = new ConnectionError('reader detached')
     return rest
+  }
+
+  #dropChunks (): void {
+    for (const source of this.#sources) if (source !== null) source.refs--
+    this.#chunks = []
+    this.#sources = []
   }
 
   #assertIdle (): void {
@@ -178,7 +200,7 @@ export class SocketReader {
     return new ConnectionError(`${err.message} while reading ${what} (${got} of ${want} bytes)`, { cause: err.cause })
   }
 
-  #receive (chunk: Buffer): void {
+  #receive (chunk: Buffer, source: PooledBuffer | null): void {
     this.bytesRead += chunk.length
     const p = this.#pending
     if (p !== null && p.kind === 'into' && this.#buffered === 0) {
@@ -187,13 +209,13 @@ export class SocketReader {
       p.sink.dest?.set(n === chunk.length ? chunk : chunk.subarray(0, n), p.at)
       p.at += n
       p.remaining -= n
-      if (n < chunk.length) this.#push(chunk.subarray(n))
+      if (n < chunk.length) this.#push(chunk.subarray(n), source)
       if (p.remaining === 0) {
         this.#pending = null
         p.resolve()
       }
     } else {
-      this.#push(chunk)
+      this.#push(chunk, source)
       if (p !== null) this.#satisfy(p)
     }
     this.#updateFlow()
@@ -223,9 +245,11 @@ export class SocketReader {
     }
   }
 
-  #push (chunk: Buffer): void {
+  #push (chunk: Buffer, source: PooledBuffer | null): void {
     this.#chunks.push(chunk)
+    this.#sources.push(source)
     this.#buffered += chunk.length
+    if (source !== null) source.refs++
   }
 
   /** Copies up to `n` buffered bytes into the sink; returns how many. */
@@ -258,6 +282,8 @@ export class SocketReader {
     this.#buffered -= n
     if (this.#head === this.#chunks[0]!.length) {
       this.#chunks.shift()
+      const source = this.#sources.shift()
+      if (source != null) source.refs--
       this.#head = 0
     }
   }
