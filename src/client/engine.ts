@@ -334,15 +334,20 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
         if (sending !== undefined) await sending
         return await this.#receive(req)
       } catch (err) {
-        if (!isTransportError(err) || req.abandoned || !this.#willReconnect()) throw err
+        if (!isTransportError(err) || req.abandoned || !this.#willReconnect(req)) throw err
         req.attempts++
         this.stats.retriedRequests++
       }
     }
   }
 
-  #willReconnect (): boolean {
-    return this.#state === 'CONNECTING_WAIT'
+  /**
+   * QEMU's nbd_client_will_reconnect: the request failed on a lost connection and the engine
+   * is waiting for the server. Also true when the reconnect already happened while this
+   * request was still unwinding from the old connection.
+   */
+  #willReconnect (req: Request): boolean {
+    return this.#state === 'CONNECTING_WAIT' || (this.#state === 'CONNECTED' && req.conn !== this.#conn)
   }
 
   /** Undefined when requests may be sent now; a promise to wait on; or throws. */
@@ -769,8 +774,12 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
     return error
   }
 
-  #lostConnection (reason: string, kick: boolean): void {
-    const delay = this.#options.reconnectDelay
+  #lostConnection (reason: string, kick: boolean, delay = this.#options.reconnectDelay): void {
+    if (this.#closing) {
+      // Nobody is coming back for these requests: close() fails them rather than reconnect.
+      this.#quit(new ClosedError(`client closed after the connection was lost: ${reason}`))
+      return
+    }
     this.#delayExpired = false
     if (delay > 0) {
       this.#outage = this.#newOutage()
@@ -783,17 +792,26 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
   }
 
   #serverShuttingDown (conn: Connection): void {
+    this.#beginRetire(conn, 'the server is shutting down (ESHUTDOWN)', this.#options.reconnectDelay)
+  }
+
+  /**
+   * A soft reconnect: send nothing new, let the requests in flight finish, then
+   * NBD_CMD_DISC, close, and let the connector open a new connection. Used when the server
+   * answers ESHUTDOWN and when asked to reconnect.
+   */
+  #beginRetire (conn: Connection, reason: string, delay: number): void {
     if (conn !== this.#conn || this.#state !== 'CONNECTED') return
     this.#retiring = conn
-    this.#lostConnection('the server is shutting down (ESHUTDOWN)', false)
+    this.#lostConnection(reason, false, delay)
     if (this.#inFlight === 0) this.#retire(conn)
   }
 
-  /** Soft disconnect of a connection the server is shutting down, then reconnect. */
+  /** Soft disconnect of a retiring connection, then reconnect. */
   #retire (conn: Connection): void {
     this.#retiring = null
     if (this.#poison === null && this.#conn === conn) {
-      this.#poison = new ConnectionError('the server shut the connection down (ESHUTDOWN)')
+      this.#poison = new ConnectionError('the connection was closed for a reconnect')
       sendDisconnect(conn)
       conn.reader.fail(this.#poison)
       void closedWithin(conn, 1000)
@@ -826,11 +844,16 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
     if (this.#state === 'CONNECTING_WAIT') this.#giveUpWaiting('requests waiting for the server were cancelled')
   }
 
-  /** Drops the current connection as if it had failed, so the connector opens a new one. */
+  /**
+   * Reconnects without failing anything: requests in flight finish on the old connection, new
+   * ones wait (up to the reconnect delay, or the handshake timeout when that is 0) for the new
+   * one. When not connected, the connector tries again at once instead of sleeping.
+   */
   reconnect (): void {
     const conn = this.#conn
     if (conn !== null && this.#state === 'CONNECTED') {
-      this.#channelError(new ConnectionError('reconnect requested'), conn)
+      const delay = this.#options.reconnectDelay > 0 ? this.#options.reconnectDelay : Math.max(this.#options.openTimeout, 10_000)
+      this.#beginRetire(conn, 'reconnect requested', delay)
     } else {
       this.#connector.kick(true)
     }
@@ -927,9 +950,9 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
   #closed: Promise<void> | null = null
 
   /**
-   * Waits for every submitted request to finish (each is bounded by the request timeout and
-   * the reconnect delay), sends NBD_CMD_DISC and closes. Nothing is left behind: no timer,
-   * no socket, no connector.
+   * Connected: waits for every submitted request to finish (each is bounded by the request
+   * timeout), sends NBD_CMD_DISC and closes. Not connected: fails the waiting requests at once.
+   * Either way the connector stops and nothing is left behind: no timer, no socket.
    */
   close (): Promise<void> {
     this.#closed ??= this.#close()
@@ -938,6 +961,10 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
 
   async #close (): Promise<void> {
     this.#closing = true
+    if (this.#state !== 'CONNECTED' || this.#retiring !== null) {
+      // The server is not there: requests waiting for it fail now, the connector stops.
+      this.#quit(new ClosedError('client closed while the server was unreachable'))
+    }
     if (this.#admitted > 0 || this.#slotQueue.size > 0 || this.#slotQueue.pending > 0) {
       await new Promise<void>((resolve) => { this.#drainWaiter = resolve })
     }

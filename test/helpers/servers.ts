@@ -86,23 +86,37 @@ async function stopChild (server: ChildServer, signal: NodeJS.Signals): Promise<
   clearTimeout(timer)
 }
 
-/** nbdkit ARGS... on a fresh Unix socket in `dir`. */
-export async function startNbdkit (dir: string, args: string[], name = 'nbdkit'): Promise<RunningServer> {
+let nextPort = 10930 + (process.pid % 30) * 2
+
+/** A loopback TCP port for a test server (10930-10999, as testing.md found free). */
+export function tcpPort (): number {
+  nextPort = nextPort >= 10999 ? 10930 : nextPort + 1
+  return nextPort
+}
+
+/**
+ * nbdkit ARGS... on a fresh Unix socket in `dir`, or on 127.0.0.1:`tcp` when given (then
+ * `socket` is unused and `uri()` is an nbd:// URI).
+ */
+export async function startNbdkit (dir: string, args: string[], name = 'nbdkit', options: { tcp?: number } = {}): Promise<RunningServer> {
   const socket = path.join(dir, `${name}.sock`)
   const pidfile = path.join(dir, `${name}.pid`)
   let server: ChildServer
+  const listen = options.tcp === undefined ? ['-U', socket] : ['-i', '127.0.0.1', '-p', String(options.tcp)]
   const start = async (): Promise<void> => {
     // nbdkit leaves its socket and pidfile behind; a stale socket makes the next start fail.
     rmSync(socket, { force: true })
     rmSync(pidfile, { force: true })
-    server = spawnServer('nbdkit', ['--exit-with-parent', '-f', '-U', socket, '-P', pidfile, ...args])
+    server = spawnServer('nbdkit', ['--exit-with-parent', '-f', ...listen, '-P', pidfile, ...args])
     await waitFor(`nbdkit ${args.join(' ')}`, () => existsSync(pidfile) && readFileSync(pidfile, 'utf8').trim() !== '',
       () => server.child.exitCode !== null ? `exit ${server.child.exitCode}: ${server.log.join('')}` : undefined)
   }
   await start()
   return {
     socket,
-    uri: (exportName = '') => unixUri(socket, exportName),
+    uri: (exportName = '') => options.tcp === undefined
+      ? unixUri(socket, exportName)
+      : `nbd://127.0.0.1:${options.tcp}/${encodeURIComponent(exportName)}`,
     get pid () { return server.child.pid! },
     stderr: () => server.log.join(''),
     stop: (signal = 'SIGTERM') => stopChild(server, signal),

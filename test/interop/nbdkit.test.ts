@@ -9,7 +9,7 @@ import path from 'node:path'
 import { after, describe, test } from 'node:test'
 import { NbdClient } from '../../src/index.ts'
 import { rejectsWithCode, within } from '../helpers/assert.ts'
-import { run, startNbdkit, tempDir, type RunningServer } from '../helpers/servers.ts'
+import { run, startNbdkit, tcpPort, tempDir, type RunningServer } from '../helpers/servers.ts'
 
 const dir = tempDir()
 const stops: Array<() => Promise<void>> = []
@@ -331,7 +331,7 @@ describe('nbdkit filters', () => {
   })
 
   test('TCP on loopback', async () => {
-    const port = 10930 + Math.floor(Math.random() * 60)
+    const port = tcpPort()
     const { spawn } = await import('node:child_process')
     const child = spawn('nbdkit', ['--exit-with-parent', '-f', '-i', '127.0.0.1', '-p', String(port), 'pattern', '1M'], { stdio: 'ignore' })
     stops.push(async () => { child.kill() })
