@@ -1020,6 +1020,10 @@ function closedWithin (conn: Connection, ms: number): Promise<void> {
 function waitDrain (conn: Connection): Promise<void> {
   const socket = conn.socket
   if (socket.destroyed) return Promise.reject(new ConnectionError('connection closed while sending'))
+  // The write may have finished between our check and now (a fast reader lets a whole payload
+  // go in one writev, and Node then emits 'drain' in a nextTick, before this listener exists):
+  // waiting for an event that already happened would hang until the stall timer fires.
+  if (!socket.writableNeedDrain) return Promise.resolve()
   return new Promise((resolve, reject) => {
     const done = (err?: Error): void => {
       socket.off('drain', onDrain)

@@ -9,6 +9,9 @@ import { NBD_CMD } from '../../src/protocol/constants.ts'
 import { FakeServer, type FakePeer, type WireRequest } from '../helpers/fake-server.ts'
 import { liveHandles, rejectsWithCode, within } from '../helpers/assert.ts'
 import { startNbdkit, tempDir } from '../helpers/servers.ts'
+import { FakePeer as Peer } from '../helpers/fake-server.ts'
+import { duplexPair } from '../helpers/duplex-pair.ts'
+import type net from 'node:net'
 
 const servers: FakeServer[] = []
 after(async () => { await Promise.all(servers.map((s) => s.close())) })
@@ -145,4 +148,28 @@ test('a connect can be aborted, and a server that is not there fails at once', a
   setTimeout(() => { controller.abort() }, 50)
   await rejectsWithCode(connecting, 'ABORT_ERR', 2000)
   await rejectsWithCode(NbdClient.connect('nbd+unix:///?socket=/nonexistent.sock'), 'NBD_ERR_CONNECTION', 2000, /ENOENT/)
+})
+
+test('a write that completes at once, with its drain event before anyone listens, does not hang', async () => {
+  // Regression: seen through FUSE, where a fast server read each 1 MiB payload in one go.
+  const [clientSide, serverSide] = duplexPair(1024)
+  const peer = new Peer(serverSide as unknown as net.Socket)
+  const served = (async () => {
+    await peer.negotiate({ size: 64n << 20n })
+    for (;;) {
+      const r = await peer.readRequest()
+      if (r.type === NBD_CMD.DISC) return
+      peer.simpleReply(r.cookie)
+    }
+  })()
+  const client = await NbdClient.connect({ open: async () => clientSide, requestTimeout: 5000 })
+  const payload = Buffer.alloc(64 * 1024, 1)
+  // Called from a macrotask (as FUSE does from a worker message): there Node runs nextTicks
+  // (the uncork, the completed write, its 'drain') before any promise continuation.
+  const fromMacrotask = (i: number): Promise<void> => new Promise((resolve, reject) => {
+    setImmediate(() => { client.write(payload, i * payload.length).then(resolve, reject) })
+  })
+  await within((async () => { for (let i = 0; i < 50; i++) await fromMacrotask(i) })(), 3000, '50 sequential writes')
+  await client.close()
+  await within(served, 3000, 'the fake server')
 })
