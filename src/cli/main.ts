@@ -6,8 +6,10 @@
 import { readFileSync } from 'node:fs'
 import { Command, CommanderError, Option } from 'commander'
 import { describeError } from '../errors.ts'
-import { parseDuration } from './durations.ts'
+import { parseCount, parseDuration } from './durations.ts'
 import { runInfo } from './info.ts'
+import { LOG_LEVELS, type LogLevel } from './logger.ts'
+import { runMount, runUmount } from './mount.ts'
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
 
@@ -32,6 +34,34 @@ export function buildProgram (): Command {
       await runInfo(uri, options, { out })
     })
 
+  program.command('mount')
+    .description('expose an export as a local file through FUSE (FILE: a file to mount over, or a directory)')
+    .argument('<uri>', 'NBD URI')
+    .argument('<file>', 'an existing regular file (mounted over) or a directory (the export appears as DIR/disk)')
+    .option('--readonly', 'refuse writes')
+    .addOption(new Option('--reconnect-delay <duration>', 'how long I/O waits for a lost server before failing with EIO').default(30_000, '30s').argParser(parseDuration))
+    .addOption(new Option('--open-timeout <duration>', 'keep retrying the first connect this long').default(0, '0: one attempt').argParser(parseDuration))
+    .addOption(new Option('--max-in-flight <n>', 'NBD requests in flight per connection').default(64).argParser(parseCount))
+    .addOption(new Option('--connections <n>', 'NBD connections (the server must allow multi-conn)').default(1).argParser(parseCount))
+    .option('--foreground', 'stay in the foreground instead of detaching once the mount is ready')
+    .option('--pidfile <path>', 'write the daemon\'s pid here once the mount is ready')
+    .option('--control-socket <path>', 'serve the control socket here')
+    .addOption(new Option('--log-level <level>', 'log detail').choices(LOG_LEVELS).default('info'))
+    .option('--log-file <path>', 'log here (a detached daemon logs nowhere otherwise)')
+    .option('--name <name>', 'the export\'s file name when FILE is a directory', 'disk')
+    .addOption(new Option('--ready-fd <fd>').argParser(parseCount).hideHelp())
+    .action(async (uri: string, file: string, options: { readonly?: boolean, reconnectDelay: number, openTimeout: number, maxInFlight: number, connections: number, foreground?: boolean, pidfile?: string, controlSocket?: string, logLevel: LogLevel, logFile?: string, name: string, readyFd?: number }) => {
+      process.exitCode = await runMount(uri, file, options, { out })
+    })
+
+  program.command('umount')
+    .description('unmount: the daemon finishes in-flight I/O, flushes, unmounts and exits')
+    .argument('<file>', 'the mounted file or directory')
+    .option('--lazy', 'detach now even if the file is in use (umount -l)')
+    .action(async (file: string, options: { lazy?: boolean }) => {
+      process.exitCode = await runUmount(file, options, { out })
+    })
+
   return program
 }
 
@@ -39,7 +69,7 @@ export async function main (argv: readonly string[]): Promise<number> {
   const program = buildProgram()
   try {
     await program.parseAsync(argv, { from: 'user' })
-    return 0
+    return typeof process.exitCode === 'number' ? process.exitCode : 0
   } catch (err) {
     if (err instanceof CommanderError) {
       // Help and version exit 0; usage errors were already printed by commander.
@@ -53,7 +83,12 @@ export async function main (argv: readonly string[]): Promise<number> {
 
 // Run when executed, not when imported by the tests.
 if (process.argv[1] !== undefined && import.meta.url === new URL(`file://${process.argv[1]}`).href) {
-  main(process.argv.slice(2)).then((code) => { process.exitCode = code }, (err: unknown) => {
+  main(process.argv.slice(2)).then((code) => {
+    process.exitCode = code
+    // A mount daemon's reader thread may still sit in a read() of /dev/fuse; it has nothing
+    // left to do once we get here.
+    if (process.argv[2] === 'mount') process.exit(code)
+  }, (err: unknown) => {
     process.stderr.write(`nbdts: ${describeError(err)}\n`)
     process.exitCode = 1
   })

@@ -1,0 +1,95 @@
+/**
+ * The main thread's end of /dev/fuse: requests arrive as views of shared slots (see
+ * device-worker.ts), replies leave with one writev each. Replies are synchronous writes: the
+ * device never blocks a writer, and a synchronous write lets one header buffer serve every
+ * reply.
+ */
+import { closeSync, writevSync } from 'node:fs'
+import { Worker } from 'node:worker_threads'
+import { OUT_HEADER } from './abi.ts'
+import { encodeOutHeader } from './codec.ts'
+import { END, SLOT_FREE, type DeviceWorkerData } from './device-worker.ts'
+
+export interface ChannelOptions {
+  readonly fd: number
+  readonly slotCount: number
+  /** Bytes per slot: the largest WRITE plus headers. */
+  readonly slotSize: number
+}
+
+export type RequestHandler = (request: Buffer, slot: number) => void
+
+/** The worker's file next to this one, whether we run from src/ (tsx) or dist/. */
+function workerUrl (): URL {
+  const here = import.meta.url
+  return new URL(here.endsWith('.ts') ? './device-worker.ts' : './device-worker.js', here)
+}
+
+export class FuseChannel {
+  readonly #fd: number
+  readonly #slots: SharedArrayBuffer
+  readonly #slotSize: number
+  readonly #state: Int32Array
+  readonly #worker: Worker
+  readonly #header = Buffer.alloc(OUT_HEADER)
+  #closed = false
+  /** Resolves when the device reports the filesystem gone (unmounted or aborted). */
+  readonly ended: Promise<string>
+  repliesWritten = 0
+
+  constructor (options: ChannelOptions, onRequest: RequestHandler) {
+    this.#fd = options.fd
+    this.#slotSize = options.slotSize
+    this.#slots = new SharedArrayBuffer(options.slotCount * options.slotSize)
+    this.#state = new Int32Array(new SharedArrayBuffer(4 * (options.slotCount + 1)))
+    const data: DeviceWorkerData = {
+      fd: options.fd, slots: this.#slots, slotSize: options.slotSize, slotCount: options.slotCount, state: this.#state.buffer as SharedArrayBuffer
+    }
+    this.#worker = new Worker(workerUrl(), { workerData: data })
+    this.ended = new Promise((resolve) => {
+      this.#worker.on('message', (message: number | { error: string }) => {
+        if (typeof message === 'number' && message >= 0) {
+          onRequest(Buffer.from(this.#slots, message * this.#slotSize, this.#slotSize), message)
+        } else {
+          resolve(message === END ? 'unmounted' : `device error: ${(message as { error: string }).error}`)
+        }
+      })
+      this.#worker.on('error', (err) => { resolve(`device reader failed: ${err.message}`) })
+      this.#worker.on('exit', () => { resolve('device reader stopped') })
+    })
+    // The reader thread keeps the process alive while the filesystem is mounted: that is the
+    // daemon's life. It ends by itself once the device reports the unmount (ENODEV).
+  }
+
+  /** Hands a slot back to the reader once its request is answered (and its data used). */
+  release (slot: number): void {
+    Atomics.store(this.#state, slot, SLOT_FREE)
+    const frees = this.#state.length - 1
+    Atomics.add(this.#state, frees, 1)
+    Atomics.notify(this.#state, frees)
+  }
+
+  /** Writes a reply: `error` is 0 or a negative errno; `parts` the reply body. */
+  reply (unique: number, error: number, ...parts: Buffer[]): void {
+    if (this.#closed) return
+    let length = 0
+    for (const p of parts) length += p.length
+    encodeOutHeader(this.#header, error === 0 ? length : 0, error, unique)
+    try {
+      writevSync(this.#fd, error === 0 ? [this.#header, ...parts] : [this.#header])
+      this.repliesWritten++
+    } catch (err) {
+      // ENOENT: the request was interrupted and the kernel no longer waits for it.
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    }
+  }
+
+  /** Closes the device. The reader thread ends when its blocking read returns (ENODEV). */
+  close (): void {
+    if (this.#closed) return
+    this.#closed = true
+    try {
+      closeSync(this.#fd)
+    } catch { /* already closed */ }
+  }
+}
