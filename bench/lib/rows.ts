@@ -7,8 +7,10 @@ export interface Row {
   readonly rw: Pattern
   /** Block size in bytes. */
   readonly bs: number
-  /** Requests in flight. */
+  /** Requests in flight (per job). */
   readonly qd: number
+  /** Parallel jobs (fio numjobs); 1 for library rows. */
+  readonly jobs?: number
   /** 4 KiB rows count operations; 1 MiB rows count bandwidth. */
   readonly unit: 'IOPS' | 'MiB/s'
 }
@@ -23,6 +25,14 @@ export const LIBRARY_ROWS: readonly Row[] = [
   { id: '4k-randwrite-qd16', label: '4 KiB random write, QD 16', rw: 'randwrite', bs: K, qd: 16, unit: 'IOPS' },
   { id: '1m-read-qd16', label: '1 MiB sequential read, QD 16', rw: 'read', bs: M, qd: 16, unit: 'MiB/s' },
   { id: '1m-write-qd16', label: '1 MiB sequential write, QD 16', rw: 'write', bs: M, qd: 16, unit: 'MiB/s' }
+]
+
+/** Through FUSE: fio with libaio and direct=1 on the mounted file. */
+export const FUSE_ROWS: readonly Row[] = [
+  { id: 'fuse-4k-randread-4x1', label: 'FUSE 4 KiB random read, 4 jobs × QD 1', rw: 'randread', bs: K, qd: 1, jobs: 4, unit: 'IOPS' },
+  { id: 'fuse-4k-randread-4x16', label: 'FUSE 4 KiB random read, 4 jobs × QD 16', rw: 'randread', bs: K, qd: 16, jobs: 4, unit: 'IOPS' },
+  { id: 'fuse-1m-read-qd16', label: 'FUSE 1 MiB sequential read, QD 16', rw: 'read', bs: M, qd: 16, unit: 'MiB/s' },
+  { id: 'fuse-1m-write-qd16', label: 'FUSE 1 MiB sequential write, QD 16', rw: 'write', bs: M, qd: 16, unit: 'MiB/s' }
 ]
 
 /** The result of one timed run. */

@@ -5,23 +5,13 @@
 import type { ExportInfo } from '../connector/export-info.ts'
 import { FLAG_FEATURES } from '../protocol/export-flags.ts'
 import { NBD_STATE_HOLE, NBD_STATE_ZERO } from '../protocol/constants.ts'
+import { humanSize } from '../util/json.ts'
+
+export { humanSize, toJson } from '../util/json.ts'
 
 export function protocolLine (info: ExportInfo): string {
   const packets = { simple: 'simple', structured: 'structured', extended: 'extended' }[info.mode]
   return `${info.protocol} ${info.tls ? 'with' : 'without'} TLS, using ${packets} packets`
-}
-
-/** 67108864 → "64M", as nbdinfo shows sizes. */
-export function humanSize (bytes: bigint): string {
-  const units = ['', 'K', 'M', 'G', 'T', 'P', 'E']
-  let value = Number(bytes)
-  let unit = 0
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024
-    unit++
-  }
-  const text = Number.isInteger(value) ? String(value) : value.toFixed(1)
-  return unit === 0 ? `${bytes}` : `${text}${units[unit]}`
 }
 
 export interface ExportReport {
@@ -62,14 +52,6 @@ export function exportText (report: ExportReport): string {
     if (report[key] !== undefined) lines.push(`\t${key}: ${String(report[key])}`)
   }
   return lines.join('\n')
-}
-
-/** JSON with bigints as numbers where exact, else as strings. */
-export function toJson (value: unknown): string {
-  return JSON.stringify(value, (_key, v: unknown) => {
-    if (typeof v !== 'bigint') return v
-    return v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v.toString()
-  }, 2)
 }
 
 /** What a status value means, per meta context (nbdinfo's descriptions). */

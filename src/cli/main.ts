@@ -10,6 +10,7 @@ import { parseCount, parseDuration } from './durations.ts'
 import { runInfo } from './info.ts'
 import { LOG_LEVELS, type LogLevel } from './logger.ts'
 import { runMount, runUmount } from './mount.ts'
+import { runCtl } from './ctl.ts'
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
 
@@ -49,9 +50,23 @@ export function buildProgram (): Command {
     .addOption(new Option('--log-level <level>', 'log detail').choices(LOG_LEVELS).default('info'))
     .option('--log-file <path>', 'log here (a detached daemon logs nowhere otherwise)')
     .option('--name <name>', 'the export\'s file name when FILE is a directory', 'disk')
+    .option('--config <file>', 'settings file (key = value lines), re-read by "nbdts ctl reconfigure"')
+    .addOption(new Option('--control-timeout <duration>', 'deadline of one control socket request').default(4000, '4s').argParser(parseDuration))
     .addOption(new Option('--ready-fd <fd>').argParser(parseCount).hideHelp())
-    .action(async (uri: string, file: string, options: { readonly?: boolean, reconnectDelay: number, openTimeout: number, maxInFlight: number, connections: number, foreground?: boolean, pidfile?: string, controlSocket?: string, logLevel: LogLevel, logFile?: string, name: string, readyFd?: number }) => {
-      process.exitCode = await runMount(uri, file, options, { out })
+    .action(async function (this: Command, uri: string, file: string, options: { readonly?: boolean, reconnectDelay: number, openTimeout: number, maxInFlight: number, connections: number, foreground?: boolean, pidfile?: string, controlSocket?: string, logLevel: LogLevel, logFile?: string, name: string, readyFd?: number, config?: string, controlTimeout: number }) {
+      const explicit = new Set(Object.keys(options).filter((key) => this.getOptionValueSource(key) === 'cli'))
+      process.exitCode = await runMount(uri, file, { ...options, explicit }, { out })
+    })
+
+  program.command('ctl')
+    .description('talk to a running mount through its control socket (one command, or -k for interactive)')
+    .argument('[command...]', 'the command, e.g.: show stats, set reconnect-delay 60s, help')
+    .option('--socket <path>', 'the control socket (default: the only one in /run/nbdts)')
+    .option('--mount <file>', 'the mount whose default control socket to use')
+    .addOption(new Option('--timeout <ms>', 'the server\'s deadline; ctl waits 500 ms more').default(4000).argParser(parseCount))
+    .option('-k, --interactive', 'interactive mode, with history and completion')
+    .action(async (words: string[], options: { socket?: string, mount?: string, timeout: number, interactive?: boolean }) => {
+      process.exitCode = await runCtl(words, options, { out, err: (text) => { process.stderr.write(text + '\n') } })
     })
 
   program.command('umount')

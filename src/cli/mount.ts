@@ -17,6 +17,8 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { NbdClient } from '../client/nbd-client.ts'
 import { describeError } from '../errors.ts'
+import { readFileSync } from 'node:fs'
+import { ConfigLock, ControlServer, DaemonControl, parseConfigFile, type Settings } from '../control/index.ts'
 import { FuseMount, cleanStaleMount } from '../fuse/fuse-mount.ts'
 import { daemonPid, isStale, nbdtsMountAt, unmount } from '../fuse/mount-table.ts'
 import { parseNbdUri } from '../protocol/uri.ts'
@@ -37,6 +39,36 @@ export interface MountOptions {
   readonly logFile?: string
   readonly name: string
   readonly readyFd?: number
+  readonly config?: string
+  /** ms */
+  readonly controlTimeout: number
+  /** Option names given on the command line (they win over the config file). */
+  readonly explicit: ReadonlySet<string>
+}
+
+/** Where a mount's control socket lives unless --control-socket says otherwise. */
+export const CONTROL_DIR = '/run/nbdts'
+
+export function defaultControlSocket (target: string): string {
+  const name = path.resolve(target).slice(1).replace(/\//g, '-').replace(/[^A-Za-z0-9_.-]/g, '_')
+  return path.join(CONTROL_DIR, `${name}.sock`)
+}
+
+/** Settings: defaults and command line, with the config file between them. */
+function initialSettings (options: MountOptions): Settings {
+  const settings: Settings = {
+    reconnectDelay: options.reconnectDelay,
+    openTimeout: options.openTimeout,
+    maxInFlight: options.maxInFlight,
+    logLevel: options.logLevel,
+    controlTimeout: options.controlTimeout
+  }
+  if (options.config === undefined) return settings
+  const fromFile = parseConfigFile(readFileSync(options.config, 'utf8'), options.config)
+  for (const [key, value] of Object.entries(fromFile) as Array<[keyof Settings, never]>) {
+    if (!options.explicit.has(key)) settings[key] = value
+  }
+  return settings
 }
 
 export interface Io {
@@ -62,14 +94,20 @@ async function detach (uri: string, target: string, options: MountOptions, io: I
   }
   // Said here, where the user sees it, not only in the daemon's log.
   await cleanStaleMount(target, (_level, message) => { process.stderr.write(`nbdts: ${message}\n`) })
+  // Pass on only what was given, so the config file keeps its say in the daemon too.
   const args = [process.argv[1]!, 'mount', uri, target, '--foreground', '--ready-fd', '3',
-    '--reconnect-delay', `${options.reconnectDelay}ms`, '--open-timeout', `${options.openTimeout}ms`,
-    '--max-in-flight', String(options.maxInFlight), '--connections', String(options.connections),
-    '--log-level', options.logLevel, '--name', options.name]
+    '--connections', String(options.connections), '--name', options.name]
+  const given = (key: string): boolean => options.explicit.has(key)
+  if (given('reconnectDelay')) args.push('--reconnect-delay', `${options.reconnectDelay}ms`)
+  if (given('openTimeout')) args.push('--open-timeout', `${options.openTimeout}ms`)
+  if (given('maxInFlight')) args.push('--max-in-flight', String(options.maxInFlight))
+  if (given('logLevel')) args.push('--log-level', options.logLevel)
+  if (given('controlTimeout')) args.push('--control-timeout', `${options.controlTimeout}ms`)
   if (options.readonly === true) args.push('--readonly')
   if (options.pidfile !== undefined) args.push('--pidfile', path.resolve(options.pidfile))
   if (options.controlSocket !== undefined) args.push('--control-socket', path.resolve(options.controlSocket))
   if (options.logFile !== undefined) args.push('--log-file', path.resolve(options.logFile))
+  if (options.config !== undefined) args.push('--config', path.resolve(options.config))
   const child = spawn(process.execPath, [...process.execArgv, ...args], { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'pipe'] })
   const answer = await new Promise<string>((resolve) => {
     let text = ''
@@ -94,7 +132,8 @@ async function detach (uri: string, target: string, options: MountOptions, io: I
 
 /** The daemon itself (also what --foreground runs). */
 async function serve (uri: string, target: string, options: MountOptions): Promise<number> {
-  const log = createLogger(options.logLevel, options.logFile)
+  const settings = initialSettings(options)
+  const log = createLogger(settings.logLevel, options.logFile)
   const ready = (line: string): void => {
     if (options.readyFd === undefined) return
     try {
@@ -115,12 +154,13 @@ async function serve (uri: string, target: string, options: MountOptions): Promi
 
   let client: NbdClient | undefined
   let mount: FuseMount | undefined
+  let control: ControlServer | undefined
   try {
     await cleanStaleMount(target, log)
     client = await NbdClient.connect(uri, {
-      reconnectDelay: options.reconnectDelay,
-      openTimeout: options.openTimeout,
-      maxInFlight: options.maxInFlight,
+      reconnectDelay: settings.reconnectDelay,
+      openTimeout: settings.openTimeout,
+      maxInFlight: settings.maxInFlight,
       connections: options.connections,
       signal: abort.signal
     })
@@ -130,6 +170,21 @@ async function serve (uri: string, target: string, options: MountOptions): Promi
     })
     log('info', `connected to ${uri}: ${client.size} bytes, ${client.info.mode} replies`)
     mount = await FuseMount.mount({ client, path: target, name: options.name, readonly: options.readonly === true, log })
+    const lock = new ConfigLock()
+    const daemon = new DaemonControl({
+      uri,
+      client,
+      mount,
+      settings,
+      setLogLevel: (level) => { log.level = level },
+      configFile: options.config,
+      requestShutdown: (why) => { stopping?.(why) },
+      log
+    }, lock)
+    const socketPath = options.controlSocket ?? defaultControlSocket(target)
+    control = await ControlServer.listen({ path: socketPath, run: daemon.run, lock, timeoutMs: settings.controlTimeout, log })
+    daemon.server = control
+    log('info', `control socket: ${socketPath}`)
     if (options.pidfile !== undefined) writeFileSync(options.pidfile, `${process.pid}\n`)
     ready(`ready ${process.pid} ${mount.file}`)
     log('info', `ready: ${mount.file}`)
@@ -137,6 +192,8 @@ async function serve (uri: string, target: string, options: MountOptions): Promi
     const message = describeError(err)
     log('error', message)
     ready(`error ${message}`)
+    await control?.close().catch(() => {})
+    await mount?.unmount().catch(() => {})
     await client?.close().catch(() => {})
     process.off('SIGINT', onSignal)
     process.off('SIGTERM', onSignal)
@@ -146,6 +203,7 @@ async function serve (uri: string, target: string, options: MountOptions): Promi
 
   const why = await Promise.race([stopped, mount.closed])
   log('info', `shutting down: ${why}`)
+  await control.close().catch((err: unknown) => { log('warn', `control socket: ${describeError(err)}`) })
   await mount.unmount()
   await client.close().catch((err: unknown) => { log('warn', `disconnect: ${describeError(err)}`) })
   if (options.pidfile !== undefined) rmSync(options.pidfile, { force: true })

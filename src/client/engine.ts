@@ -105,6 +105,10 @@ const SLOT_SPACE = 0x1_0000
 export class Engine extends EventEmitter<{ state: [StateChange] }> {
   readonly stats = new ClientStats()
   readonly #options: EngineOptions
+  /** How long requests wait for a lost server (ms); changeable at run time. */
+  reconnectDelay: number
+  /** Disconnected on purpose (disconnect()): the connector waits for reconnect(). */
+  #held = false
   readonly #connector: Connector
 
   #state: NbdClientState = 'CONNECTING_WAIT'
@@ -153,6 +157,7 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
   private constructor (options: EngineOptions) {
     super()
     this.#options = options
+    this.reconnectDelay = options.reconnectDelay
     this.#maxInFlight = options.maxInFlight
     this.#connector = new Connector({
       establish: options.establish,
@@ -360,7 +365,7 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
       case 'CONNECTING_NOWAIT': {
         const last = this.#connector.lastError ?? this.#poison
         if (this.#delayExpired) {
-          throw new ReconnectDelayError(`the server has been unreachable for longer than the reconnect delay (${this.#options.reconnectDelay} ms)`, { cause: last ?? undefined })
+          throw new ReconnectDelayError(`the server has been unreachable for longer than the reconnect delay (${this.reconnectDelay} ms)`, { cause: last ?? undefined })
         }
         throw new ConnectionError('not connected to the server (reconnecting in the background)', { cause: last ?? undefined })
       }
@@ -774,7 +779,7 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
     return error
   }
 
-  #lostConnection (reason: string, kick: boolean, delay = this.#options.reconnectDelay): void {
+  #lostConnection (reason: string, kick: boolean, delay = this.reconnectDelay): void {
     if (this.#closing) {
       // Nobody is coming back for these requests: close() fails them rather than reconnect.
       this.#quit(new ClosedError(`client closed after the connection was lost: ${reason}`))
@@ -792,7 +797,7 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
   }
 
   #serverShuttingDown (conn: Connection): void {
-    this.#beginRetire(conn, 'the server is shutting down (ESHUTDOWN)', this.#options.reconnectDelay)
+    this.#beginRetire(conn, 'the server is shutting down (ESHUTDOWN)', this.reconnectDelay)
   }
 
   /**
@@ -816,13 +821,13 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
       conn.reader.fail(this.#poison)
       void closedWithin(conn, 1000)
     }
-    if (!this.#closing) this.#connector.kick()
+    if (!this.#closing && !this.#held) this.#connector.kick()
   }
 
   #onDelayExpired (): void {
     this.#delayTimer = null
     if (this.#state !== 'CONNECTING_WAIT') return
-    this.#giveUpWaiting(`the server did not come back within the reconnect delay (${this.#options.reconnectDelay} ms)`)
+    this.#giveUpWaiting(`the server did not come back within the reconnect delay (${this.reconnectDelay} ms)`)
   }
 
   #giveUpWaiting (reason: string): void {
@@ -850,13 +855,35 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
    * one. When not connected, the connector tries again at once instead of sleeping.
    */
   reconnect (): void {
+    this.#held = false
     const conn = this.#conn
     if (conn !== null && this.#state === 'CONNECTED') {
-      const delay = this.#options.reconnectDelay > 0 ? this.#options.reconnectDelay : Math.max(this.#options.openTimeout, 10_000)
+      const delay = this.reconnectDelay > 0 ? this.reconnectDelay : Math.max(this.#options.openTimeout, 10_000)
       this.#beginRetire(conn, 'reconnect requested', delay)
     } else {
       this.#connector.kick(true)
     }
+  }
+
+  /**
+   * Disconnects on purpose: in-flight requests finish, then NBD_CMD_DISC. The connector then
+   * waits for reconnect(); requests meanwhile wait up to the reconnect delay, then fail.
+   */
+  disconnect (): void {
+    this.#held = true
+    const conn = this.#conn
+    if (conn !== null && this.#state === 'CONNECTED') this.#beginRetire(conn, 'disconnect requested', this.reconnectDelay)
+  }
+
+  /** A snapshot of the requests on the wire (for `show requests`). */
+  requests (): Array<{ cookie: number, type: string, offset: bigint, length: number, ageMs: number, attempts: number }> {
+    const now = performance.now()
+    const out = []
+    for (const req of this.#slots) {
+      if (req === undefined) continue
+      out.push({ cookie: req.cookie, type: commandName(req.type).replace('NBD_CMD_', ''), offset: req.offset, length: req.length, ageMs: Math.round(now - req.sentAt), attempts: req.attempts })
+    }
+    return out
   }
 
   #onConnected (conn: Connection): void {

@@ -456,9 +456,41 @@ export class NbdClient extends EventEmitter<{ state: [StateChange & { connection
     for (const e of this.#engines) e.cancelInFlight()
   }
 
-  /** Drops the connection(s) and lets the background connector open new ones. */
+  /** Reconnects without failing anything (in-flight requests finish on the old connection). */
   reconnect (): void {
     for (const e of this.#engines) e.reconnect()
+  }
+
+  /** Disconnects on purpose and stays disconnected until reconnect(). */
+  disconnect (): void {
+    for (const e of this.#engines) e.disconnect()
+  }
+
+  /** How long requests wait for a lost server, ms. */
+  get reconnectDelay (): number {
+    return this.#engines[0]!.reconnectDelay
+  }
+
+  set reconnectDelay (ms: number) {
+    if (!Number.isFinite(ms) || ms < 0) throw new InvalidArgumentError(`reconnectDelay must be a non-negative number of milliseconds, not ${ms}`)
+    for (const e of this.#engines) e.reconnectDelay = ms
+  }
+
+  /** Per connection: state, load, and what it has been through. */
+  connectionInfo (): Array<{ connection: number, state: NbdClientState, inFlight: number, queued: number, lastError: string | undefined, stats: StatsSnapshot }> {
+    return this.#engines.map((e, connection) => ({
+      connection: connection + 1,
+      state: e.state,
+      inFlight: e.inFlight,
+      queued: e.queued,
+      lastError: e.lastConnectError?.message,
+      stats: e.stats.snapshot()
+    }))
+  }
+
+  /** The requests on the wire, over every connection. */
+  requestsInFlight (): Array<{ connection: number, cookie: number, type: string, offset: bigint, length: number, ageMs: number, attempts: number }> {
+    return this.#engines.flatMap((e, i) => e.requests().map((r) => ({ connection: i + 1, ...r })))
   }
 
   /** Finishes every request, sends NBD_CMD_DISC and closes. Leaves no timers or sockets. */

@@ -8,7 +8,7 @@ import { closeSync, writevSync } from 'node:fs'
 import { Worker } from 'node:worker_threads'
 import { OUT_HEADER } from './abi.ts'
 import { encodeOutHeader } from './codec.ts'
-import { END, SLOT_FREE, type DeviceWorkerData } from './device-worker.ts'
+import { CONTROL_WORDS, END, FREES, HEAD, IDLE, SLOT_FREE, TAIL, WAKE, stateWords, type DeviceWorkerData } from './device-worker.ts'
 
 export interface ChannelOptions {
   readonly fd: number
@@ -30,6 +30,7 @@ export class FuseChannel {
   readonly #slots: SharedArrayBuffer
   readonly #slotSize: number
   readonly #state: Int32Array
+  readonly #slotCount: number
   readonly #worker: Worker
   readonly #header = Buffer.alloc(OUT_HEADER)
   #closed = false
@@ -41,15 +42,18 @@ export class FuseChannel {
     this.#fd = options.fd
     this.#slotSize = options.slotSize
     this.#slots = new SharedArrayBuffer(options.slotCount * options.slotSize)
-    this.#state = new Int32Array(new SharedArrayBuffer(4 * (options.slotCount + 1)))
+    this.#state = new Int32Array(new SharedArrayBuffer(4 * stateWords(options.slotCount)))
+    this.#slotCount = options.slotCount
+    // Idle until the first request: the reader wakes us with a message.
+    this.#state[options.slotCount + IDLE] = 1
     const data: DeviceWorkerData = {
       fd: options.fd, slots: this.#slots, slotSize: options.slotSize, slotCount: options.slotCount, state: this.#state.buffer as SharedArrayBuffer
     }
     this.#worker = new Worker(workerUrl(), { workerData: data })
     this.ended = new Promise((resolve) => {
       this.#worker.on('message', (message: number | { error: string }) => {
-        if (typeof message === 'number' && message >= 0) {
-          onRequest(Buffer.from(this.#slots, message * this.#slotSize, this.#slotSize), message)
+        if (message === WAKE) {
+          this.#drain(onRequest)
         } else {
           resolve(message === END ? 'unmounted' : `device error: ${(message as { error: string }).error}`)
         }
@@ -61,10 +65,33 @@ export class FuseChannel {
     // daemon's life. It ends by itself once the device reports the unmount (ENODEV).
   }
 
+  /**
+   * Takes every request in the ring, then goes idle; re-checks after going idle, so a request
+   * that arrived in between is not left waiting for a wake-up that will not come.
+   */
+  #drain (onRequest: RequestHandler): void {
+    const state = this.#state
+    const control = this.#slotCount
+    const ring = this.#slotCount + CONTROL_WORDS
+    for (;;) {
+      let tail = Atomics.load(state, control + TAIL)
+      while (tail !== Atomics.load(state, control + HEAD)) {
+        const slot = Atomics.load(state, ring + (tail % this.#slotCount))
+        tail++
+        Atomics.store(state, control + TAIL, tail)
+        onRequest(Buffer.from(this.#slots, slot * this.#slotSize, this.#slotSize), slot)
+      }
+      Atomics.store(state, control + IDLE, 1)
+      if (tail === Atomics.load(state, control + HEAD)) return
+      // More arrived while we were going idle; if the reader saw IDLE=1 it also posted a wake.
+      if (Atomics.exchange(state, control + IDLE, 0) === 0) return
+    }
+  }
+
   /** Hands a slot back to the reader once its request is answered (and its data used). */
   release (slot: number): void {
     Atomics.store(this.#state, slot, SLOT_FREE)
-    const frees = this.#state.length - 1
+    const frees = this.#slotCount + FREES
     Atomics.add(this.#state, frees, 1)
     Atomics.notify(this.#state, frees)
   }

@@ -1,16 +1,18 @@
 /**
  * The device reader, in its own thread: blocking reads on /dev/fuse, one request per read,
- * each into a free slot of shared memory, then the slot number is posted to the main thread.
- * A blocking read per request on libuv's threadpool costs two thread hand-offs and a queue
- * submission per request (measured here: 22.7k IOPS at 4 jobs × QD16 from memory); with one
- * reader thread and slot numbers posted over a MessagePort, the main thread takes every
- * queued request in one wake-up (132k IOPS, same test).
+ * each into a free slot of shared memory. A blocking read per request on libuv's threadpool
+ * costs two thread hand-offs and a queue submission per request (measured here: 22.7k IOPS at
+ * 4 jobs × QD16 from memory); one reader thread over shared slots reached 132k.
  *
- *   slot states (Int32Array, shared):   FREE ──worker fills──► FILLED ──main replies──► FREE
- *   the last element counts frees, so the worker can sleep on it when every slot is busy.
+ * Hand-over to the main thread is a ring of slot numbers in shared memory. The main thread
+ * drains the whole ring in one go (so everything that arrived together is answered together,
+ * and its NBD requests leave in one writev); a message is posted only to wake it when it
+ * went idle.
  *
- * Messages: a slot number (>= 0); END when the device says the filesystem is gone; an
- * object { error } for anything unexpected.
+ *   slots:  FREE ──reader fills──► FILLED ──main answers──► FREE
+ *   ring:   reader: ring[head % n] = slot; head++      main: slot = ring[tail % n]; tail++
+ *   wake:   main sets IDLE=1, then re-checks the ring; reader swaps IDLE to 0 and posts only
+ *           if it was 1 (no lost wake-up, no message per request)
  */
 import { readSync } from 'node:fs'
 import { parentPort, workerData } from 'node:worker_threads'
@@ -20,16 +22,30 @@ export interface DeviceWorkerData {
   readonly slots: SharedArrayBuffer
   readonly slotSize: number
   readonly slotCount: number
+  /** Int32Array: slotCount slot states, then the control words below, then the ring. */
   readonly state: SharedArrayBuffer
 }
 
 export const SLOT_FREE = 0
 export const SLOT_FILLED = 1
+/** Control words, after the slot states. */
+export const FREES = 0
+export const HEAD = 1
+export const TAIL = 2
+export const IDLE = 3
+export const CONTROL_WORDS = 4
+
+export const WAKE = 0
 export const END = -1
+
+export function stateWords (slotCount: number): number {
+  return slotCount + CONTROL_WORDS + slotCount
+}
 
 function run ({ fd, slots, slotSize, slotCount, state: stateBuffer }: DeviceWorkerData): void {
   const state = new Int32Array(stateBuffer)
-  const frees = slotCount
+  const control = slotCount
+  const ring = slotCount + CONTROL_WORDS
   let i = 0
   for (;;) {
     // Find a free slot; when all are busy, sleep until the main thread frees one.
@@ -37,7 +53,7 @@ function run ({ fd, slots, slotSize, slotCount, state: stateBuffer }: DeviceWork
     while (Atomics.load(state, i) !== SLOT_FREE) {
       i = (i + 1) % slotCount
       if (++scanned === slotCount) {
-        Atomics.wait(state, frees, Atomics.load(state, frees), 1000)
+        Atomics.wait(state, control + FREES, Atomics.load(state, control + FREES), 1000)
         scanned = 0
       }
     }
@@ -54,7 +70,10 @@ function run ({ fd, slots, slotSize, slotCount, state: stateBuffer }: DeviceWork
     }
     if (n === 0) continue
     Atomics.store(state, i, SLOT_FILLED)
-    parentPort!.postMessage(i)
+    const head = Atomics.load(state, control + HEAD)
+    Atomics.store(state, ring + (head % slotCount), i)
+    Atomics.store(state, control + HEAD, head + 1)
+    if (Atomics.exchange(state, control + IDLE, 0) === 1) parentPort!.postMessage(WAKE)
     i = (i + 1) % slotCount
   }
 }

@@ -42,6 +42,7 @@ export interface FileSystemOptions {
 }
 
 const EXPORT_ID = 2
+const OP_NAMES = new Map<number, string>(Object.entries(FUSE_OP).map(([name, op]) => [op, name.toLowerCase()]))
 /** How long the kernel may cache names and attributes, seconds. */
 const ATTR_VALID = 1
 const O_ACCMODE = 3
@@ -124,7 +125,8 @@ export class ExportFileSystem {
     const unique = u64(request, 8)
     const nodeid = u64(request, 16)
     const length = request.readUInt32LE(0)
-    this.#counts[opcode] = (this.#counts[opcode] ?? 0) + 1
+    const name = OP_NAMES.get(opcode) ?? `op${opcode}`
+    this.#counts[name] = (this.#counts[name] ?? 0) + 1
     try {
       switch (opcode) {
         case FUSE_OP.READ: return this.#read(request, slot, unique, nodeid)

@@ -1,0 +1,98 @@
+/**
+ * `nbdts ctl [--socket P | --mount FILE] [--timeout MS] COMMAND...` sends one command and
+ * exits 0 on success, 1 on "fail" (its reason on stderr). `nbdts ctl -k` is interactive, with
+ * history and completion of the grammar; a timeout or a lost connection is reported, and the
+ * next command reconnects.
+ */
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { homedir } from 'node:os'
+import path from 'node:path'
+import readline from 'node:readline'
+import { complete, ControlConnection, controlRequest } from '../control/index.ts'
+import { CONTROL_DIR, defaultControlSocket } from './mount.ts'
+
+export interface CtlOptions {
+  readonly socket?: string
+  readonly mount?: string
+  readonly timeout: number
+  readonly interactive?: boolean
+}
+
+export interface CtlIo {
+  readonly out: (text: string) => void
+  readonly err: (text: string) => void
+}
+
+/** --socket, else --mount's default socket, else the only socket in /run/nbdts. */
+export function resolveSocket (options: CtlOptions): string {
+  if (options.socket !== undefined) return path.resolve(options.socket)
+  if (options.mount !== undefined) return defaultControlSocket(options.mount)
+  const sockets = existsSync(CONTROL_DIR) ? readdirSync(CONTROL_DIR).filter((f) => f.endsWith('.sock')) : []
+  if (sockets.length === 1) return path.join(CONTROL_DIR, sockets[0]!)
+  if (sockets.length === 0) throw new Error(`no control socket in ${CONTROL_DIR}: is a mount running? (or give --socket PATH)`)
+  throw new Error(`several mounts are running (${sockets.join(', ')}): choose one with --socket PATH or --mount FILE`)
+}
+
+/** Words back into one command line; words with blanks are quoted again. */
+export function joinWords (words: readonly string[]): string {
+  return words.map((w) => /\s/.test(w) ? `"${w}"` : w).join(' ')
+}
+
+export async function runCtl (words: readonly string[], options: CtlOptions, io: CtlIo): Promise<number> {
+  const socket = resolveSocket(options)
+  if (options.interactive === true) return await interactive(socket, options.timeout, io)
+  if (words.length === 0) throw new Error('no command given (try: nbdts ctl help, or nbdts ctl -k for interactive use)')
+  const reply = await controlRequest(socket, joinWords(words), options.timeout)
+  if (reply.ok) {
+    io.out(reply.text)
+    return 0
+  }
+  io.err(`nbdts: ${reply.text}`)
+  return 1
+}
+
+const HISTORY = path.join(homedir(), '.nbdts_history')
+
+async function interactive (socket: string, timeout: number, io: CtlIo): Promise<number> {
+  let history: string[] = []
+  try {
+    history = readFileSync(HISTORY, 'utf8').split('\n').filter((l) => l !== '').reverse().slice(0, 500)
+  } catch { /* no history yet */ }
+  const rl = readline.createInterface({
+    input: process.stdin,
+    output: process.stdout,
+    prompt: 'nbdts> ',
+    history,
+    historySize: 500,
+    completer: (line: string): [string[], string] => {
+      const word = line.split(/\s+/).pop() ?? ''
+      return [complete(line).map((c) => c + ' '), word]
+    }
+  })
+  let connection: ControlConnection | null = null
+  rl.prompt()
+  for await (const raw of rl) {
+    const line = raw.trim()
+    if (line === 'quit' || line === 'exit') break
+    if (line !== '') {
+      try {
+        connection ??= await ControlConnection.connect(socket, timeout)
+        const reply = await connection.request(line, timeout)
+        if (reply.ok) io.out(reply.text)
+        else io.err(`fail: ${reply.text}`)
+      } catch (err) {
+        // Timeouts and lost connections are said plainly; the next command reconnects.
+        io.err(`error: ${(err as Error).message}`)
+        connection?.close()
+        connection = null
+      }
+    }
+    rl.prompt()
+  }
+  connection?.close()
+  rl.close()
+  try {
+    writeFileSync(HISTORY, (rl as unknown as { history: string[] }).history.slice().reverse().join('\n') + '\n')
+  } catch { /* read-only home: no history */ }
+  return 0
+}
