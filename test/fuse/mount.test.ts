@@ -33,7 +33,8 @@ async function mounted (uri: string, name: string, args: string[] = [], kind: 'f
 }
 
 async function fio (args: string[], timeoutMs = 120_000): Promise<{ stdout: string }> {
-  const r = await run('fio', ['--output-format=normal', ...args], { timeoutMs })
+  // verify_state_save=0: fio would leave a *-verify.state file in the working directory.
+  const r = await run('fio', ['--output-format=normal', '--verify_state_save=0', ...args], { timeoutMs })
   return { stdout: r.stdout.toString() }
 }
 
