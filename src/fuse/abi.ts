@@ -34,7 +34,9 @@ export const FUSE_OP = {
   DESTROY: 38,
   BATCH_FORGET: 42,
   FALLOCATE: 43,
-  LSEEK: 46
+  LSEEK: 46,
+  /** Sent by newer kernels whatever minor we reply; ENOSYS makes them fall back to GETATTR for good. */
+  STATX: 52
 } as const
 
 /** fuse_init_in.flags / fuse_init_out.flags */
