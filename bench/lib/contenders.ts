@@ -1,35 +1,74 @@
 /**
- * Everyone measured, each in its own process against the same export: nbdts (our library),
- * QEMU's client (`qemu-img bench`) and libnbd (fio's nbd engine).
+ * The library contenders, each in its own process against the same export: nbdts (our
+ * library), QEMU (`qemu-img bench`, and `qemu-img convert` for copies), libnbd (fio's nbd
+ * engine, and nbdcopy for copies) and @vates/nbd-client.
  */
 import { fileURLToPath } from 'node:url'
+import type { BenchExport, ExportName } from './exports.ts'
+import type { Job, WorkerResult } from './job.ts'
 import { runProc } from './proc.ts'
-import { toValue, type Row, type Sample } from './rows.ts'
+import { bandwidth, toValue, type Row, type Sample } from './rows.ts'
 
-export interface Target {
-  readonly uri: string
-  readonly size: number
+export interface RunContext {
+  readonly exports: Record<ExportName, BenchExport>
+  readonly seconds: number
+  /** A private directory for mounts and pid files. */
+  readonly dir: string
 }
 
 export interface Contender {
   readonly name: string
-  /** Footnote for the table (how this contender approximates the row). */
+  /** Is this one of ours (ratios are ours ÷ each peer)? */
+  readonly ours: boolean
+  /** Footnote for the table (how this contender approximates the rows). */
   readonly note?: string
   supports: (row: Row) => boolean
-  run: (row: Row, target: Target, seconds: number) => Promise<Sample>
+  run: (row: Row, ctx: RunContext) => Promise<Sample>
+  /** For mounts: set up before the suite's rows, torn down after. */
+  setUp?: (ctx: RunContext) => Promise<void>
+  tearDown?: () => Promise<void>
+  /** For mounts: the daemon's peak resident memory so far, MiB. */
+  peakRssMiB?: () => number | undefined
 }
 
-const worker = fileURLToPath(new URL('../workers/nbdts.ts', import.meta.url))
+const build = fileURLToPath(new URL('../.build/workers/', import.meta.url))
+
+async function worker (file: string, row: Row, ctx: RunContext): Promise<WorkerResult> {
+  const e = ctx.exports[row.export]
+  const job: Job = {
+    mode: row.kind === 'copy' ? 'copy' : 'io',
+    uri: e.uri,
+    rw: row.rw,
+    bs: row.bs,
+    qd: row.qd,
+    seconds: ctx.seconds,
+    connections: row.connections ?? 1,
+    ...(e.socket !== undefined ? { socket: e.socket } : {}),
+    ...(e.port !== undefined ? { port: e.port } : {})
+  }
+  const { stdout } = await runProc(process.execPath, [build + file, JSON.stringify(job)], (ctx.seconds + 120) * 1000)
+  return JSON.parse(stdout.trim().split('\n').pop()!) as WorkerResult
+}
+
+function workerSample (row: Row, ctx: RunContext, r: WorkerResult): Sample {
+  const value = row.kind === 'copy' ? bandwidth(ctx.exports[row.export].size, r.seconds) : toValue(row, r.ops, r.seconds)
+  return { value, rssMiB: r.maxRssKiB / 1024 }
+}
 
 export const nbdtsLibrary: Contender = {
   name: 'nbdts',
-  supports: () => true,
-  async run (row, target, seconds) {
-    const job = { uri: target.uri, rw: row.rw, bs: row.bs, qd: row.qd, seconds }
-    const { stdout } = await runProc(process.execPath, ['--import', 'tsx', worker, JSON.stringify(job)], (seconds + 30) * 1000)
-    const r = JSON.parse(stdout.trim().split('\n').pop()!) as { ops: number, seconds: number, maxRssKiB: number }
-    return { value: toValue(row, r.ops, r.seconds), rssMiB: r.maxRssKiB / 1024 }
-  }
+  ours: true,
+  note: 'copy rows time connect → close inside the process (Node start-up, ~40 ms, is not counted; the C tools are timed whole)',
+  supports: (row) => row.kind !== 'fuse',
+  run: async (row, ctx) => workerSample(row, ctx, await worker('nbdts.js', row, ctx))
+}
+
+export const vates: Contender = {
+  name: '@vates/nbd-client',
+  ours: false,
+  note: '@vates/nbd-client only reads, and has no block status on a Unix socket: it reads holes too; 4 conns is its MultiNbdClient',
+  supports: (row) => row.kind !== 'fuse' && !row.rw.endsWith('write') && row.export !== 'sparse',
+  run: async (row, ctx) => workerSample(row, ctx, await worker('vates.js', row, ctx))
 }
 
 /** Rough rates used to size qemu-img bench's request count so a run lasts about `seconds`. */
@@ -38,30 +77,51 @@ function expectedRate (row: Row): number {
   return row.qd === 1 ? 25_000 : 100_000
 }
 
-export const qemuImgBench: Contender = {
-  name: 'qemu-img bench',
-  note: 'qemu-img bench only does sequential or strided I/O: "random" rows use a stride of 4096 × 104729, which visits every block in a scattered order',
-  supports: () => true,
-  async run (row, target, seconds) {
-    const count = Math.max(200, Math.round(expectedRate(row) * seconds))
+async function timed (command: string, args: string[], timeoutMs: number): Promise<number> {
+  const t0 = performance.now()
+  await runProc(command, args, timeoutMs)
+  return (performance.now() - t0) / 1000
+}
+
+export const qemu: Contender = {
+  name: 'QEMU (qemu-img)',
+  ours: false,
+  note: 'qemu-img bench only does sequential or strided I/O: "random" rows use a stride of 4096 × 104729, which visits every block in a scattered order; copies are qemu-img convert to null-co; QEMU has no multi-conn',
+  supports: (row) => row.kind !== 'fuse' && (row.connections ?? 1) === 1,
+  async run (row, ctx) {
+    const e = ctx.exports[row.export]
+    if (row.kind === 'copy') {
+      const args = ['convert', '-n', '-W', '-m', String(Math.min(16, row.qd)), e.uri, '--target-image-opts', `driver=null-co,size=${e.size}`]
+      return { value: bandwidth(e.size, await timed('qemu-img', args, 300_000)) }
+    }
+    const count = Math.max(200, Math.round(expectedRate(row) * ctx.seconds))
     const args = ['bench', '-f', 'raw', '-c', String(count), '-d', String(row.qd), '-s', String(row.bs)]
     if (row.rw.startsWith('rand')) args.push('-S', String(4096 * 104729))
     if (row.rw.endsWith('write')) args.push('-w', '--pattern=0x5a')
-    args.push(target.uri)
-    const { stdout } = await runProc('qemu-img', args, (seconds * 10 + 60) * 1000)
+    args.push(e.uri)
+    const { stdout } = await runProc('qemu-img', args, (ctx.seconds * 10 + 60) * 1000)
     const match = /Run completed in ([\d.]+) seconds/.exec(stdout)
     if (match === null) throw new Error(`unexpected qemu-img bench output: ${stdout}`)
     return { value: toValue(row, count, Number(match[1])) }
   }
 }
 
-export const fioNbd: Contender = {
-  name: 'libnbd (fio nbd)',
-  supports: () => true,
-  async run (row, target, seconds) {
-    const args = ['--name=bench', '--ioengine=nbd', `--uri=${target.uri}`, `--rw=${row.rw}`, `--bs=${row.bs}`,
-      `--iodepth=${row.qd}`, `--runtime=${seconds}`, '--time_based', '--ramp_time=0.5', '--output-format=json']
-    const { stdout } = await runProc('fio', args, (seconds + 60) * 1000)
+export const libnbd: Contender = {
+  name: 'libnbd (fio nbd, nbdcopy)',
+  ours: false,
+  note: 'fio\'s nbd engine (one connection per job: 4 conns = 4 jobs × QD/4); copies are nbdcopy with the same request size and count',
+  supports: (row) => row.kind !== 'fuse',
+  async run (row, ctx) {
+    const e = ctx.exports[row.export]
+    const conns = row.connections ?? 1
+    if (row.kind === 'copy') {
+      const args = [`--connections=${conns}`, `--threads=${conns}`, `--request-size=${row.bs}`, `--requests=${Math.max(1, row.qd / conns)}`, e.uri, 'null:']
+      return { value: bandwidth(e.size, await timed('nbdcopy', args, 300_000)) }
+    }
+    const args = ['--name=bench', '--ioengine=nbd', `--uri=${e.uri}`, `--rw=${row.rw}`, `--bs=${row.bs}`,
+      `--iodepth=${row.qd / conns}`, `--numjobs=${conns}`, '--group_reporting', `--runtime=${ctx.seconds}`, '--time_based',
+      '--ramp_time=0.5', '--output-format=json']
+    const { stdout } = await runProc('fio', args, (ctx.seconds + 60) * 1000)
     // fio's nbd engine prints "fio: connected to NBD server" before the JSON.
     const json = JSON.parse(stdout.slice(stdout.indexOf('{'))) as { jobs: Array<Record<'read' | 'write', { iops: number, bw_bytes: number }>> }
     const side = json.jobs[0]![row.rw.endsWith('write') ? 'write' : 'read']

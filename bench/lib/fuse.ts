@@ -1,69 +1,91 @@
 /**
  * FUSE contenders: the same export mounted by nbdts and by nbdfuse (libnbd), each measured
- * with fio on the mounted file (libaio, direct=1).
+ * with fio on the mounted file (libaio, direct=1), and `dd iflag=direct` for the copy row.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
+import type { Contender, RunContext } from './contenders.ts'
 import { runProc } from './proc.ts'
-import type { Row, Sample } from './rows.ts'
-import type { Contender, Target } from './contenders.ts'
+import { bandwidth, type Row, type Sample } from './rows.ts'
 
 const CLI = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url))
 
-async function fioOnFile (file: string, row: Row, seconds: number, size: number): Promise<Sample> {
+async function measure (file: string, row: Row, ctx: RunContext): Promise<Sample> {
+  const size = ctx.exports[row.export].size
+  if (row.id.endsWith('copy')) {
+    const t0 = performance.now()
+    await runProc('dd', [`if=${file}`, 'of=/dev/null', `bs=${row.bs}`, 'iflag=direct'], 300_000)
+    return { value: bandwidth(size, (performance.now() - t0) / 1000) }
+  }
   const args = ['--name=bench', `--filename=${file}`, '--ioengine=libaio', '--direct=1', `--rw=${row.rw}`, `--bs=${row.bs}`,
-    `--iodepth=${row.qd}`, `--numjobs=${row.jobs ?? 1}`, '--group_reporting', `--size=${size}`, `--runtime=${seconds}`,
+    `--iodepth=${row.qd}`, `--numjobs=${row.jobs ?? 1}`, '--group_reporting', `--size=${size}`, `--runtime=${ctx.seconds}`,
     '--time_based', '--ramp_time=0.5', '--output-format=json']
-  const { stdout } = await runProc('fio', args, (seconds + 60) * 1000)
+  const { stdout } = await runProc('fio', args, (ctx.seconds + 60) * 1000)
   const json = JSON.parse(stdout.slice(stdout.indexOf('{'))) as { jobs: Array<Record<'read' | 'write', { iops: number, bw_bytes: number }>> }
   const side = json.jobs[0]![row.rw.endsWith('write') ? 'write' : 'read']
   return { value: row.unit === 'IOPS' ? side.iops : side.bw_bytes / (1 << 20) }
 }
 
-export interface MountedContender extends Contender {
-  mount: (target: Target, dir: string) => Promise<void>
-  unmount: () => Promise<void>
-}
-
-export function nbdtsMount (args: string[] = []): MountedContender {
-  let file = ''
-  return {
-    name: args.length === 0 ? 'nbdts mount' : `nbdts mount ${args.join(' ')}`,
-    supports: () => true,
-    async mount (target, dir) {
-      file = path.join(dir, `nbdts-${args.join('-') || 'default'}.img`)
-      writeFileSync(file, '')
-      await runProc(process.execPath, [CLI, 'mount', target.uri, file, ...args], 60_000)
-    },
-    async unmount () {
-      await runProc(process.execPath, [CLI, 'umount', file], 60_000)
-    },
-    run: async (row, target, seconds) => await fioOnFile(file, row, seconds, target.size)
+/** Peak resident memory of a process (VmHWM), MiB. */
+function peakRss (pid: number): number | undefined {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return m === null ? undefined : Number(m[1]) / 1024
+  } catch {
+    return undefined
   }
 }
 
-export function nbdfuseMount (connections = 4): MountedContender {
+export function nbdtsMount (connections = 1): Contender {
+  let file = ''
+  let pid = 0
+  let peak: number | undefined
+  return {
+    name: connections === 1 ? 'nbdts mount' : `nbdts mount -C ${connections}`,
+    ours: true,
+    note: 'nbdts mount: its daemon\'s peak RSS is VmHWM after the suite',
+    supports: (row) => row.kind === 'fuse' && (row.connections ?? 1) === connections,
+    async setUp (ctx) {
+      const e = ctx.exports.mem
+      file = path.join(ctx.dir, `nbdts-${connections}.img`)
+      const pidfile = `${file}.pid`
+      writeFileSync(file, '')
+      await runProc(process.execPath, [CLI, 'mount', e.uri, file, '--connections', String(connections), '--pidfile', pidfile,
+        '--control-socket', `${file}.ctl`], 60_000)
+      pid = Number(readFileSync(pidfile, 'utf8').trim())
+    },
+    async tearDown () {
+      peak = peakRss(pid)
+      await runProc(process.execPath, [CLI, 'umount', file], 60_000)
+    },
+    peakRssMiB: () => peakRss(pid) ?? peak,
+    run: async (row, ctx) => await measure(file, row, ctx)
+  }
+}
+
+export function nbdfuse (connections = 4): Contender {
   let dir = ''
   let child: ChildProcess | undefined
   return {
     name: `nbdfuse -C ${connections}`,
+    ours: false,
     note: 'nbdfuse opens -C connections but sends requests over only C - 1 of them (peers.md §1.5)',
-    supports: () => true,
-    async mount (target, base) {
-      dir = path.join(base, `nbdfuse-${connections}`)
+    supports: (row) => row.kind === 'fuse',
+    async setUp (ctx) {
+      dir = path.join(ctx.dir, `nbdfuse-${connections}`)
       mkdirSync(dir, { recursive: true })
-      const pidfile = path.join(base, `nbdfuse-${connections}.pid`)
-      child = spawn('nbdfuse', ['-C', String(connections), '-P', pidfile, dir, target.uri], { stdio: 'ignore' })
+      const pidfile = `${dir}.pid`
+      child = spawn('nbdfuse', ['-C', String(connections), '-P', pidfile, dir, ctx.exports.mem.uri], { stdio: 'ignore' })
       for (let i = 0; i < 500 && !existsSync(pidfile); i++) await sleep(20)
       if (!existsSync(pidfile)) throw new Error('nbdfuse did not become ready')
     },
-    async unmount () {
+    async tearDown () {
       await runProc('fusermount3', ['-u', dir], 60_000)
       await new Promise((resolve) => { if (child?.exitCode !== null) resolve(undefined); else child.once('exit', resolve) })
     },
-    run: async (row, target, seconds) => await fioOnFile(path.join(dir, 'nbd'), row, seconds, target.size)
+    run: async (row, ctx) => await measure(path.join(dir, 'nbd'), row, ctx)
   }
 }

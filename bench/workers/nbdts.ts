@@ -1,39 +1,60 @@
 /**
- * The nbdts side of a library row, in its own process like every other contender: connect,
- * warm up, then run `qd` concurrent request loops for `seconds` and report what was done.
- * Imports the built package (dist/), as a user would.
+ * The nbdts side of a library row, in its own process like every other contender. Imports the
+ * built package (dist/), as a user would.
+ *
+ *   io:   connect, warm up, run `qd` request loops for `seconds`, report operations done
+ *   copy: read the whole export to nowhere, `qd` requests of `bs` in flight, skipping what
+ *         base:allocation says is a hole (as nbdcopy does); report the time from connect to close
  */
-import { NbdClient } from '../../dist/index.js'
+import { NbdClient } from 'nbdts'
+import { copyPlan, type Job, type WorkerResult } from '../lib/job.ts'
 
-interface Job { uri: string, rw: 'randread' | 'randwrite' | 'read' | 'write', bs: number, qd: number, seconds: number, connections?: number }
 const job = JSON.parse(process.argv[2]!) as Job
-
+const t0 = performance.now()
 const client = await NbdClient.connect(job.uri, { maxInFlight: Math.max(job.qd, 1), connections: job.connections ?? 1 })
-const blocks = Number(client.size) / job.bs
-let next = 0
-const offset = job.rw.startsWith('rand')
-  ? () => Math.floor(Math.random() * blocks) * job.bs
-  : () => { const o = next * job.bs; next = (next + 1) % blocks; return o }
-const writing = job.rw === 'randwrite' || job.rw === 'write'
-
 let ops = 0
-let stopAt = 0
-async function loop (): Promise<void> {
-  const buf = Buffer.alloc(job.bs, 0x5a)
-  while (performance.now() < stopAt) {
-    if (writing) await client.write(buf, offset())
-    else await client.readInto(buf, offset())
-    ops++
-  }
-}
+let seconds: number
 
-// Warm up (JIT, socket buffers), then measure.
-stopAt = performance.now() + 500
-await Promise.all(Array.from({ length: job.qd }, loop))
-ops = 0
-const started = performance.now()
-stopAt = started + job.seconds * 1000
-await Promise.all(Array.from({ length: job.qd }, loop))
-const seconds = (performance.now() - started) / 1000
-await client.close()
-process.stdout.write(JSON.stringify({ ops, seconds, maxRssKiB: process.resourceUsage().maxRSS }) + '\n')
+if (job.mode === 'copy') {
+  const extents: Array<{ offset: number, length: number, data: boolean }> = []
+  for await (const e of client.map()) extents.push({ offset: Number(e.offset), length: e.length, data: (e.flags & 2) === 0 })
+  const pieces = copyPlan(extents, job.bs)
+  const buffers = Array.from({ length: job.qd }, () => Buffer.allocUnsafe(job.bs))
+  let next = 0
+  await Promise.all(buffers.map(async (buf) => {
+    while (next < pieces.length) {
+      const [offset, length] = pieces[next++]!
+      await client.readInto(length === buf.length ? buf : buf.subarray(0, length), offset)
+      ops++
+    }
+  }))
+  await client.close()
+  seconds = (performance.now() - t0) / 1000
+} else {
+  const blocks = Number(client.size) / job.bs
+  let next = 0
+  const offset = job.rw.startsWith('rand')
+    ? () => Math.floor(Math.random() * blocks) * job.bs
+    : () => { const o = next * job.bs; next = (next + 1) % blocks; return o }
+  const writing = job.rw.endsWith('write')
+  let stopAt = 0
+  const loop = async (): Promise<void> => {
+    const buf = Buffer.alloc(job.bs, 0x5a)
+    while (performance.now() < stopAt) {
+      if (writing) await client.write(buf, offset())
+      else await client.readInto(buf, offset())
+      ops++
+    }
+  }
+  // Warm up (JIT, socket buffers), then measure.
+  stopAt = performance.now() + 500
+  await Promise.all(Array.from({ length: job.qd }, loop))
+  ops = 0
+  const started = performance.now()
+  stopAt = started + job.seconds * 1000
+  await Promise.all(Array.from({ length: job.qd }, loop))
+  seconds = (performance.now() - started) / 1000
+  await client.close()
+}
+const result: WorkerResult = { ops, seconds, maxRssKiB: process.resourceUsage().maxRSS }
+process.stdout.write(JSON.stringify(result) + '\n')
