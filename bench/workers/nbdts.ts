@@ -38,8 +38,9 @@ if (job.mode === 'copy') {
     : () => { const o = next * job.bs; next = (next + 1) % blocks; return o }
   const writing = job.rw.endsWith('write')
   let stopAt = 0
-  const loop = async (): Promise<void> => {
-    const buf = Buffer.alloc(job.bs, 0x5a)
+  // One buffer per request in flight, for the warm-up and the run alike (as an application would).
+  const buffers = Array.from({ length: job.qd }, () => Buffer.alloc(job.bs, 0x5a))
+  const loop = async (buf: Buffer): Promise<void> => {
     while (performance.now() < stopAt) {
       if (writing) await client.write(buf, offset())
       else await client.readInto(buf, offset())
@@ -48,11 +49,11 @@ if (job.mode === 'copy') {
   }
   // Warm up (JIT, socket buffers), then measure.
   stopAt = performance.now() + 500
-  await Promise.all(Array.from({ length: job.qd }, loop))
+  await Promise.all(buffers.map(loop))
   ops = 0
   const started = performance.now()
   stopAt = started + job.seconds * 1000
-  await Promise.all(Array.from({ length: job.qd }, loop))
+  await Promise.all(buffers.map(loop))
   seconds = (performance.now() - started) / 1000
   await client.close()
 }

@@ -15,7 +15,11 @@
  * shared `#reply` (QEMU's s->reply). If it is someone else's, the reader wakes the owner and
  * parks itself; the owner reads its payload straight into its own buffer without the mutex,
  * then clears `#reply` and wakes one parked request to read the next header. `#reply !== null`
- * is the token for "the read side belongs to that cookie".
+ * is the token for "the read side belongs to that cookie". A request that finds the mutex
+ * held parks at once instead of queueing on it (QEMU queues on its CoMutex, and each queued
+ * coroutine then takes the mutex only to find another's header and yield): every parked
+ * request is woken either by its own header or when the read side is free again, so a reply
+ * costs one wake-up however many requests wait.
  *
  *     request A (holds receiveMutex)          request B (parked)
  *     header for B ──► #reply = B, wake B ──► B: #reply is mine, read payload into B.dest
@@ -43,7 +47,7 @@
 import { EventEmitter } from 'node:events'
 import diagnostics from 'node:diagnostics_channel'
 import { performance } from 'node:perf_hooks'
-import { Mutex } from 'async-mutex'
+import { Mutex, Semaphore } from 'async-mutex'
 import PQueue from 'p-queue'
 import {
   AbortedError, ClosedError, ConnectionError, NbdError, ProtocolError, ReconnectDelayError, ServerChangedError,
@@ -134,7 +138,12 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
 
   // QEMU's send_mutex, receive_mutex, free_sema and requests[].
   readonly #sendMutex = new Mutex()
-  readonly #receiveMutex = new Mutex()
+  /**
+   * Held by the request reading reply headers. Nobody ever waits on it (a request that finds
+   * it held parks), so it is taken only when free, synchronously: a binary semaphore set to 0,
+   * without acquire()'s promises.
+   */
+  readonly #receiveMutex = new Semaphore(1)
   /** free_sema: requests waiting for a slot, in order. */
   readonly #slotQueue = new PQueue({ concurrency: 1 })
   /** The head of #slotQueue, waiting for a slot to free up. */
@@ -294,6 +303,8 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
     return new Promise((resolve, reject) => {
       const onAbort = (): void => {
         req.abandoned = true
+        // The socket may be reading straight into dest: take it back before the caller reuses it.
+        req.revoke?.()
         req.dest = null
         const fail = (): void => { reject(new AbortedError(signal.reason)) }
         if (req.payloadQueued) req.onPayloadReleased = fail
@@ -384,7 +395,7 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
   #send (req: Request): Promise<void> | undefined {
     if (this.#sendMutex.isLocked()) return this.#sendLocked(req)
     const conn = this.#writeRequest(req)
-    if (!conn.socket.writableNeedDrain) return undefined
+    if (!mustDrain(conn)) return undefined
     return this.#sendMutex.runExclusive(() => this.#drainAfter(req, conn))
   }
 
@@ -392,7 +403,7 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
     const release = await this.#sendMutex.acquire()
     try {
       const conn = this.#writeRequest(req)
-      if (conn.socket.writableNeedDrain) await this.#drainAfter(req, conn)
+      if (mustDrain(conn)) await this.#drainAfter(req, conn)
     } finally {
       release()
     }
@@ -506,8 +517,13 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
     const conn = req.conn!
     try {
       for (;;) {
-        const receiving = this.#receiveReplies(req, conn)
-        if (receiving !== undefined) await receiving
+        // Until #reply holds our header: each promise means "look again" (we parked, or read
+        // headers for others), so no async frame is kept per wait.
+        let receiving = this.#receiveReplies(req, conn)
+        while (receiving !== undefined) {
+          await receiving
+          receiving = this.#receiveReplies(req, conn)
+        }
         let done: boolean
         try {
           const step = this.#handleChunk(req, this.#reply!, conn)
@@ -529,24 +545,29 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
   }
 
   /**
-   * QEMU's nbd_receive_replies: returns once `#reply` holds this request's next header.
-   * Reading headers is serialised by receiveMutex; since a header that is already buffered is
-   * read synchronously, the mutex is only taken when a reader has to wait for bytes, and the
-   * readers queued on it then take turns.
+   * QEMU's nbd_receive_replies: undefined once `#reply` holds this request's next header;
+   * otherwise a promise after which the caller asks again. Reading headers is serialised by
+   * receiveMutex; a header that is already buffered is read synchronously, so the mutex is
+   * only taken when a reader has to wait for bytes, and only when it is free: whoever finds
+   * it held parks.
    */
   #receiveReplies (req: Request, conn: Connection): Promise<void> | undefined {
-    if (this.#receiveMutex.isLocked()) return this.#receiveRepliesLocked(req, conn)
     try {
       for (;;) {
         const reply = this.#reply
         if (reply !== null) {
           if (reply.cookie === req.cookie) return undefined
-          return this.#park(req, conn)
+          return this.#park(req)
         }
         if (this.#poison !== null && this.#conn === conn) throw this.#poison
         const header = this.#tryReadHeader(conn)
-        // Bytes must be awaited: do it holding the mutex, so other readers queue behind us.
-        if (header === undefined) return this.#receiveRepliesLocked(req, conn)
+        if (header === undefined) {
+          // Bytes must be awaited. If someone already waits for them, wait to be woken (our
+          // header, or the read side free again) rather than queue on the mutex: one wake per
+          // reply instead of a hand-over to every queued request per header.
+          if (this.#receiveMutex.isLocked()) return this.#park(req)
+          return this.#receiveRepliesLocked(req, conn)
+        }
         this.#dispatch(req, header)
       }
     } catch (err) {
@@ -554,39 +575,35 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
     }
   }
 
-  /** The same loop, holding receiveMutex across every wait for bytes. */
+  /**
+   * The same loop, holding receiveMutex across every wait for bytes; resolves once #reply is
+   * set (for us, or for someone we woke), with the mutex released.
+   */
   async #receiveRepliesLocked (req: Request, conn: Connection): Promise<void> {
-    const release = await this.#receiveMutex.acquire()
-    let held = true
+    this.#receiveMutex.setValue(0)
     try {
-      for (;;) {
-        const reply = this.#reply
-        if (reply !== null) {
-          if (reply.cookie === req.cookie) return
-          held = false
-          release()
-          await this.#park(req, conn)
-          return
-        }
+      while (this.#reply === null) {
         if (this.#poison !== null && this.#conn === conn) throw this.#poison
-        this.#dispatch(req, this.#tryReadHeader(conn) ?? await this.#readHeaderSlow(conn))
+        const header = this.#tryReadHeader(conn)
+        if (header !== undefined) this.#dispatch(req, header)
+        else await conn.reader.fill(headerBytesWanted(conn), 'reply header')
       }
     } catch (err) {
       throw this.#readFailed(err, conn)
     } finally {
-      if (held) release()
+      this.#receiveMutex.release()
     }
   }
 
-  /** Another request owns the read side: wait until it hands it over (receiving = true). */
-  async #park (req: Request, conn: Connection): Promise<void> {
+  /**
+   * Another request owns the read side: wait until it hands it over (receiving = true). We
+   * are woken because our header arrived (it is in #reply, and holding it is what grants the
+   * read side), or because the read side is free again; either way the caller looks again.
+   */
+  #park (req: Request): Promise<void> {
     req.receiving = true
     this.#parked.add(req)
-    await new Promise<void>((resolve) => { req.wake = resolve })
-    // Woken because our header arrived (it is in #reply, and holding it is what grants the
-    // read side), or because the read side is free again.
-    if (this.#reply?.cookie === req.cookie) return
-    await this.#receiveReplies(req, conn)
+    return new Promise<void>((resolve) => { req.wake = resolve })
   }
 
   /** A header arrived: make it the current reply and wake its owner (QEMU: wake_one). */
@@ -610,13 +627,6 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
     const size = replyHeaderSize(reader.peekUInt32BE(), conn.info.mode)
     const buf = reader.tryTake(size)
     return buf === undefined ? undefined : parseReplyHeader(buf)
-  }
-
-  async #readHeaderSlow (conn: Connection): Promise<ReplyHeader> {
-    const reader = conn.reader
-    await reader.fill(4, 'reply header')
-    const size = replyHeaderSize(reader.peekUInt32BE(), conn.info.mode)
-    return parseReplyHeader(await reader.take(size, 'reply header'))
   }
 
   #wake (req: Request): void {
@@ -1042,6 +1052,23 @@ function closedWithin (conn: Connection, ms: number): Promise<void> {
     // The server closes after DISC; reading on lets us see its FIN.
     conn.socket.resume()
   })
+}
+
+/**
+ * Senders wait for the socket to drain only past this many queued bytes. Payloads are queued
+ * by reference, never copied, and maxInFlight already bounds what can be queued; waiting at
+ * the stream's own 16 KiB mark would put every request of a busy tick through the send mutex.
+ */
+const SEND_QUEUE_LIMIT = 8 * 1024 * 1024
+
+function mustDrain (conn: Connection): boolean {
+  return conn.socket.writableNeedDrain && conn.socket.writableLength > SEND_QUEUE_LIMIT
+}
+
+/** How many bytes the next reply header needs: its magic first, then the size it names. */
+function headerBytesWanted (conn: Connection): number {
+  const reader = conn.reader
+  return reader.buffered < 4 ? 4 : replyHeaderSize(reader.peekUInt32BE(), conn.info.mode)
 }
 
 function waitDrain (conn: Connection): Promise<void> {

@@ -31,6 +31,8 @@ export class Request implements PayloadSink {
   readonly payload: Buffer | undefined
   /** READ target; null once the caller gave up, and the reply's bytes are then dropped. */
   dest: Buffer | null
+  /** Set while the socket may read straight into dest (see SocketReader). */
+  revoke: (() => void) | null = null
 
   /** The connection the request was last sent on. */
   conn: Connection | null = null

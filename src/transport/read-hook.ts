@@ -1,14 +1,26 @@
 /**
- * Allocation-free socket reads. Node normally allocates a fresh 64 KiB buffer for every read()
- * on a socket; with `onread` the socket reads into buffers we hand it instead. The hook is
- * created with the socket (onread must be given to net.connect) and the reader attaches to it
- * once the socket is open.
+ * Allocation-free socket reads, and reads straight into the caller's buffer. Node normally
+ * allocates a fresh 64 KiB buffer for every read() on a socket; with `onread` the socket reads
+ * into buffers we hand it instead. The hook is created with the socket (onread must be given to
+ * net.connect) and the reader attaches to it once the socket is open.
  *
- * Buffers come from a small pool. The reader counts, per pool buffer, the buffered chunks that
- * are views of it (`refs`); after each read Node asks for the next buffer, and gets one whose
- * count is zero. Only when every pooled buffer still holds unconsumed bytes is another one
- * allocated. Views handed to consumers outside the chunk list are used synchronously (before
- * the event loop reads again), so reuse never overwrites bytes someone still needs.
+ * Which buffer the next read() fills is decided after each read (Node asks the `buffer`
+ * function then), so it is one of:
+ *
+ *   pool buffer  ── the default: headers, small payloads, the first piece of a large payload
+ *   lent view    ── the reader is in the middle of a large payload: the rest of it, in the
+ *                   destination itself (no copy: QEMU's and libnbd's recv into the iovec)
+ *
+ * A lent view stays with the socket until the next read, so whoever is about to drop the
+ * destination (an aborted request, a dead reader) first calls reclaim(), which hands the socket
+ * a pool buffer instead. The bytes of a read always land in what we last lent (`#lent`), which
+ * we track ourselves: Node's callback argument goes stale after a reclaim.
+ *
+ * Pool buffers: the reader counts, per pool buffer, the buffered chunks that are views of it
+ * (`refs`); the next pool buffer is one whose count is zero. Only when every pooled buffer
+ * still holds unconsumed bytes is another one allocated. Views handed to consumers outside the
+ * chunk list are used synchronously (before the event loop reads again), so reuse never
+ * overwrites bytes someone still needs.
  */
 import type { Socket } from 'node:net'
 
@@ -27,6 +39,15 @@ export class PooledBuffer {
 export interface ReadSink {
   /** Bytes arrived in `view`, a view of `source`; only valid while source.refs counts it. */
   onBytes: (view: Buffer, source: PooledBuffer) => void
+  /** `n` bytes arrived straight in the view lend() returned last. */
+  onDirect: (n: number) => void
+  /** Where the next read should go, when that is a caller's buffer; undefined for the pool. */
+  lend: () => Buffer | undefined
+}
+
+/** The part of Node's stream handle we use (StreamBase::UseUserBuffer, behind net's onread). */
+interface UserBufferHandle {
+  useUserBuffer?: (buf: Uint8Array) => void
 }
 
 const hooks = new WeakMap<object, ReadHook>()
@@ -35,15 +56,23 @@ export class ReadHook {
   readonly #pool: PooledBuffer[] = [new PooledBuffer(READ_BUFFER_SIZE)]
   #current = this.#pool[0]!
   #sink: ReadSink | null = null
+  #socket: Socket | null = null
+  /** What the socket reads into next, and whether that is a lent destination. */
+  #lent: Buffer = this.#current.buf
+  #direct = false
   /** Bytes that arrived before a reader attached (copied: nobody could consume them yet). */
   #early: Buffer[] = []
 
   readonly options = {
-    buffer: (): Buffer => this.#nextBuffer(),
-    callback: (n: number, buf: Uint8Array): boolean => {
-      const view = Buffer.from(buf.buffer, buf.byteOffset, n)
-      if (this.#sink !== null) this.#sink.onBytes(view, this.#current)
-      else this.#early.push(Buffer.from(view))
+    buffer: (): Buffer => this.#next(),
+    callback: (n: number): boolean => {
+      if (this.#direct) {
+        this.#sink!.onDirect(n)
+      } else {
+        const view = this.#lent.subarray(0, n)
+        if (this.#sink !== null) this.#sink.onBytes(view, this.#current)
+        else this.#early.push(Buffer.from(view))
+      }
       // Flow control is the reader's, through pause()/resume(); never pause from here.
       return true
     }
@@ -57,10 +86,38 @@ export class ReadHook {
   }
 
   detach (): void {
+    this.reclaim()
     this.#sink = null
   }
 
-  #nextBuffer (): Buffer {
+  /** Lending is possible only where Node's handle lets us take a lent view back. */
+  get canLend (): boolean {
+    const handle = (this.#socket as unknown as { _handle?: UserBufferHandle | null } | null)?._handle
+    return typeof handle?.useUserBuffer === 'function'
+  }
+
+  /** If a destination is lent to the socket, takes it back (the next read goes to the pool). */
+  reclaim (): void {
+    if (!this.#direct) return
+    this.#direct = false
+    this.#lent = this.#poolBuffer()
+    const handle = (this.#socket as unknown as { _handle?: UserBufferHandle | null })._handle
+    handle?.useUserBuffer?.(this.#lent)
+  }
+
+  #next (): Buffer {
+    const direct = this.#sink?.lend()
+    if (direct !== undefined) {
+      this.#direct = true
+      this.#lent = direct
+    } else {
+      this.#direct = false
+      this.#lent = this.#poolBuffer()
+    }
+    return this.#lent
+  }
+
+  #poolBuffer (): Buffer {
     if (this.#current.refs === 0) return this.#current.buf
     const free = this.#pool.find((p) => p.refs === 0)
     this.#current = free ?? new PooledBuffer(READ_BUFFER_SIZE)
@@ -74,6 +131,7 @@ export class ReadHook {
   }
 
   static register (socket: Socket, hook: ReadHook): void {
+    hook.#socket = socket
     hooks.set(socket, hook)
   }
 }

@@ -23,12 +23,23 @@ import type { Duplex } from 'node:stream'
 import { ConnectionError } from '../errors.ts'
 import { ReadHook, type PooledBuffer } from './read-hook.ts'
 
-/** Where payload bytes go. `dest` becomes null when the caller gave up: bytes are then dropped. */
+/**
+ * Where payload bytes go. `dest` becomes null when the caller gave up: bytes are then dropped.
+ * While the socket may read straight into `dest`, the reader sets `revoke`: call it before
+ * dropping or reusing `dest`.
+ */
 export interface PayloadSink {
   dest: Buffer | null
+  revoke?: (() => void) | null
 }
 
 const HIGH_WATER = 1024 * 1024
+/**
+ * The rest of a payload is read straight into its destination only when at least this much is
+ * still to come: a lent view ends the read at the payload's end, so the reply header that
+ * follows costs one more read(), which pays only for large payloads.
+ */
+const LEND_MIN = 64 * 1024
 
 type Pending =
   | { kind: 'take', need: number, resolve: (buf: Buffer) => void, reject: (err: Error) => void, what: string }
@@ -60,6 +71,9 @@ export class SocketReader {
   readonly #hook: ReadHook | undefined
   /** For each chunk, the pool buffer it is a view of (null for chunks we own). */
   #sources: Array<PooledBuffer | null> = []
+  /** The sink whose destination the socket may be reading into. */
+  #lentTo: PayloadSink | null = null
+  readonly #revokeFn = (): void => { this.#revoke() }
 
   constructor (socket: Duplex) {
     this.#socket = socket
@@ -68,7 +82,11 @@ export class SocketReader {
     if (this.#hook === undefined) {
       socket.on('data', this.#onData)
     } else {
-      const early = this.#hook.attach({ onBytes: (view, source) => { this.#receive(view, source) } })
+      const early = this.#hook.attach({
+        onBytes: (view, source) => { this.#receive(view, source) },
+        onDirect: (n) => { this.#receiveDirect(n) },
+        lend: () => this.#lend()
+      })
       for (const chunk of early) this.#receive(chunk, null)
     }
     socket.on('end', this.#onEnd)
@@ -157,6 +175,7 @@ export class SocketReader {
    * later read fails with `err`, and whatever was buffered is dropped.
    */
   fail (err: Error): void {
+    this.#revoke()
     this.#dropChunks()
     this.#head = 0
     this.#buffered = 0
@@ -172,6 +191,7 @@ export class SocketReader {
    * the ACK would be plaintext injected ahead of the TLS handshake).
    */
   detach (): Buffer {
+    this.#revoke()
     this.#hook?.detach()
     this.#socket.off('data', this.#onData)
     this.#socket.off('end', this.#onEnd)
@@ -198,6 +218,46 @@ export class SocketReader {
     const err = this.#error!
     if (!(err instanceof ConnectionError) || got === 0 && want === 0) return err
     return new ConnectionError(`${err.message} while reading ${what} (${got} of ${want} bytes)`, { cause: err.cause })
+  }
+
+  /** A view of the pending payload's destination for the socket to read into, if worth it. */
+  #lend (): Buffer | undefined {
+    const p = this.#pending
+    if (p === null || p.kind !== 'into' || this.#buffered !== 0 || p.remaining < LEND_MIN) return undefined
+    const dest = p.sink.dest
+    if (dest === null || this.#hook?.canLend !== true) return undefined
+    this.#lentTo = p.sink
+    p.sink.revoke = this.#revokeFn
+    return dest.subarray(p.at, p.at + p.remaining)
+  }
+
+  /** Bytes the socket read straight into the lent destination. */
+  #receiveDirect (n: number): void {
+    this.bytesRead += n
+    const p = this.#pending
+    this.#lentTo = null
+    if (p === null || p.kind !== 'into' || n > p.remaining) {
+      // Lending follows the pending read and is revoked with it, so this cannot happen.
+      this.fail(new ConnectionError('internal: bytes read into a destination nobody waits for'))
+      return
+    }
+    p.sink.revoke = null
+    p.at += n
+    p.remaining -= n
+    if (p.remaining === 0) {
+      this.#pending = null
+      p.resolve()
+    }
+    this.#updateFlow()
+  }
+
+  /** Takes a lent destination back from the socket, before its owner drops it. */
+  #revoke (): void {
+    const sink = this.#lentTo
+    if (sink === null) return
+    this.#lentTo = null
+    sink.revoke = null
+    this.#hook?.reclaim()
   }
 
   #receive (chunk: Buffer, source: PooledBuffer | null): void {
@@ -290,6 +350,7 @@ export class SocketReader {
 
   #latch (err: Error): void {
     if (this.#error !== null) return
+    this.#revoke()
     this.#error = err
     const p = this.#pending
     if (p === null) return
