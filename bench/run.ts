@@ -35,13 +35,12 @@ const only = args.only?.split(',')
 const suiteFilter = args.suite?.split(',')
 const progress = (text: string): void => { process.stderr.write(`${text}\n`) }
 
-const nbdfuse4 = nbdfuse(4)
 const SUITES: ReadonlyArray<{ name: SuiteName, contenders: Contender[] }> = [
   { name: 'library', contenders: [nbdtsLibrary, qemu, libnbd, vates] },
   { name: 'tcp', contenders: [nbdtsLibrary, qemu, libnbd, vates] },
   { name: 'copy', contenders: [nbdtsLibrary, qemu, libnbd, vates] },
-  { name: 'multi-conn', contenders: [nbdtsLibrary, libnbd, vates, nbdtsMount(4), nbdfuse4] },
-  { name: 'fuse', contenders: [nbdtsMount(1), nbdfuse4] }
+  { name: 'multi-conn', contenders: [nbdtsLibrary, libnbd, vates] },
+  { name: 'fuse', contenders: [nbdtsMount(), nbdtsMount(1), nbdfuse(4)] }
 ]
 
 const bench = fileURLToPath(new URL('.', import.meta.url))

@@ -5,7 +5,8 @@
  *   tcp         a few of the same rows over TCP loopback
  *   copy        the whole export to nowhere (nbdcopy's job), dense and sparse
  *   multi-conn  4 connections (the servers advertise CAN_MULTI_CONN)
- *   fuse        fio (libaio, direct=1) on the mounted file: nbdts mount against nbdfuse
+ *   fuse        fio (libaio, direct=1) on the mounted file: nbdts mount (its defaults, and one
+ *               connection) against nbdfuse (its defaults)
  */
 import type { ExportName } from './exports.ts'
 
@@ -55,7 +56,6 @@ export const ROWS: readonly Row[] = [
   { id: 'mc-4k-randread-qd64', suite: 'multi-conn', label: '4 conns: 4 KiB random read, QD 64', kind: 'io', rw: 'randread', bs: K, qd: 64, connections: 4, export: 'mem', unit: 'IOPS' },
   { id: 'mc-1m-read-qd64', suite: 'multi-conn', label: '4 conns: 1 MiB sequential read, QD 64', kind: 'io', rw: 'read', bs: M, qd: 64, connections: 4, export: 'mem', unit: 'MiB/s' },
   { id: 'mc-copy-dense', suite: 'multi-conn', label: '4 conns: copy 1 GiB of data to null', kind: 'copy', rw: 'read', bs: M, qd: 64, connections: 4, export: 'mem', unit: 'MiB/s' },
-  { id: 'mc-fuse-4k-randread-4x16', suite: 'multi-conn', label: '4 conns: FUSE 4 KiB random read, 4 jobs × QD 16', kind: 'fuse', rw: 'randread', bs: K, qd: 16, jobs: 4, connections: 4, export: 'mem', unit: 'IOPS' },
 
   { id: 'fuse-4k-randread-1x1', suite: 'fuse', label: 'FUSE 4 KiB random read, QD 1', kind: 'fuse', rw: 'randread', bs: K, qd: 1, jobs: 1, export: 'mem', unit: 'IOPS' },
   { id: 'fuse-4k-randread-4x1', suite: 'fuse', label: 'FUSE 4 KiB random read, 4 jobs × QD 1', kind: 'fuse', rw: 'randread', bs: K, qd: 1, jobs: 4, export: 'mem', unit: 'IOPS' },

@@ -17,3 +17,8 @@ export function parseCount (text: string): number {
   if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`"${text}" is not a positive integer`)
   return n
 }
+
+/** A connection count, or "auto" (as many as the server allows for multi-conn, up to 4). */
+export function parseConnections (text: string): number | 'auto' {
+  return text === 'auto' ? 'auto' : parseCount(text)
+}

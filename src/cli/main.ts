@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs'
 import { Command, CommanderError, Option } from 'commander'
 import { describeError } from '../errors.ts'
-import { parseCount, parseDuration } from './durations.ts'
+import { parseConnections, parseCount, parseDuration } from './durations.ts'
 import { runInfo } from './info.ts'
 import { LOG_LEVELS, type LogLevel } from './logger.ts'
 import { runMount, runUmount } from './mount.ts'
@@ -43,7 +43,7 @@ export function buildProgram (): Command {
     .addOption(new Option('--reconnect-delay <duration>', 'how long I/O waits for a lost server before failing with EIO').default(30_000, '30s').argParser(parseDuration))
     .addOption(new Option('--open-timeout <duration>', 'keep retrying the first connect this long').default(0, '0: one attempt').argParser(parseDuration))
     .addOption(new Option('--max-in-flight <n>', 'NBD requests in flight per connection').default(64).argParser(parseCount))
-    .addOption(new Option('--connections <n>', 'NBD connections (the server must allow multi-conn)').default(1).argParser(parseCount))
+    .addOption(new Option('--connections <n|auto>', 'NBD connections; auto: 4 when the server allows multi-conn, else 1').default('auto').argParser(parseConnections))
     .option('--foreground', 'stay in the foreground instead of detaching once the mount is ready')
     .option('--pidfile <path>', 'write the daemon\'s pid here once the mount is ready')
     .option('--control-socket <path>', 'serve the control socket here')
@@ -53,7 +53,7 @@ export function buildProgram (): Command {
     .option('--config <file>', 'settings file (key = value lines), re-read by "nbdts ctl reconfigure"')
     .addOption(new Option('--control-timeout <duration>', 'deadline of one control socket request').default(4000, '4s').argParser(parseDuration))
     .addOption(new Option('--ready-fd <fd>').argParser(parseCount).hideHelp())
-    .action(async function (this: Command, uri: string, file: string, options: { readonly?: boolean, reconnectDelay: number, openTimeout: number, maxInFlight: number, connections: number, foreground?: boolean, pidfile?: string, controlSocket?: string, logLevel: LogLevel, logFile?: string, name: string, readyFd?: number, config?: string, controlTimeout: number }) {
+    .action(async function (this: Command, uri: string, file: string, options: { readonly?: boolean, reconnectDelay: number, openTimeout: number, maxInFlight: number, connections: number | 'auto', foreground?: boolean, pidfile?: string, controlSocket?: string, logLevel: LogLevel, logFile?: string, name: string, readyFd?: number, config?: string, controlTimeout: number }) {
       const explicit = new Set(Object.keys(options).filter((key) => this.getOptionValueSource(key) === 'cli'))
       process.exitCode = await runMount(uri, file, { ...options, explicit }, { out })
     })

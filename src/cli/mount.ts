@@ -31,7 +31,7 @@ export interface MountOptions {
   /** ms */
   readonly openTimeout: number
   readonly maxInFlight: number
-  readonly connections: number
+  readonly connections: number | 'auto'
   readonly foreground?: boolean
   readonly pidfile?: string
   readonly controlSocket?: string

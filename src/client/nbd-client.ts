@@ -55,6 +55,12 @@ export interface MapExtent {
   readonly flags: number
 }
 
+/** `connections: 'auto'` with a server that allows multi-conn (nbdfuse's and nbdcopy's default too). */
+const AUTO_CONNECTIONS = 4
+
+/** With several connections, a connection takes this many requests before the next is used. */
+const SPILL = 4
+
 /** Status requests and trims/zeroes are split at this size (a power of two, so always aligned). */
 const MAX_EFFECT = 1 << 30
 
@@ -69,7 +75,6 @@ export class NbdClient extends EventEmitter<{ state: [StateChange & { connection
   readonly #minBlockBig: bigint
   /** Largest READ/WRITE payload we send: a multiple of #minBlock. */
   readonly #maxPayload: number
-  #next = 0
   #zeroes: Buffer | undefined
   /** The size as a number when it is one exactly (fast range checks); else -1. */
   readonly #sizeNumber: number
@@ -117,13 +122,15 @@ export class NbdClient extends EventEmitter<{ state: [StateChange & { connection
       ...(resolved.backoff !== undefined && { backoff: resolved.backoff })
     }, signal)
     const first = await open('connection 1')
-    if (resolved.connections === 1) return new NbdClient(resolved, [first])
-    if ((first.info.flags & NBD_FLAG.CAN_MULTI_CONN) === 0) {
+    const multiConn = (first.info.flags & NBD_FLAG.CAN_MULTI_CONN) !== 0
+    const connections = resolved.connections === 'auto' ? (multiConn ? AUTO_CONNECTIONS : 1) : resolved.connections
+    if (connections === 1) return new NbdClient(resolved, [first])
+    if (!multiConn) {
       await first.close()
-      throw new NotSupportedError(`the server does not advertise CAN_MULTI_CONN, so ${resolved.connections} connections would not be safe`)
+      throw new NotSupportedError(`the server does not advertise CAN_MULTI_CONN, so ${connections} connections would not be safe`)
     }
     const rest = await Promise.allSettled(
-      Array.from({ length: resolved.connections - 1 }, (_, i) => open(`connection ${i + 2}`)))
+      Array.from({ length: connections - 1 }, (_, i) => open(`connection ${i + 2}`)))
     const engines = [first, ...rest.flatMap((r) => r.status === 'fulfilled' ? [r.value] : [])]
     const failed = rest.find((r) => r.status === 'rejected')
     if (failed !== undefined) {
@@ -506,15 +513,22 @@ export class NbdClient extends EventEmitter<{ state: [StateChange & { connection
   // ── helpers ───────────────────────────────────────────────────────────────────────────
 
   /** The least busy connection. */
+  /**
+   * The connection for the next request: the first one (in order) with fewer than SPILL
+   * requests, else the least loaded. Light traffic stays on one socket, where one wake-up
+   * often brings several replies; heavy traffic spreads over all of them.
+   */
   #pick (): Engine {
     const engines = this.#engines
     if (engines.length === 1) return engines[0]!
-    let best = engines[this.#next]!
-    this.#next = (this.#next + 1) % engines.length
+    let best: Engine | undefined
     for (const e of engines) {
-      if (e.state === 'CONNECTED' && e.inFlight + e.queued < best.inFlight + best.queued) best = e
+      if (e.state !== 'CONNECTED') continue
+      const load = e.inFlight + e.queued
+      if (load < SPILL) return e
+      if (best === undefined || load < best.inFlight + best.queued) best = e
     }
-    return best
+    return best ?? engines[0]!
   }
 
   #submit (command: Command, signal: AbortSignal | undefined): Promise<void> {

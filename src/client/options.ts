@@ -22,8 +22,11 @@ export interface NbdClientOptions {
   readonly open?: OpenSocket
   /** Requests in flight per connection. @default 16 */
   readonly maxInFlight?: number
-  /** Connections to spread requests over; needs a server that advertises CAN_MULTI_CONN. @default 1 */
-  readonly connections?: number
+  /**
+   * Connections to spread requests over; more than one needs a server that advertises
+   * CAN_MULTI_CONN. 'auto': 4 when it does, else 1. @default 1
+   */
+  readonly connections?: number | 'auto'
   /** Meta contexts to select for blockStatus. @default ['base:allocation'] */
   readonly metaContexts?: readonly string[]
   /** Negotiate structured replies. @default true */
@@ -59,7 +62,7 @@ export interface ResolvedOptions {
   readonly exportName: string
   readonly open: OpenSocket
   readonly maxInFlight: number
-  readonly connections: number
+  readonly connections: number | 'auto'
   readonly metaContexts: readonly string[]
   readonly structuredReplies: boolean
   readonly extendedHeaders: boolean
@@ -101,7 +104,7 @@ export function resolveOptions (target: string | NbdClientOptions, extra: NbdCli
     exportName: uri?.exportName ?? options.exportName ?? '',
     open: options.open ?? socketOpener(address!),
     maxInFlight: count(options.maxInFlight, 16, 'maxInFlight', 1, MAX_IN_FLIGHT),
-    connections: count(options.connections, 1, 'connections', 1, 64),
+    connections: options.connections === 'auto' ? 'auto' : count(options.connections, 1, 'connections', 1, 64),
     metaContexts: options.metaContexts ?? ['base:allocation'],
     structuredReplies: options.structuredReplies ?? true,
     extendedHeaders: options.extendedHeaders ?? true,

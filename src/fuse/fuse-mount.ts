@@ -101,6 +101,7 @@ export class FuseMount {
       mounted = true
       channel = new FuseChannel({ fd, slotCount: options.slots ?? 128, slotSize: IN_HEADER + WRITE_IN + maxWrite + 4096 },
         (request, slot) => { fs!.handle(request, slot) })
+      channel.onError = (err) => { log('error', `FUSE reply failed: ${err.message}`) }
       fs = new ExportFileSystem(channel, { client: options.client, layout, readonly, uid, gid, maxWrite, log })
       // The kernel sends INIT right after mount(2); nothing works until it is answered.
       const initTimeout = new Promise<never>((_resolve, reject) => {

@@ -158,8 +158,11 @@ describe('nbdts mount', () => {
     const s = await server('reconnect', ['file', image])
     const m = await mounted(s.uri(), 'reconnect.img.mnt', ['--reconnect-delay', '20s'])
     const load = fio(['--name=verify', `--filename=${m.file}`, '--rw=randwrite', '--bsrange=4k-256k', '--ioengine=libaio',
-      '--direct=1', '--iodepth=16', '--size=64M', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--loops=2'])
+      '--direct=1', '--iodepth=16', '--size=64M', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--loops=30'])
+    let finished = false
+    void load.then(() => { finished = true }, () => { finished = true })
     await sleep(700)
+    assert.equal(finished, false, 'the load is still running when the server dies')
     await s.stop('SIGKILL')
     await sleep(1500)
     await s.restart()
