@@ -38,6 +38,7 @@ const progress = (text: string): void => { process.stderr.write(`${text}\n`) }
 const SUITES: ReadonlyArray<{ name: SuiteName, contenders: Contender[] }> = [
   { name: 'library', contenders: [nbdtsLibrary, qemu, libnbd, vates] },
   { name: 'tcp', contenders: [nbdtsLibrary, qemu, libnbd, vates] },
+  { name: 'tls', contenders: [nbdtsLibrary, qemu, libnbd] },
   { name: 'copy', contenders: [nbdtsLibrary, qemu, libnbd, vates] },
   { name: 'multi-conn', contenders: [nbdtsLibrary, libnbd, vates] },
   { name: 'fuse', contenders: [nbdtsMount(), nbdtsMount(1), nbdfuse(4)] }

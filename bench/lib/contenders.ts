@@ -66,8 +66,8 @@ export const nbdtsLibrary: Contender = {
 export const vates: Contender = {
   name: '@vates/nbd-client',
   ours: false,
-  note: '@vates/nbd-client only reads, and has no block status on a Unix socket: it reads holes too; 4 conns is its MultiNbdClient',
-  supports: (row) => row.kind !== 'fuse' && !row.rw.endsWith('write') && row.export !== 'sparse',
+  note: '@vates/nbd-client only reads, has no block status on a Unix socket (it reads holes too) and no PSK; 4 conns is its MultiNbdClient',
+  supports: (row) => row.kind !== 'fuse' && !row.rw.endsWith('write') && row.export !== 'sparse' && row.export !== 'tls',
   run: async (row, ctx) => workerSample(row, ctx, await worker('vates.js', row, ctx))
 }
 
@@ -86,12 +86,16 @@ async function timed (command: string, args: string[], timeoutMs: number): Promi
 export const qemu: Contender = {
   name: 'QEMU (qemu-img)',
   ours: false,
-  note: 'qemu-img bench only does sequential or strided I/O: "random" rows use a stride of 4096 × 104729, which visits every block in a scattered order; copies are qemu-img convert to null-co; QEMU has no multi-conn',
-  supports: (row) => row.kind !== 'fuse' && (row.connections ?? 1) === 1,
+  note: 'qemu-img bench only does sequential or strided I/O: "random" rows use a stride of 4096 × 104729, which visits every block in a scattered order; copies are qemu-img convert to null-co; QEMU has no multi-conn; qemu-img 7.2 bench takes no TLS credentials (--object), so over TLS only the copy',
+  supports: (row) => row.kind !== 'fuse' && (row.connections ?? 1) === 1 && (row.export !== 'tls' || row.kind === 'copy'),
   async run (row, ctx) {
     const e = ctx.exports[row.export]
     if (row.kind === 'copy') {
-      const args = ['convert', '-n', '-W', '-m', String(Math.min(16, row.qd)), e.uri, '--target-image-opts', `driver=null-co,size=${e.size}`]
+      const source = e.psk === undefined
+        ? [e.uri]
+        : ['--object', `tls-creds-psk,id=tls0,endpoint=client,dir=${e.psk.dir},username=${e.psk.username}`,
+            '--image-opts', `driver=nbd,server.type=unix,server.path=${e.socket!},tls-creds=tls0`]
+      const args = ['convert', '-n', '-W', '-m', String(Math.min(16, row.qd)), ...source, '--target-image-opts', `driver=null-co,size=${e.size}`]
       return { value: bandwidth(e.size, await timed('qemu-img', args, 300_000)) }
     }
     const count = Math.max(200, Math.round(expectedRate(row) * ctx.seconds))
@@ -109,8 +113,8 @@ export const qemu: Contender = {
 export const libnbd: Contender = {
   name: 'libnbd (fio nbd, nbdcopy)',
   ours: false,
-  note: 'fio\'s nbd engine (one connection per job: 4 conns = 4 jobs × QD/4); copies are nbdcopy with the same request size and count',
-  supports: (row) => row.kind !== 'fuse',
+  note: 'fio\'s nbd engine (one connection per job: 4 conns = 4 jobs × QD/4); copies are nbdcopy with the same request size and count; the fio engine refuses tls-psk-file (libnbd\'s local-file gate), so over TLS only the copy',
+  supports: (row) => row.kind !== 'fuse' && (row.export !== 'tls' || row.kind === 'copy'),
   async run (row, ctx) {
     const e = ctx.exports[row.export]
     const conns = row.connections ?? 1

@@ -3,6 +3,7 @@
  *
  *   library     our library against QEMU's client, libnbd and @vates/nbd-client (Unix socket)
  *   tcp         a few of the same rows over TCP loopback
+ *   tls         TLS with a PSK (QEMU's client over TLS only as qemu-img convert: 7.2's bench has no --object)
  *   copy        the whole export to nowhere (nbdcopy's job), dense and sparse
  *   multi-conn  4 connections (the servers advertise CAN_MULTI_CONN)
  *   fuse        fio (libaio, direct=1) on the mounted file: nbdts mount (its defaults, and one
@@ -11,7 +12,7 @@
 import type { ExportName } from './exports.ts'
 
 export type Pattern = 'randread' | 'randwrite' | 'read' | 'write'
-export type SuiteName = 'library' | 'tcp' | 'copy' | 'multi-conn' | 'fuse'
+export type SuiteName = 'library' | 'tcp' | 'tls' | 'copy' | 'multi-conn' | 'fuse'
 
 export interface Row {
   readonly id: string
@@ -49,6 +50,9 @@ export const ROWS: readonly Row[] = [
 
   { id: 'tcp-4k-randread-qd16', suite: 'tcp', label: 'TCP 4 KiB random read, QD 16', kind: 'io', rw: 'randread', bs: K, qd: 16, export: 'mem-tcp', unit: 'IOPS' },
   { id: 'tcp-1m-read-qd16', suite: 'tcp', label: 'TCP 1 MiB sequential read, QD 16', kind: 'io', rw: 'read', bs: M, qd: 16, export: 'mem-tcp', unit: 'MiB/s' },
+
+  { id: 'tls-1m-read-qd16', suite: 'tls', label: 'TLS 1 MiB sequential read, QD 16', kind: 'io', rw: 'read', bs: M, qd: 16, export: 'tls', unit: 'MiB/s' },
+  { id: 'tls-copy', suite: 'tls', label: 'TLS copy 1 GiB to null, 1 MiB × 16', kind: 'copy', rw: 'read', bs: M, qd: 16, export: 'tls', unit: 'MiB/s', quick: true },
 
   { id: 'copy-dense', suite: 'copy', label: 'copy 1 GiB of data to null, 1 MiB × 16', kind: 'copy', rw: 'read', bs: M, qd: 16, export: 'mem', unit: 'MiB/s', quick: true },
   { id: 'copy-sparse', suite: 'copy', label: 'copy 1 GiB sparse (10% data) to null', kind: 'copy', rw: 'read', bs: M, qd: 16, export: 'sparse', unit: 'MiB/s' },

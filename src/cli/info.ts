@@ -6,8 +6,9 @@ import { NbdClient } from '../client/nbd-client.ts'
 import type { ExportInfo } from '../connector/export-info.ts'
 import { formatNbdUri, parseNbdUri } from '../protocol/uri.ts'
 import { describeStatus, exportReport, exportText, protocolLine, toJson } from './describe.ts'
+import { tlsClientOptions, type TlsFlags } from './tls-options.ts'
 
-export interface InfoOptions {
+export interface InfoOptions extends TlsFlags {
   readonly json?: boolean
   readonly list?: boolean
   readonly map?: boolean
@@ -21,12 +22,12 @@ export interface Output {
 
 export async function runInfo (uri: string, options: InfoOptions, io: Output): Promise<void> {
   const parsed = parseNbdUri(uri)
-  const connectOptions = options.openTimeout === undefined ? {} : { openTimeout: options.openTimeout }
+  const connectOptions = { ...tlsClientOptions(options), ...(options.openTimeout !== undefined && { openTimeout: options.openTimeout }) }
   if (options.list === true) {
     const exports = await NbdClient.list(uri, connectOptions)
     const reports = exports.map((e) => e.info === undefined
       ? { 'export-name': e.name, description: e.description, error: e.error }
-      : exportReport(e.info, formatNbdUri(parsed.address, e.name, false)))
+      : exportReport(e.info, formatNbdUri(parsed.address, e.name, e.info.tls)))
     const first = exports.find((e) => e.info !== undefined)?.info
     if (options.json === true) {
       io.out(toJson({ ...protocolJson(first), exports: reports }))

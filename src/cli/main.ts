@@ -11,6 +11,7 @@ import { runInfo } from './info.ts'
 import { LOG_LEVELS, type LogLevel } from './logger.ts'
 import { runMount, runUmount } from './mount.ts'
 import { runCtl } from './ctl.ts'
+import { addTlsOptions, type TlsFlags } from './tls-options.ts'
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
 
@@ -23,7 +24,7 @@ export function buildProgram (): Command {
     .showHelpAfterError()
     .exitOverride()
 
-  program.command('info')
+  addTlsOptions(program.command('info'))
     .description('show what an NBD server offers (like nbdinfo)')
     .argument('<uri>', 'NBD URI: nbd://host[:port]/export, nbd+unix:///export?socket=PATH, nbds://...')
     .option('--json', 'machine-readable output')
@@ -31,11 +32,11 @@ export function buildProgram (): Command {
     .option('--map', 'print the extents of the export (block status)')
     .option('--context <name>', 'meta context for --map', 'base:allocation')
     .addOption(new Option('--open-timeout <duration>', 'keep retrying the first connect this long (seconds, or 500ms, 2s)').argParser(parseDuration))
-    .action(async (uri: string, options: { json?: boolean, list?: boolean, map?: boolean, context?: string, openTimeout?: number }) => {
+    .action(async (uri: string, options: { json?: boolean, list?: boolean, map?: boolean, context?: string, openTimeout?: number } & TlsFlags) => {
       await runInfo(uri, options, { out })
     })
 
-  program.command('mount')
+  addTlsOptions(program.command('mount'))
     .description('expose an export as a local file through FUSE (FILE: a file to mount over, or a directory)')
     .argument('<uri>', 'NBD URI')
     .argument('<file>', 'an existing regular file (mounted over) or a directory (the export appears as DIR/disk)')
@@ -53,7 +54,7 @@ export function buildProgram (): Command {
     .option('--config <file>', 'settings file (key = value lines), re-read by "nbdts ctl reconfigure"')
     .addOption(new Option('--control-timeout <duration>', 'deadline of one control socket request').default(4000, '4s').argParser(parseDuration))
     .addOption(new Option('--ready-fd <fd>').argParser(parseCount).hideHelp())
-    .action(async function (this: Command, uri: string, file: string, options: { readonly?: boolean, reconnectDelay: number, openTimeout: number, maxInFlight: number, connections: number | 'auto', foreground?: boolean, pidfile?: string, controlSocket?: string, logLevel: LogLevel, logFile?: string, name: string, readyFd?: number, config?: string, controlTimeout: number }) {
+    .action(async function (this: Command, uri: string, file: string, options: { readonly?: boolean, reconnectDelay: number, openTimeout: number, maxInFlight: number, connections: number | 'auto', foreground?: boolean, pidfile?: string, controlSocket?: string, logLevel: LogLevel, logFile?: string, name: string, readyFd?: number, config?: string, controlTimeout: number } & TlsFlags) {
       const explicit = new Set(Object.keys(options).filter((key) => this.getOptionValueSource(key) === 'cli'))
       process.exitCode = await runMount(uri, file, { ...options, explicit }, { out })
     })

@@ -23,8 +23,9 @@ import { FuseMount, cleanStaleMount } from '../fuse/fuse-mount.ts'
 import { daemonPid, isStale, nbdtsMountAt, unmount } from '../fuse/mount-table.ts'
 import { parseNbdUri } from '../protocol/uri.ts'
 import { createLogger, type LogLevel } from './logger.ts'
+import { tlsArgs, tlsClientOptions, type TlsFlags } from './tls-options.ts'
 
-export interface MountOptions {
+export interface MountOptions extends TlsFlags {
   readonly readonly?: boolean
   /** ms */
   readonly reconnectDelay: number
@@ -96,7 +97,7 @@ async function detach (uri: string, target: string, options: MountOptions, io: I
   await cleanStaleMount(target, (_level, message) => { process.stderr.write(`nbdts: ${message}\n`) })
   // Pass on only what was given, so the config file keeps its say in the daemon too.
   const args = [process.argv[1]!, 'mount', uri, target, '--foreground', '--ready-fd', '3',
-    '--connections', String(options.connections), '--name', options.name]
+    '--connections', String(options.connections), '--name', options.name, ...tlsArgs(options)]
   const given = (key: string): boolean => options.explicit.has(key)
   if (given('reconnectDelay')) args.push('--reconnect-delay', `${options.reconnectDelay}ms`)
   if (given('openTimeout')) args.push('--open-timeout', `${options.openTimeout}ms`)
@@ -162,6 +163,7 @@ async function serve (uri: string, target: string, options: MountOptions): Promi
       openTimeout: settings.openTimeout,
       maxInFlight: settings.maxInFlight,
       connections: options.connections,
+      ...tlsClientOptions(options),
       signal: abort.signal
     })
     client.on('state', (c) => {

@@ -112,7 +112,8 @@ export class NbdClient extends EventEmitter<{ state: [StateChange & { connection
         extendedHeaders: resolved.extendedHeaders,
         metaContexts: resolved.metaContexts,
         listContexts: resolved.listContexts,
-        handshakeTimeout: resolved.handshakeTimeout
+        handshakeTimeout: resolved.handshakeTimeout,
+        tls: resolved.tls
       }, s),
       maxInFlight: resolved.maxInFlight,
       requestTimeout: resolved.requestTimeout,
@@ -147,7 +148,7 @@ export class NbdClient extends EventEmitter<{ state: [StateChange & { connection
   static async list (target: string | NbdClientOptions, options: NbdClientOptions = {}): Promise<ListedExport[]> {
     const resolved = resolveOptions(target, options)
     const signal = typeof target === 'string' ? options.signal : target.signal ?? options.signal
-    return await listExports({ open: resolved.open, handshakeTimeout: resolved.handshakeTimeout, ...(signal !== undefined && { signal }) })
+    return await listExports({ open: resolved.open, handshakeTimeout: resolved.handshakeTimeout, tls: resolved.tls, ...(signal !== undefined && { signal }) })
   }
 
   /** What the server told us about the export (from the first connection). */

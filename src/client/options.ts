@@ -2,8 +2,10 @@
  * Client options: what the caller may set, the defaults, and the checks that turn a URI or
  * an options bag into what the engine and the connector need.
  */
-import { InvalidArgumentError, NotSupportedError } from '../errors.ts'
+import { InvalidArgumentError } from '../errors.ts'
 import type { BackoffOptions } from '../connector/backoff.ts'
+import type { NegotiateTls } from '../connector/handshake/negotiate.ts'
+import { loadTlsCredentials, type TlsMode, type TlsSettings } from '../transport/tls-credentials.ts'
 import { parseNbdUri, type NbdAddress, type NbdUri } from '../protocol/uri.ts'
 import { socketOpener, type OpenSocket } from '../transport/open-socket.ts'
 import { MAX_IN_FLIGHT } from './engine.ts'
@@ -53,6 +55,22 @@ export interface NbdClientOptions {
   readonly maxRequestSize?: number
   /** Also learn every meta context the export offers (ExportInfo.availableContexts). @default false */
   readonly listContexts?: boolean
+  /**
+   * TLS: 'require' (nbds:// URIs: fail rather than talk in clear), 'on' (use it when the
+   * server offers it), 'off'. @default 'require' for nbds://, 'on' when credentials are
+   * given, else 'off'
+   */
+  readonly tls?: TlsMode
+  /** X.509: a directory with ca-cert.pem, and client-cert.pem + client-key.pem (the URI's tls-certificates). */
+  readonly tlsCertificates?: string
+  /** PSK: a file of `username:hexkey` lines (the URI's tls-psk-file). */
+  readonly tlsPskFile?: string
+  /** The PSK username (the URI's userinfo). @default the login name */
+  readonly tlsUsername?: string
+  /** The name the server's certificate must carry. @default the TCP host; none over a Unix socket */
+  readonly tlsHostname?: string
+  /** Verify the server's certificate. Only an explicit false turns it off. @default true */
+  readonly tlsVerifyPeer?: boolean
   /** Aborts the connect. */
   readonly signal?: AbortSignal
 }
@@ -73,6 +91,8 @@ export interface ResolvedOptions {
   readonly backoff: BackoffOptions | undefined
   readonly maxRequestSize: number
   readonly listContexts: boolean
+  /** TLS to negotiate, with its credentials read; undefined: plaintext. */
+  readonly tls: NegotiateTls | undefined
   readonly uri: NbdUri | undefined
 }
 
@@ -91,13 +111,11 @@ function duration (value: number | undefined, fallback: number, name: string): n
 export function resolveOptions (target: string | NbdClientOptions, extra: NbdClientOptions = {}): ResolvedOptions {
   const options: NbdClientOptions = typeof target === 'string' ? { ...extra, uri: target } : { ...target, ...extra }
   const uri = options.uri === undefined ? undefined : parseNbdUri(options.uri)
-  if (uri !== undefined && uri.tls === 'require') {
-    throw new NotSupportedError(`TLS is not supported yet (${options.uri})`)
-  }
   const address = uri?.address ?? options.address
   if (options.open === undefined && address === undefined) {
     throw new InvalidArgumentError('say where to connect: a uri, an address, or an open function')
   }
+  const tls = resolveTls(options, uri, address)
   const maxRequestSize = count(options.maxRequestSize, 32 * 1024 * 1024, 'maxRequestSize', 512, 64 * 1024 * 1024)
   return {
     address,
@@ -115,6 +133,33 @@ export function resolveOptions (target: string | NbdClientOptions, extra: NbdCli
     backoff: options.backoff,
     maxRequestSize,
     listContexts: options.listContexts ?? false,
+    tls,
     uri
   }
+}
+
+/** The URI's TLS parameters, with the options bag's taking precedence. */
+function resolveTls (options: NbdClientOptions, uri: NbdUri | undefined, address: NbdAddress | undefined): NegotiateTls | undefined {
+  const settings: TlsSettings = {
+    mode: 'off',
+    ...pick('type', uri?.tlsType),
+    ...pick('certificates', options.tlsCertificates ?? uri?.tlsCertificates),
+    ...pick('pskFile', options.tlsPskFile ?? uri?.tlsPskFile),
+    ...pick('username', options.tlsUsername ?? uri?.tlsUsername),
+    ...pick('hostname', options.tlsHostname ?? uri?.tlsHostname),
+    ...pick('verifyPeer', options.tlsVerifyPeer ?? uri?.tlsVerifyPeer)
+  }
+  const required = uri?.tls === 'require'
+  if (required && options.tls !== undefined && options.tls !== 'require') {
+    throw new InvalidArgumentError(`${options.uri ?? 'an nbds:// URI'} requires TLS; tls: '${options.tls}' contradicts it`)
+  }
+  const credentialsGiven = settings.certificates !== undefined || settings.pskFile !== undefined
+  const mode: TlsMode = options.tls ?? (required ? 'require' : credentialsGiven ? 'on' : 'off')
+  if (mode === 'off') return undefined
+  const host = address?.transport === 'tcp' ? address.host.replace(/^\[|\]$/g, '') : undefined
+  return { mode, credentials: loadTlsCredentials({ ...settings, mode }, host) }
+}
+
+function pick<K extends string, V> (key: K, value: V | undefined): { [P in K]?: V } {
+  return (value === undefined ? {} : { [key]: value }) as { [P in K]?: V }
 }

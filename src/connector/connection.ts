@@ -44,7 +44,7 @@ export async function establish (options: EstablishOptions, signal?: AbortSignal
     ch = new OptionChannel(socket, new SocketReader(socket))
     if (deadline.signal.aborted) onAbort()
     try {
-      const info = await negotiate(ch, options)
+      const info = await negotiate(ch, options, deadline.signal)
       return { socket: ch.socket, reader: ch.reader, info }
     } catch (err) {
       // The server refused something: leave politely. A protocol violation or a dead stream

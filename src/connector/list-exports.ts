@@ -17,6 +17,8 @@ import { optAbort } from './handshake/opt-abort.ts'
 import { optInfoOrGo } from './handshake/opt-go.ts'
 import { optList } from './handshake/opt-list.ts'
 import { optListMetaContext } from './handshake/opt-meta-context.ts'
+import type { NegotiateTls } from './handshake/negotiate.ts'
+import { optStartTls } from './handshake/opt-starttls.ts'
 import { optStructuredReply } from './handshake/opt-structured-reply.ts'
 import { OptionChannel } from './handshake/option-channel.ts'
 
@@ -24,6 +26,7 @@ export interface ListExportsOptions {
   readonly open: OpenSocket
   readonly handshakeTimeout: number
   readonly signal?: AbortSignal
+  readonly tls?: NegotiateTls | undefined
 }
 
 export interface ListedExport {
@@ -49,6 +52,8 @@ export async function listExports (options: ListExportsOptions): Promise<ListedE
   try {
     const handshake = await greet(ch)
     if (!handshake.fixedNewstyle) throw new HandshakeError('the server is not fixed-newstyle, so it cannot list exports')
+    // Before TLS a server may hide TLS-only exports, and what it says is not to be trusted.
+    if (options.tls !== undefined) await optStartTls(ch, options.tls.mode, options.tls.credentials, deadline.signal)
     const mode: ReplyMode = await optStructuredReply(ch) ? 'structured' : 'simple'
     const listed: ListedExport[] = []
     for (const entry of await optList(ch)) {
@@ -70,7 +75,7 @@ export async function listExports (options: ListExportsOptions): Promise<ListedE
             blockSize: go.blockSize,
             mode,
             protocol: 'newstyle-fixed',
-            tls: false,
+            tls: ch.tls,
             contexts: new Map(),
             availableContexts: available
           }

@@ -143,7 +143,7 @@ export class DaemonControl {
           exportSize: client.size,
           exportSizeHuman: humanSize(client.size),
           state: client.states.join(' '),
-          protocol: `${client.info.protocol}, ${client.info.mode} replies`,
+          protocol: `${client.info.protocol}, ${client.info.mode} replies, ${client.info.tls ? 'with' : 'without'} TLS`,
           pid: process.pid,
           uptimeSeconds: Math.round((Date.now() - this.#startedAt) / 1000)
         }

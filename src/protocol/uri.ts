@@ -54,12 +54,17 @@ function decode (text: string, what: string): string {
 }
 
 export function parseNbdUri (text: string): NbdUri {
+  // "nbds+unix://alice@/?socket=..." (a PSK user over a Unix socket, as libnbd writes it) is
+  // valid RFC 3986, but WHATWG URL refuses credentials without a host: take them out first.
+  const hostless = /^([a-z][a-z0-9+.-]*:\/\/)([^@/?#]*)@(?=[/?#]|$)/i.exec(text)
   let url: URL
   try {
-    url = new URL(text)
+    url = new URL(hostless === null ? text : hostless[1]! + text.slice(hostless[0].length))
   } catch {
     throw new UriError(`"${text}" is not a URI`)
   }
+  const userinfo = hostless === null ? url.username : hostless[2]!
+  if (hostless !== null && hostless[2]!.includes(':')) throw new UriError(`"${text}": passwords do not belong in NBD URIs`)
   const scheme = SCHEMES[url.protocol.toLowerCase()]
   if (scheme === undefined) {
     throw new UriError(`unsupported scheme "${url.protocol}" in "${text}": use nbd://, nbds://, nbd+unix:// or nbds+unix://`)
@@ -109,7 +114,7 @@ export function parseNbdUri (text: string): NbdUri {
   if (verify !== undefined && !['0', '1', 'false', 'true'].includes(verify)) {
     throw new UriError(`tls-verify-peer must be 0 or 1, not "${verify}"`)
   }
-  const username = url.username === '' ? undefined : decode(url.username, 'user name')
+  const username = userinfo === '' ? undefined : decode(userinfo, 'user name')
   if (url.password !== '') throw new UriError(`"${text}": passwords do not belong in NBD URIs`)
 
   return {

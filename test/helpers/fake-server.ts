@@ -5,6 +5,8 @@
  */
 import net from 'node:net'
 import path from 'node:path'
+import type { Duplex } from 'node:stream'
+import { TLSSocket, type TlsOptions } from 'node:tls'
 import {
   NBD_CMD, NBD_EXTENDED_REPLY_MAGIC, NBD_EXTENDED_REQUEST_MAGIC, NBD_FLAG, NBD_INFO, NBD_INIT_MAGIC, NBD_OPT,
   NBD_OPTS_MAGIC, NBD_REP, NBD_REP_MAGIC, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE, NBD_REQUEST_MAGIC,
@@ -36,6 +38,8 @@ export interface NegotiateOptions {
   /** Meta contexts offered, name → id. @default { 'base:allocation': 1 } */
   readonly contexts?: Readonly<Record<string, number>>
   readonly blockSize?: readonly [number, number, number]
+  /** The greeting was already exchanged (negotiation goes on after STARTTLS). */
+  readonly skipGreeting?: boolean
   /** Handle (or break) any option before the default answer; return true when handled. */
   readonly onOption?: (peer: FakePeer, request: OptionRequest) => Promise<boolean>
 }
@@ -52,16 +56,42 @@ export class FakePeer {
   /** Every byte the client sent, in order. */
   readonly received: Buffer[] = []
 
+  /** Where replies go: the socket, or the TLS session over it after startTls(). */
+  #io: Duplex
+  /** The TLS session, once startTls() succeeded. */
+  tls: TLSSocket | undefined
+
   constructor (socket: net.Socket) {
     this.socket = socket
-    socket.on('data', (d: Buffer) => {
+    this.#io = socket
+    this.#listen(socket)
+  }
+
+  #listen (stream: Duplex): void {
+    stream.on('data', (d: Buffer) => {
       this.received.push(d)
       this.#buffer = Buffer.concat([this.#buffer, d])
       this.#waiter?.()
     })
-    socket.on('end', () => { this.#ended = true; this.#waiter?.() })
-    socket.on('close', () => { this.#ended = true; this.#waiter?.() })
-    socket.on('error', () => {})
+    stream.on('end', () => { this.#ended = true; this.#waiter?.() })
+    stream.on('close', () => { this.#ended = true; this.#waiter?.() })
+    stream.on('error', () => {})
+  }
+
+  /** The server side of STARTTLS, after the ACK: TLS over this connection from now on. */
+  async startTls (options: TlsOptions): Promise<void> {
+    this.socket.removeAllListeners('data')
+    this.socket.removeAllListeners('end')
+    this.socket.removeAllListeners('close')
+    const secure = new TLSSocket(this.socket, { isServer: true, ...options })
+    this.#listen(secure)
+    this.#io = secure
+    this.tls = secure
+    await new Promise<void>((resolve, reject) => {
+      secure.once('secure', resolve)
+      secure.once('error', reject)
+      secure.once('close', () => { reject(new Error('client closed during the TLS handshake')) })
+    })
   }
 
   async read (n: number): Promise<Buffer> {
@@ -101,11 +131,11 @@ export class FakePeer {
   }
 
   write (...parts: Buffer[]): void {
-    this.socket.write(Buffer.concat(parts))
+    this.#io.write(Buffer.concat(parts))
   }
 
-  end (): void { this.socket.end() }
-  destroy (): void { this.socket.destroy() }
+  end (): void { this.#io.end() }
+  destroy (): void { this.#io.destroy(); this.socket.destroy() }
 
   async greet (flags = 3): Promise<number> {
     const g = Buffer.alloc(18)
@@ -154,7 +184,7 @@ export class FakePeer {
     const size = options.size ?? 1024n * 1024n
     const flags = options.flags ?? DEFAULT_FLAGS
     const contexts = options.contexts ?? { 'base:allocation': 1 }
-    await this.greet()
+    if (options.skipGreeting !== true) await this.greet()
     for (;;) {
       const req = await this.readOption()
       if (options.onOption !== undefined && await options.onOption(this, req)) {

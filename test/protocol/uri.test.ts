@@ -15,7 +15,10 @@ test('NBD URIs per doc/uri.md', () => {
     ['nbd+unix://?socket=/tmp/s', { address: { transport: 'unix', path: '/tmp/s' }, exportName: '', tls: 'on' }],
     ['nbd+unix:///?socket=%00abstract', { address: { transport: 'unix', path: '\0abstract' }, exportName: '', tls: 'on' }],
     ['nbds://alice@h/e?tls-psk-file=/k.psk', { address: { transport: 'tcp', host: 'h', port: 10809 }, exportName: 'e', tls: 'require', tlsPskFile: '/k.psk', tlsUsername: 'alice' }],
-    ['nbds+unix:///?socket=/s&tls-verify-peer=0&tls-hostname=srv', { address: { transport: 'unix', path: '/s' }, exportName: '', tls: 'require', tlsHostname: 'srv', tlsVerifyPeer: false }]
+    ['nbds+unix:///?socket=/s&tls-verify-peer=0&tls-hostname=srv', { address: { transport: 'unix', path: '/s' }, exportName: '', tls: 'require', tlsHostname: 'srv', tlsVerifyPeer: false }],
+    // A PSK user over a Unix socket (libnbd's form: userinfo, no host).
+    ['nbds+unix://alice@/disk?socket=/s&tls-psk-file=/k', { address: { transport: 'unix', path: '/s' }, exportName: 'disk', tls: 'require', tlsPskFile: '/k', tlsUsername: 'alice' }],
+    ['nbds+unix://al%20ice@?socket=/s', { address: { transport: 'unix', path: '/s' }, exportName: '', tls: 'require', tlsUsername: 'al ice' }]
   ]
   for (const [uri, expected] of cases) assert.deepEqual(parseNbdUri(uri), expected, uri)
 })
@@ -34,6 +37,7 @@ test('bad URIs are diagnosed, never ignored', () => {
     ['nbds://h/e?tls-type=magic', /tls-type must be/],
     ['nbds://h/e?tls-verify-peer=maybe', /tls-verify-peer must be/],
     ['nbd://u:pw@h/e', /passwords/],
+    ['nbds+unix://u:pw@/?socket=/s', /passwords/],
     ['not a uri', /is not a URI/]
   ]
   for (const [uri, message] of bad) {

@@ -1,10 +1,12 @@
 /**
- * The whole handshake, in QEMU's order: greeting, (STARTTLS,) EXTENDED_HEADERS or else
+ * The whole handshake, in QEMU's order: greeting, STARTTLS, EXTENDED_HEADERS or else
  * STRUCTURED_REPLY, SET_META_CONTEXT, then GO, falling back to EXPORT_NAME for servers that
- * do not know GO. A non-fixed-newstyle server only gets EXPORT_NAME.
+ * do not know GO. A non-fixed-newstyle server only gets EXPORT_NAME (and no TLS).
  *
  *   greeting ──► [fixed?] ──no──► EXPORT_NAME ──► transmission (simple replies)
- *                   │yes
+ *                   │yes              (TLS required: refused here)
+ *                   ▼
+ *              [tls on|require] STARTTLS ──► everything below runs over TLS (see opt-starttls)
  *                   ▼
  *             EXTENDED_HEADERS ──ack──► mode=extended ─┐
  *                   │err                               │
@@ -19,7 +21,7 @@
  *                                 ▼
  *                            EXPORT_NAME ──► transmission
  */
-import { ProtocolError } from '../../errors.ts'
+import { ConnectionError, ProtocolError, TlsError } from '../../errors.ts'
 import { NBD_OPT } from '../../protocol/constants.ts'
 import { usableTransmissionFlags } from '../../protocol/export-flags.ts'
 import type { ReplyMode } from '../../protocol/reply.ts'
@@ -29,8 +31,15 @@ import { optExportName } from './opt-export-name.ts'
 import { optExtendedHeaders } from './opt-extended-headers.ts'
 import { optInfoOrGo } from './opt-go.ts'
 import { optListMetaContext, optSetMetaContext } from './opt-meta-context.ts'
+import { optStartTls } from './opt-starttls.ts'
 import { optStructuredReply } from './opt-structured-reply.ts'
 import type { OptionChannel } from './option-channel.ts'
+import type { TlsCredentials, TlsMode } from '../../transport/tls-credentials.ts'
+
+export interface NegotiateTls {
+  readonly mode: Exclude<TlsMode, 'off'>
+  readonly credentials: TlsCredentials
+}
 
 export interface NegotiateOptions {
   readonly exportName: string
@@ -42,12 +51,39 @@ export interface NegotiateOptions {
   readonly metaContexts: readonly string[]
   /** Also ask which meta contexts the export offers (for `nbdts info`). */
   readonly listContexts?: boolean
+  /** TLS to try or insist on; undefined: plaintext. */
+  readonly tls?: NegotiateTls | undefined
 }
 
-export async function negotiate (ch: OptionChannel, options: NegotiateOptions): Promise<ExportInfo> {
-  const { exportName } = options
+export async function negotiate (ch: OptionChannel, options: NegotiateOptions, signal: AbortSignal): Promise<ExportInfo> {
   const handshake = await greet(ch)
+  const tls = options.tls
+  if (tls !== undefined && handshake.fixedNewstyle) {
+    if (await optStartTls(ch, tls.mode, tls.credentials, signal)) return await afterTls(ch, options, handshake.noZeroes)
+  } else if (tls?.mode === 'require') {
+    throw new TlsError('TLS is required, but the server is not fixed-newstyle, so it cannot do STARTTLS')
+  }
+  return await negotiateOptions(ch, options, handshake)
+}
 
+/**
+ * Under TLS 1.3 a server that rejects our certificate (or wants one we did not send) only says
+ * so after the handshake, by closing: the first reply never comes. That is a TLS failure.
+ */
+async function afterTls (ch: OptionChannel, options: NegotiateOptions, noZeroes: boolean): Promise<ExportInfo> {
+  const before = ch.reader.bytesRead
+  try {
+    return await negotiateOptions(ch, options, { fixedNewstyle: true, noZeroes })
+  } catch (err) {
+    if (err instanceof ConnectionError && ch.reader.bytesRead === before) {
+      throw new TlsError(`the server closed the TLS connection before answering anything: it probably refused our client certificate (or the lack of one) (${options.tls!.credentials.description})`, { cause: err })
+    }
+    throw err
+  }
+}
+
+async function negotiateOptions (ch: OptionChannel, options: NegotiateOptions, handshake: { fixedNewstyle: boolean, noZeroes: boolean }): Promise<ExportInfo> {
+  const { exportName } = options
   if (!handshake.fixedNewstyle) {
     const reply = await optExportName(ch, exportName, handshake.noZeroes)
     return exportInfo(options, 'newstyle', 'simple', new Map(), {
@@ -67,7 +103,7 @@ export async function negotiate (ch: OptionChannel, options: NegotiateOptions): 
     : new Map<number, string>()
 
   const go = await optInfoOrGo(ch, NBD_OPT.GO, exportName)
-  if (go !== 'unsupported') return { ...exportInfo(options, 'newstyle-fixed', mode, contexts, go), availableContexts: available }
+  if (go !== 'unsupported') return { ...exportInfo(options, 'newstyle-fixed', mode, contexts, go, ch.tls), availableContexts: available }
 
   if (mode === 'extended') {
     // A server that acked extended headers MUST support GO; EXPORT_NAME is then forbidden.
@@ -77,7 +113,7 @@ export async function negotiate (ch: OptionChannel, options: NegotiateOptions): 
   return {
     ...exportInfo(options, 'newstyle-fixed', mode, contexts, {
       size: reply.size, flags: reply.flags, canonicalName: undefined, description: undefined, blockSize: undefined
-    }),
+    }, ch.tls),
     availableContexts: available
   }
 }
@@ -87,7 +123,8 @@ function exportInfo (
   protocol: ExportInfo['protocol'],
   mode: ReplyMode,
   contexts: Map<number, string>,
-  go: { size: bigint, flags: number, canonicalName: string | undefined, description: string | undefined, blockSize: ExportInfo['blockSize'] }
+  go: { size: bigint, flags: number, canonicalName: string | undefined, description: string | undefined, blockSize: ExportInfo['blockSize'] },
+  tls = false
 ): ExportInfo {
   if (go.size > 0x7fff_ffff_ffff_ffffn) {
     // Offsets are signed 64-bit on most servers; libnbd's CVE-2023-5215 came from trusting this.
@@ -103,7 +140,7 @@ function exportInfo (
     blockSize: go.blockSize,
     mode,
     protocol,
-    tls: false,
+    tls,
     contexts,
     availableContexts: undefined
   }

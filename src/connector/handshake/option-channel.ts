@@ -18,6 +18,8 @@ export class OptionChannel {
   reader: SocketReader
   /** Bytes we wrote, for tests that check what went out in clear before TLS. */
   bytesWritten = 0
+  /** The channel runs over TLS (STARTTLS succeeded). */
+  tls = false
 
   constructor (socket: Duplex, reader: SocketReader) {
     this.socket = socket

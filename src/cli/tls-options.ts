@@ -1,0 +1,52 @@
+/**
+ * The TLS flags `info` and `mount` share. They add to (and override) the URI's own TLS query
+ * parameters; an nbds:// URI needs none of them when the server's certificate chains to the
+ * system's CAs.
+ */
+import { Option, type Command } from 'commander'
+import type { NbdClientOptions } from '../client/options.ts'
+import type { TlsMode } from '../transport/tls-credentials.ts'
+
+export interface TlsFlags {
+  readonly tls?: TlsMode
+  readonly tlsCertificates?: string
+  readonly tlsPskFile?: string
+  readonly tlsUsername?: string
+  readonly tlsHostname?: string
+  /** false only with --no-tls-verify-peer. */
+  readonly tlsVerifyPeer?: boolean
+}
+
+export function addTlsOptions (command: Command): Command {
+  return command
+    .addOption(new Option('--tls <mode>', 'off, on (when the server offers it) or require (default: require for nbds://, on when credentials are given)').choices(['off', 'on', 'require']))
+    .option('--tls-certificates <dir>', 'X.509: ca-cert.pem, and client-cert.pem + client-key.pem for a client certificate')
+    .option('--tls-psk-file <file>', 'PSK: username:hexkey lines (nbdkit --tls-psk, psktool)')
+    .option('--tls-username <name>', 'PSK username (default: the URI\'s user, else the login name)')
+    .option('--tls-hostname <name>', 'the name the server\'s certificate must carry (default: the TCP host)')
+    .option('--no-tls-verify-peer', 'do not verify the server\'s certificate (insecure)')
+}
+
+/** The flags as client options, leaving out what was not given (the URI then decides). */
+export function tlsClientOptions (flags: TlsFlags): Pick<NbdClientOptions, 'tls' | 'tlsCertificates' | 'tlsPskFile' | 'tlsUsername' | 'tlsHostname' | 'tlsVerifyPeer'> {
+  return {
+    ...(flags.tls !== undefined && { tls: flags.tls }),
+    ...(flags.tlsCertificates !== undefined && { tlsCertificates: flags.tlsCertificates }),
+    ...(flags.tlsPskFile !== undefined && { tlsPskFile: flags.tlsPskFile }),
+    ...(flags.tlsUsername !== undefined && { tlsUsername: flags.tlsUsername }),
+    ...(flags.tlsHostname !== undefined && { tlsHostname: flags.tlsHostname }),
+    ...(flags.tlsVerifyPeer === false && { tlsVerifyPeer: false })
+  }
+}
+
+/** The same flags again, for the detached daemon's command line. */
+export function tlsArgs (flags: TlsFlags): string[] {
+  const args: string[] = []
+  if (flags.tls !== undefined) args.push('--tls', flags.tls)
+  if (flags.tlsCertificates !== undefined) args.push('--tls-certificates', flags.tlsCertificates)
+  if (flags.tlsPskFile !== undefined) args.push('--tls-psk-file', flags.tlsPskFile)
+  if (flags.tlsUsername !== undefined) args.push('--tls-username', flags.tlsUsername)
+  if (flags.tlsHostname !== undefined) args.push('--tls-hostname', flags.tlsHostname)
+  if (flags.tlsVerifyPeer === false) args.push('--no-tls-verify-peer')
+  return args
+}
