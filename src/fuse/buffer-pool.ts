@@ -1,25 +1,31 @@
 /**
  * Reply buffers for READ, reused by exact length: FUSE reads come in a few sizes (4 KiB, the
  * readahead size, max_read), so an allocation per request would only feed the garbage
- * collector. Bounded, so an odd mix of sizes cannot hoard memory.
+ * collector. Bounded in bytes, so a burst of large reads does not stay in the daemon's memory.
  */
-const PER_SIZE = 64
+const MAX_POOLED_BYTES = 16 * 1024 * 1024
 const SIZES = 16
 
 export class BufferPool {
   readonly #free = new Map<number, Buffer[]>()
+  #pooled = 0
 
   take (length: number): Buffer {
-    return this.#free.get(length)?.pop() ?? Buffer.allocUnsafe(length)
+    const buffer = this.#free.get(length)?.pop()
+    if (buffer === undefined) return Buffer.allocUnsafe(length)
+    this.#pooled -= length
+    return buffer
   }
 
   give (buffer: Buffer): void {
+    if (this.#pooled + buffer.length > MAX_POOLED_BYTES) return
     let list = this.#free.get(buffer.length)
     if (list === undefined) {
       if (this.#free.size >= SIZES) return
       list = []
       this.#free.set(buffer.length, list)
     }
-    if (list.length < PER_SIZE) list.push(buffer)
+    list.push(buffer)
+    this.#pooled += buffer.length
   }
 }

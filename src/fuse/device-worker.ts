@@ -46,15 +46,14 @@ function run ({ fd, slots, slotSize, slotCount, state: stateBuffer }: DeviceWork
   const state = new Int32Array(stateBuffer)
   const control = slotCount
   const ring = slotCount + CONTROL_WORDS
-  let i = 0
   for (;;) {
-    // Find a free slot; when all are busy, sleep until the main thread frees one.
-    let scanned = 0
+    // The lowest free slot, so only as many slots as are ever busy at once get touched (and
+    // count in the daemon's memory); when all are busy, sleep until the main thread frees one.
+    let i = 0
     while (Atomics.load(state, i) !== SLOT_FREE) {
-      i = (i + 1) % slotCount
-      if (++scanned === slotCount) {
+      if (++i === slotCount) {
         Atomics.wait(state, control + FREES, Atomics.load(state, control + FREES), 1000)
-        scanned = 0
+        i = 0
       }
     }
     let n: number
@@ -74,7 +73,6 @@ function run ({ fd, slots, slotSize, slotCount, state: stateBuffer }: DeviceWork
     Atomics.store(state, ring + (head % slotCount), i)
     Atomics.store(state, control + HEAD, head + 1)
     if (Atomics.exchange(state, control + IDLE, 0) === 1) parentPort!.postMessage(WAKE)
-    i = (i + 1) % slotCount
   }
 }
 
