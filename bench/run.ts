@@ -4,7 +4,8 @@
  * Starts its own nbdkit servers (lib/exports.ts), then measures every row with every contender
  * of its suite in the same run, alternating who goes first, and reports medians with min–max
  * and the ratio of nbdts to each peer. Progress goes to stderr; the table to stdout; JSON and
- * an SVG chart to bench/results/ (latest.* for a full run, quick.* for --quick).
+ * an SVG chart to bench/results/ (latest.* for a full run, quick.* for --quick, partial.* when
+ * --suite or --only leave rows out: only a full run replaces the published results).
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -107,7 +108,7 @@ for (const suite of results) process.stdout.write(table(suite))
 
 const resultsDir = path.join(bench, 'results')
 mkdirSync(resultsDir, { recursive: true })
-const base = path.join(resultsDir, quick ? 'quick' : 'latest')
+const base = path.join(resultsDir, quick ? 'quick' : suiteFilter !== undefined || only !== undefined ? 'partial' : 'latest')
 const meta = {
   date: new Date().toISOString(),
   node: process.version,
