@@ -5,17 +5,9 @@
  */
 import { Option, type Command } from 'commander'
 import type { NbdClientOptions } from '../client/options.ts'
-import type { TlsMode } from '../transport/tls-credentials.ts'
 
-export interface TlsFlags {
-  readonly tls?: TlsMode
-  readonly tlsCertificates?: string
-  readonly tlsPskFile?: string
-  readonly tlsUsername?: string
-  readonly tlsHostname?: string
-  /** false only with --no-tls-verify-peer. */
-  readonly tlsVerifyPeer?: boolean
-}
+/** The TLS flags are the library's TLS options, under the same names (--no-tls-verify-peer: false). */
+export type TlsFlags = Pick<NbdClientOptions, 'tls' | 'tlsCertificates' | 'tlsPskFile' | 'tlsUsername' | 'tlsHostname' | 'tlsVerifyPeer'>
 
 export function addTlsOptions (command: Command): Command {
   return command
