@@ -7,10 +7,11 @@ import { spawn } from 'node:child_process'
 import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
+import { pathToFileURL } from 'node:url'
 import { after, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import '../helpers/assert.ts'
-import { CLI, nbdts } from '../helpers/cli.ts'
+import { CLI, nbdts, packageFor } from '../helpers/cli.ts'
 import { isMounted, mountExport } from '../helpers/mounts.ts'
 import { run, startNbdkit, tempDir } from '../helpers/servers.ts'
 
@@ -66,6 +67,7 @@ describe('nbdts ctl', () => {
 
   test('a client run as nobody may show but not change anything (SO_PEERCRED)', async () => {
     const { socket } = await setup('perm')
+    const pkg = packageFor('nobody', dir)
     const asNobody = (args: string[]): Promise<{ code: number | null, stdout: string, stderr: string }> => new Promise((resolve) => {
       const child = spawn('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', process.execPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
       let stdout = ''
@@ -74,12 +76,12 @@ describe('nbdts ctl', () => {
       child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d })
       child.on('close', (code) => { resolve({ code, stdout, stderr }) })
     })
-    const shown = await asNobody([CLI, 'ctl', '--socket', socket, 'show', 'clients'])
+    const shown = await asNobody([path.join(pkg, 'dist/cli/main.js'), 'ctl', '--socket', socket, 'show', 'clients'])
     assert.equal(shown.code, 0, shown.stderr)
     assert.match(shown.stdout, /privileged: false\nuid: 65534/)
     // Every mutating command, in several spellings and orders, fuzzed too, from one process.
     const script = path.join(dir, 'as-nobody.mjs')
-    const client = new URL('../../dist/control/client.js', import.meta.url).href
+    const client = pathToFileURL(path.join(pkg, 'dist/control/client.js')).href
     writeFileSync(script, `
 import { ControlConnection } from ${JSON.stringify(client)}
 const words = ['help','show','reconnect','disconnect','reconfigure','shutdown','set','status','stats','config','json','max-in-flight','log-level','reconnect-delay','open-timeout','debug','1','2s','list']
@@ -102,7 +104,7 @@ console.log(JSON.stringify(out))
     for (const text of result.fixed) assert.match(text, /permission denied/)
     assert.ok(result.fuzzRefused > 20, `fuzzing reached mutating commands (${result.fuzzRefused})`)
     assert.deepEqual(result.fuzzAccepted, [])
-    const refused = await asNobody([CLI, 'ctl', '--socket', socket, 'set', 'max-in-flight', '1'])
+    const refused = await asNobody([path.join(pkg, 'dist/cli/main.js'), 'ctl', '--socket', socket, 'set', 'max-in-flight', '1'])
     assert.equal(refused.code, 1)
     assert.match(refused.stderr, /permission denied/)
     assert.match((await ctl(socket, 'show', 'config')).stdout, /max-in-flight: 64/, 'nothing changed')
