@@ -160,6 +160,11 @@ export class NbdClient extends EventEmitter<{ state: [StateChange & { connection
     return this.#info.size
   }
 
+  /** The export size, exact at any size. */
+  get sizeBigInt (): bigint {
+    return this.#info.size
+  }
+
   get exportName (): string {
     return this.#options.exportName
   }
@@ -210,6 +215,22 @@ export class NbdClient extends EventEmitter<{ state: [StateChange & { connection
   get lastConnectError (): Error | null {
     return this.#engines.map((e) => e.lastConnectError).find((e) => e !== null) ?? null
   }
+
+  // Capabilities, as libnbd names them (nbd_can_flush, nbd_is_read_only, ...): what the
+  // server offers for this export, so callers need not test NBD_FLAG bits themselves.
+  get canFlush (): boolean { return this.#can(NBD_FLAG.SEND_FLUSH) }
+  get canFua (): boolean { return this.#can(NBD_FLAG.SEND_FUA) }
+  get canTrim (): boolean { return this.#can(NBD_FLAG.SEND_TRIM) }
+  /** NBD_CMD_WRITE_ZEROES is offered (writeZeroes/punchHole work without it, by writing zeroes). */
+  get canZero (): boolean { return this.#can(NBD_FLAG.SEND_WRITE_ZEROES) }
+  get canFastZero (): boolean { return this.#can(NBD_FLAG.SEND_FAST_ZERO) }
+  get canCache (): boolean { return this.#can(NBD_FLAG.SEND_CACHE) }
+  get canDf (): boolean { return this.#can(NBD_FLAG.SEND_DF) }
+  get canMultiConn (): boolean { return this.#can(NBD_FLAG.CAN_MULTI_CONN) }
+  /** A meta context was negotiated, so blockStatus() and map() work. */
+  get canBlockStatus (): boolean { return this.#info.contexts.size > 0 }
+  get isReadOnly (): boolean { return this.#can(NBD_FLAG.READ_ONLY) }
+  get isRotational (): boolean { return this.#can(NBD_FLAG.ROTATIONAL) }
 
   #can (flag: number): boolean {
     return (this.#info.flags & flag) !== 0
@@ -353,6 +374,15 @@ export class NbdClient extends EventEmitter<{ state: [StateChange & { connection
     await this.#underRange(first, last, false, options.signal, () =>
       this.#order.run('write', () => this.#effect(NBD_CMD.TRIM, flags, first, last, options.signal), options.signal))
     if (options.fua === true && flags === 0) await this.#emulateFua(options.signal)
+  }
+
+  /**
+   * fallocate(PUNCH_HOLE): the range reads back as zeroes on every server, and is deallocated
+   * where the server can (WRITE_ZEROES without NO_HOLE; written zeroes where WRITE_ZEROES is
+   * not offered). Unlike trim(), which is only a hint, this is a promise about the contents.
+   */
+  punchHole (offset: Offset, length: number, options: WriteOptions = {}): Promise<void> {
+    return this.writeZeroes(offset, length, { ...options, noHole: false, fastZero: false })
   }
 
   /** Makes a range read back as zeroes. Falls back to writing zeroes when the server cannot. */
