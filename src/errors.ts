@@ -15,6 +15,8 @@
  *   ├── ClosedError               NBD_ERR_CLOSED          the client is closed (or quit after a fatal error)
  *   ├── TlsError                  NBD_ERR_TLS             TLS could not be set up or verified
  *   ├── UriError                  NBD_ERR_URI             the NBD URI is malformed or names something unknown
+ *   ├── DurabilityError           NBD_ERR_DURABILITY      a FLUSH cannot vouch for writes a lost connection may have lost
+ *   ├── OffsetRangeError          NBD_ERR_RANGE           a value does not fit a JavaScript number (ask for a bigint)
  *   └── AbortedError              ABORT_ERR               the caller's AbortSignal fired (name 'AbortError', as Node's own)
  *
  * Errors are branded with a registry symbol so that `instanceof` works across two copies of the
@@ -34,6 +36,8 @@ export const NBD_ERROR_CODES = [
   'NBD_ERR_CLOSED',
   'NBD_ERR_TLS',
   'NBD_ERR_URI',
+  'NBD_ERR_DURABILITY',
+  'NBD_ERR_RANGE',
   'ABORT_ERR'
 ] as const
 
@@ -167,6 +171,27 @@ export class UriError extends NbdError {
   static readonly CODE = 'NBD_ERR_URI'
   constructor (message: string) {
     super('NBD_ERR_URI', message)
+  }
+}
+
+/**
+ * A FLUSH succeeded, but writes acknowledged before a lost connection may have been lost by
+ * the server and could not be written again (the replay log was off or overflowed): they are
+ * not known to be durable. Maps to EIO.
+ */
+export class DurabilityError extends NbdError {
+  static readonly CODE = 'NBD_ERR_DURABILITY'
+  readonly errno = 'EIO'
+  constructor (message: string) {
+    super('NBD_ERR_DURABILITY', message)
+  }
+}
+
+/** A size or offset past Number.MAX_SAFE_INTEGER was asked for as a number. */
+export class OffsetRangeError extends NbdError {
+  static readonly CODE = 'NBD_ERR_RANGE'
+  constructor (message: string) {
+    super('NBD_ERR_RANGE', message)
   }
 }
 

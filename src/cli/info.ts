@@ -47,7 +47,7 @@ export async function runInfo (uri: string, options: InfoOptions, io: Output): P
   try {
     if (options.map === true) {
       const extents = []
-      for await (const e of client.map(context)) {
+      for await (const e of client.map(0, undefined, { context, bigint: true })) {
         const entry = { offset: e.offset, length: e.length, type: e.flags, description: describeStatus(context, e.flags) }
         if (options.json === true) extents.push(entry)
         else io.out(`${String(e.offset).padStart(12)}  ${String(e.length).padStart(12)}  ${String(e.flags).padStart(3)}  ${entry.description}`)

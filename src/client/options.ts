@@ -8,7 +8,7 @@ import type { NegotiateTls } from '../connector/handshake/negotiate.ts'
 import { loadTlsCredentials, type TlsMode, type TlsSettings } from '../transport/tls-credentials.ts'
 import { parseNbdUri, type NbdAddress, type NbdUri } from '../protocol/uri.ts'
 import { socketOpener, type OpenSocket } from '../transport/open-socket.ts'
-import { MAX_IN_FLIGHT } from './engine.ts'
+import { MAX_IN_FLIGHT } from './engine/slots.ts'
 
 export interface NbdClientOptions {
   /** Where to connect, as an NBD URI (nbd://, nbds://, nbd+unix://, nbds+unix://). */
@@ -56,6 +56,13 @@ export interface NbdClientOptions {
   /** Also learn every meta context the export offers (ExportInfo.availableContexts). @default false */
   readonly listContexts?: boolean
   /**
+   * Bytes of acknowledged writes kept until a FLUSH covers them, to be written again after a
+   * reconnect in case the server lost them (only for servers with a write cache, which
+   * advertise FLUSH). 0 keeps nothing: a FLUSH after such a reconnect then fails with
+   * NBD_ERR_DURABILITY instead of vouching for writes that may be gone. @default 33554432 (32 MiB)
+   */
+  readonly replayLog?: number
+  /**
    * TLS: 'require' (nbds:// URIs: fail rather than talk in clear), 'on' (use it when the
    * server offers it), 'off'. @default 'require' for nbds://, 'on' when credentials are
    * given, else 'off'
@@ -91,6 +98,9 @@ export interface ResolvedOptions {
   readonly backoff: BackoffOptions | undefined
   readonly maxRequestSize: number
   readonly listContexts: boolean
+  readonly replayLog: number
+  /** The caller supplied `open` (there is no socket path of ours to watch). */
+  readonly injectedOpen: boolean
   /** TLS to negotiate, with its credentials read; undefined: plaintext. */
   readonly tls: NegotiateTls | undefined
   readonly uri: NbdUri | undefined
@@ -133,6 +143,8 @@ export function resolveOptions (target: string | NbdClientOptions, extra: NbdCli
     backoff: options.backoff,
     maxRequestSize,
     listContexts: options.listContexts ?? false,
+    replayLog: count(options.replayLog, 32 * 1024 * 1024, 'replayLog', 0, 1024 * 1024 * 1024),
+    injectedOpen: options.open !== undefined,
     tls,
     uri
   }

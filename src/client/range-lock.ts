@@ -1,87 +1,63 @@
 /**
- * Byte-range locks for read-modify-write. When the server's minimum block size is above 1, an
- * unaligned write reads the partial blocks around it, patches them and writes them back;
- * nothing else may write those blocks in between, or the write-back would undo it.
+ * Byte ranges held by write-like requests (WRITE, TRIM, WRITE_ZEROES) for their whole life on
+ * the wire, so that overlapping writes reach the server in the order they were submitted:
  *
- *   aligned write   shared    [=====)            shared ranges may overlap each other
- *   RMW             exclusive      [====)        exclusive conflicts with any overlap
+ *   write A [=======)              held from grant until A's reply (or its connection's end),
+ *   write B      [=======)         waits for A, even when A's caller was told "aborted" early
+ *   RMW C             [====)       held across its read, patch and write-back
  *
- * Grants are FIFO among overlapping requests, so an RMW is not starved by a stream of
- * aligned writes. Unused when the minimum block size is 1 (then nothing is ever read back).
+ * A caller's abort or a timeout may answer the caller before the reply comes; the range stays
+ * held until the server can no longer run the command. Grants are FIFO among overlapping
+ * requests, so nothing is starved; requests that overlap nothing go at once.
  */
-import { AbortedError } from '../errors.ts'
+import { WaitQueue } from './wait-queue.ts'
 
-interface Range {
+export interface HeldRange {
   readonly start: bigint
   readonly end: bigint
-  readonly exclusive: boolean
 }
 
-interface Waiter extends Range {
-  readonly grant: (release: () => void) => void
-}
-
-const overlaps = (a: Range, b: Range): boolean => a.start < b.end && b.start < a.end
-const conflicts = (a: Range, b: Range): boolean => (a.exclusive || b.exclusive) && overlaps(a, b)
+const overlaps = (a: HeldRange, b: HeldRange): boolean => a.start < b.end && b.start < a.end
 
 export class RangeLock {
-  readonly #held = new Set<Range>()
-  readonly #waiting: Waiter[] = []
+  readonly #held = new Set<HeldRange>()
+  readonly #queue = new WaitQueue<HeldRange>({
+    grantable: (range, ahead) => !this.#conflicts(range) && !ahead.some((a) => overlaps(a, range)),
+    granted: (range) => { this.#held.add(range) }
+  })
 
   get held (): number {
     return this.#held.size
   }
 
-  /** Resolves with a release function once [start, end) is ours. */
-  acquire (start: bigint, end: bigint, exclusive: boolean, signal?: AbortSignal): Promise<() => void> {
-    const range = { start, end, exclusive }
-    if (this.#grantable(range, this.#waiting.length)) return Promise.resolve(this.#take(range))
-    if (signal?.aborted === true) return Promise.reject(new AbortedError(signal.reason))
-    return new Promise((resolve, reject) => {
-      const onAbort = (): void => {
-        const i = this.#waiting.indexOf(waiter)
-        if (i >= 0) this.#waiting.splice(i, 1)
-        reject(new AbortedError(signal?.reason))
-        this.#pump()
-      }
-      const waiter: Waiter = {
-        ...range,
-        grant: (release) => {
-          signal?.removeEventListener('abort', onAbort)
-          resolve(release)
-        }
-      }
-      signal?.addEventListener('abort', onAbort, { once: true })
-      this.#waiting.push(waiter)
-    })
+  get waiting (): number {
+    return this.#queue.length
   }
 
-  #grantable (range: Range, position: number): boolean {
-    for (const held of this.#held) if (conflicts(range, held)) return false
-    for (let i = 0; i < position; i++) if (conflicts(range, this.#waiting[i]!)) return false
-    return true
-  }
-
-  #take (range: Range): () => void {
+  /** The range if it can be held at once (nothing overlapping is held or waiting), else undefined. */
+  tryAcquire (start: bigint, end: bigint): HeldRange | undefined {
+    const range = { start, end }
+    if (this.#conflicts(range)) return undefined
+    if (this.#queue.length > 0 && this.#queue.items().some((w) => overlaps(w, range))) return undefined
     this.#held.add(range)
-    let released = false
-    return () => {
-      if (released) return
-      released = true
-      this.#held.delete(range)
-      this.#pump()
-    }
+    return range
   }
 
-  #pump (): void {
-    for (let i = 0; i < this.#waiting.length;) {
-      const waiter = this.#waiting[i]!
-      if (this.#grantable(waiter, i)) {
-        this.#waiting.splice(i, 1)
-        waiter.grant(this.#take(waiter))
-      } else {
-        i++
-      }
-    }
+  /** Resolves with the range once it is held. */
+  async acquire (start: bigint, end: bigint, signal?: AbortSignal): Promise<HeldRange> {
+    const now = this.tryAcquire(start, end)
+    if (now !== undefined) return now
+    const range = { start, end }
+    await this.#queue.wait(range, signal)
+    return range
+  }
+
+  release (range: HeldRange): void {
+    if (this.#held.delete(range)) this.#queue.pump()
+  }
+
+  #conflicts (range: HeldRange): boolean {
+    for (const held of this.#held) if (overlaps(range, held)) return true
+    return false
   }
 }

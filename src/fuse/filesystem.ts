@@ -95,7 +95,7 @@ export class ExportFileSystem {
     this.#options = options
     this.#client = options.client
     this.#exportId = options.layout.kind === 'file' ? FUSE_ROOT_ID : EXPORT_ID
-    this.#sizeBig = options.client.size
+    this.#sizeBig = options.client.sizeBigInt
     this.#size = this.#sizeBig <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(this.#sizeBig) : this.#sizeBig
     this.#blocks = (this.#sizeBig + 511n) / 512n
     this.initialised = new Promise((resolve) => { this.#markInitialised = resolve })
@@ -119,7 +119,7 @@ export class ExportFileSystem {
     if (!this.#client.metaContexts.includes('base:allocation')) return
     const deadline = Date.now() + budgetMs
     let data = 0n
-    for await (const e of this.#client.map('base:allocation')) {
+    for await (const e of this.#client.map(0, undefined, { bigint: true })) {
       if ((e.flags & NBD_STATE_HOLE) === 0) data += BigInt(e.length)
       if (Date.now() > deadline) return
     }
@@ -498,7 +498,7 @@ export class ExportFileSystem {
    */
   async #seek (offset: number, whence: number, signal: AbortSignal): Promise<bigint | null> {
     const hole = NBD_STATE_HOLE | NBD_STATE_ZERO
-    for await (const e of this.#client.map('base:allocation', { offset, signal })) {
+    for await (const e of this.#client.map(offset, undefined, { signal, bigint: true })) {
       const isHole = (e.flags & hole) === hole
       if (whence === SEEK_DATA && !isHole) return e.offset
       if (whence === SEEK_HOLE && isHole) return e.offset

@@ -7,7 +7,7 @@ import { after, test } from 'node:test'
 import { NbdClient } from '../../src/index.ts'
 import { NBD_CMD } from '../../src/protocol/constants.ts'
 import { FakeServer, type FakePeer, type WireRequest } from '../helpers/fake-server.ts'
-import { liveHandles, rejectsWithCode, within } from '../helpers/assert.ts'
+import { liveHandles, rejectsWithCode, within, handled } from '../helpers/assert.ts'
 import { startNbdkit, tempDir } from '../helpers/servers.ts'
 import { FakePeer as Peer } from '../helpers/fake-server.ts'
 import { duplexPair } from '../helpers/duplex-pair.ts'
@@ -73,9 +73,9 @@ test('abort: before sending nothing goes out; in flight the reply is consumed an
   const client = await NbdClient.connect(server.uri(), { maxInFlight: 1 })
   const buffer = Buffer.alloc(512, 0x55)
   const inFlight = new AbortController()
-  const readIntoBuffer = client.readInto(buffer, 0, { signal: inFlight.signal })
+  const readIntoBuffer = handled(client.readInto(buffer, 0, { signal: inFlight.signal }))
   const queued = new AbortController()
-  const queuedRead = client.read(4096, 512, { signal: queued.signal })
+  const queuedRead = handled(client.read(4096, 512, { signal: queued.signal }))
   while (seen.length === 0) await new Promise((resolve) => setTimeout(resolve, 5))
   queued.abort()
   inFlight.abort(new Error('user gave up'))
@@ -134,7 +134,7 @@ test('close drains, sends NBD_CMD_DISC and leaves no socket or timer behind', as
 test('destroy fails everything now', async () => {
   const server = await serve(async (peer) => { await peer.negotiate(); await peer.closed() })
   const client = await NbdClient.connect(server.uri())
-  const reads = Array.from({ length: 20 }, (_, i) => client.read(i * 512, 512))
+  const reads = Array.from({ length: 20 }, (_, i) => handled(client.read(i * 512, 512)))
   await new Promise((resolve) => setTimeout(resolve, 20))
   client.destroy()
   for (const r of reads) await rejectsWithCode(r, 'NBD_ERR_CLOSED', 1000)

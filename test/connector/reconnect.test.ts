@@ -11,7 +11,7 @@ import path from 'node:path'
 import { after, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { NbdClient, stateChannel, type NbdClientState } from '../../src/index.ts'
-import { liveHandles, rejectsWithCode, within } from '../helpers/assert.ts'
+import { liveHandles, rejectsWithCode, within, handled } from '../helpers/assert.ts'
 import { FakeServer } from '../helpers/fake-server.ts'
 import { NBD_CMD } from '../../src/protocol/constants.ts'
 import { run, startNbdkit, tcpPort, tempDir, type RunningServer } from '../helpers/servers.ts'
@@ -90,7 +90,7 @@ describe('reconnect', () => {
     await server.stop('SIGKILL')
     const killed = Date.now()
     // Requests issued during the outage wait, then fail with the typed delay error.
-    const waiters = Array.from({ length: 8 }, (_, i) => client.read(i * 4096, 4096))
+    const waiters = Array.from({ length: 8 }, (_, i) => handled(client.read(i * 4096, 4096)))
     for (const w of waiters) await rejectsWithCode(w, 'NBD_ERR_RECONNECT_DELAY', 5000)
     const waited = Date.now() - killed
     assert.ok(waited < 1000 + 1000, `waiters failed within delay + 1 s (${waited} ms)`)
@@ -111,7 +111,7 @@ describe('reconnect', () => {
     const { server } = await fileServer('cancel', MiB)
     const client = await NbdClient.connect(server.uri(), { reconnectDelay: 60_000, backoff: fastBackoff })
     await server.stop('SIGKILL')
-    const waiting = client.read(0, 512)
+    const waiting = handled(client.read(0, 512))
     await sleep(200)
     const started = Date.now()
     client.cancelInFlight()
@@ -163,7 +163,7 @@ describe('reconnect', () => {
     const client = await NbdClient.connect(first.uri(), { reconnectDelay: 20_000, backoff: fastBackoff })
     await client.write(Buffer.alloc(4096, 3), 0)
     await first.stop('SIGKILL')
-    const pending = client.write(Buffer.alloc(4096, 4), 4096)
+    const pending = handled(client.write(Buffer.alloc(4096, 4), 4096))
     const second = await startNbdkit(dir, ['--filter=log', 'memory', '16M', `logfile=${log}`], 'changed')
     stops.push(() => second.stop())
     await rejectsWithCode(pending, 'NBD_ERR_SERVER_CHANGED', 10_000, /size changed from 8388608 to 16777216/)
@@ -195,7 +195,7 @@ describe('reconnect', () => {
     const { server } = await fileServer('closeaway', MiB)
     const client = await NbdClient.connect(server.uri(), { reconnectDelay: 60_000, backoff: fastBackoff })
     await server.stop('SIGKILL')
-    const waiting = client.read(0, 512)
+    const waiting = handled(client.read(0, 512))
     await sleep(100)
     await within(client.close(), 1000)
     await rejectsWithCode(waiting, 'NBD_ERR_CLOSED', 1000)
@@ -257,7 +257,7 @@ describe('open timeout', () => {
     const server = await startNbdkit(dir, ['memory', '1M'], name)
     stops.push(() => server.stop())
     const client = await within(connecting, 10_000)
-    assert.equal(client.size, BigInt(MiB))
+    assert.equal(client.size, MiB)
     assert.ok(client.stats.connectFailures > 0)
     await client.close()
   })

@@ -11,6 +11,15 @@ after(() => {
   assert.deepEqual(unhandled, [], 'unhandled promise rejections')
 })
 
+/**
+ * Marks a promise as handled where it is created, so that a test may await its rejection
+ * later (after other awaits) without it counting as unhandled meanwhile. Returns it as is.
+ */
+export function handled<T> (promise: Promise<T>): Promise<T> {
+  promise.catch(() => {})
+  return promise
+}
+
 /** Fails the test if `promise` has not settled within `ms`. */
 export async function within<T> (promise: Promise<T>, ms: number, what = 'operation'): Promise<T> {
   let timer: NodeJS.Timeout | undefined

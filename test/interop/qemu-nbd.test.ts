@@ -70,14 +70,14 @@ describe('qemu-nbd', () => {
     for (const context of ['base:allocation', 'qemu:dirty-bitmap:bitmap0', 'qemu:allocation-depth']) {
       const client = await NbdClient.connect(qcow.uri('exp'), { metaContexts: [context] })
       const ours = []
-      for await (const e of client.map(context)) ours.push({ offset: Number(e.offset), length: e.length, type: e.flags })
+      for await (const e of client.map(0, undefined, { context })) ours.push({ offset: Number(e.offset), length: e.length, type: e.flags })
       await client.close()
       assert.deepEqual(ours, await nbdinfoMap(qcow.uri('exp'), context), context)
     }
     // Several contexts at once: one chunk per context in each reply.
     const client = await NbdClient.connect(qcow.uri('exp'), { metaContexts: ['base:allocation', 'qemu:dirty-bitmap:bitmap0'] })
     const status = await client.blockStatus(2 * M, 4 * M)
-    assert.deepEqual(status.get('qemu:dirty-bitmap:bitmap0')![0], { length: 512 * 1024, flags: 1 })
+    assert.deepEqual(status.get('qemu:dirty-bitmap:bitmap0')![0], { offset: 2 * M, length: 512 * 1024, flags: 1 })
     assert.equal(status.get('base:allocation')![0]!.flags, 0)
     await client.close()
   })

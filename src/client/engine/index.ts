@@ -1,0 +1,5 @@
+export { Engine, type EngineOptions, type Recover, type RecoveryChannel } from './engine.ts'
+export { NBD_CLIENT_STATE, stateChannel, type NbdClientState, type StateChange } from './lifecycle.ts'
+export { MAX_IN_FLIGHT } from './slots.ts'
+export type { Command, Settled, SubmitHooks } from './request.ts'
+export type { CommandResult } from './reply.ts'

@@ -1,0 +1,133 @@
+/**
+ * The engines of one client, one per connection, and which one the next request goes to.
+ *
+ *   NbdClient ──► pick() ──► Engine 1 … Engine N (N > 1 only with CAN_MULTI_CONN)
+ *
+ * A request goes to the first connected engine with fewer than SPILL requests, else to the
+ * least loaded: light traffic stays on one socket, where one wake-up often brings several
+ * replies; heavy traffic spreads over all of them. Connections are numbered from 1.
+ */
+import { NotSupportedError } from '../errors.ts'
+import { NBD_FLAG } from '../protocol/constants.ts'
+import { establish } from '../connector/connection.ts'
+import { ClientStats, type StatsSnapshot } from '../stats/client-stats.ts'
+import { Engine, type Recover } from './engine/engine.ts'
+import type { NbdClientState } from './engine/lifecycle.ts'
+import type { ResolvedOptions } from './options.ts'
+
+/** `connections: 'auto'` with a server that allows multi-conn (nbdfuse's and nbdcopy's default too). */
+const AUTO_CONNECTIONS = 4
+
+/** With several connections, a connection takes this many requests before the next is used. */
+const SPILL = 4
+
+export interface ConnectionInfo {
+  /** 1-based. */
+  readonly connection: number
+  readonly state: NbdClientState
+  /** The live connection runs over TLS (undefined while there is none). */
+  readonly tls: boolean | undefined
+  readonly inFlight: number
+  readonly queued: number
+  readonly lastError: string | undefined
+  readonly stats: StatsSnapshot
+}
+
+export class EnginePool {
+  readonly engines: readonly Engine[]
+
+  private constructor (engines: Engine[]) {
+    this.engines = engines
+  }
+
+  /**
+   * Opens the first connection, then, when more are asked for and the server allows
+   * multi-conn, the rest. `recover` runs on each connection after its first.
+   */
+  static async open (resolved: ResolvedOptions, recover: Recover, signal: AbortSignal | undefined): Promise<EnginePool> {
+    const address = resolved.address
+    const open = (label: string): Promise<Engine> => Engine.open({
+      establish: (s) => establish({
+        open: resolved.open,
+        exportName: resolved.exportName,
+        structuredReplies: resolved.structuredReplies,
+        extendedHeaders: resolved.extendedHeaders,
+        metaContexts: resolved.metaContexts,
+        listContexts: resolved.listContexts,
+        handshakeTimeout: resolved.handshakeTimeout,
+        tls: resolved.tls
+      }, s),
+      maxInFlight: resolved.maxInFlight,
+      requestTimeout: resolved.requestTimeout,
+      reconnectDelay: resolved.reconnectDelay,
+      openTimeout: resolved.openTimeout,
+      label,
+      recover,
+      ...(resolved.backoff !== undefined && { backoff: resolved.backoff }),
+      ...(address?.transport === 'unix' && resolved.injectedOpen !== true && { watchPath: address.path })
+    }, signal)
+    const first = await open('connection 1')
+    const multiConn = (first.info.flags & NBD_FLAG.CAN_MULTI_CONN) !== 0
+    const connections = resolved.connections === 'auto' ? (multiConn ? AUTO_CONNECTIONS : 1) : resolved.connections
+    if (connections === 1) return new EnginePool([first])
+    if (!multiConn) {
+      await first.close()
+      throw new NotSupportedError(`the server does not advertise CAN_MULTI_CONN, so ${connections} connections would not be safe`)
+    }
+    const rest = await Promise.allSettled(
+      Array.from({ length: connections - 1 }, (_, i) => open(`connection ${i + 2}`)))
+    const engines = [first, ...rest.flatMap((r) => r.status === 'fulfilled' ? [r.value] : [])]
+    const failed = rest.find((r) => r.status === 'rejected')
+    if (failed !== undefined) {
+      await Promise.all(engines.map((e) => e.close()))
+      throw failed.reason
+    }
+    return new EnginePool(engines)
+  }
+
+  /** The connection for the next request. */
+  pick (): Engine {
+    const engines = this.engines
+    if (engines.length === 1) return engines[0]!
+    let best: Engine | undefined
+    for (const e of engines) {
+      if (e.state !== 'CONNECTED') continue
+      const load = e.inFlight + e.queued
+      if (load < SPILL) return e
+      if (best === undefined || load < best.inFlight + best.queued) best = e
+    }
+    return best ?? engines[0]!
+  }
+
+  get states (): NbdClientState[] {
+    return this.engines.map((e) => e.state)
+  }
+
+  stats (): StatsSnapshot {
+    return ClientStats.sum(this.engines.map((e) => e.snapshot()))
+  }
+
+  connectionInfo (): ConnectionInfo[] {
+    return this.engines.map((e, i) => ({
+      connection: i + 1,
+      state: e.state,
+      tls: e.tls,
+      inFlight: e.inFlight,
+      queued: e.queued,
+      lastError: e.lastConnectError?.message,
+      stats: e.snapshot()
+    }))
+  }
+
+  requests (): Array<{ connection: number, cookie: number, type: string, offset: bigint, length: number, ageMs: number, attempts: number }> {
+    return this.engines.flatMap((e, i) => e.requests().map((r) => ({ connection: i + 1, ...r })))
+  }
+
+  async close (): Promise<void> {
+    await Promise.all(this.engines.map((e) => e.close()))
+  }
+
+  destroy (): void {
+    for (const e of this.engines) e.destroy()
+  }
+}
