@@ -16,8 +16,26 @@
  * being sent is never cut or restarted. The socket is paused outside RECEIVE, so a client's
  * next request waits in the kernel, and one that never reads its replies holds at most one
  * reply in memory. A hang-up in any state drops the request and its place in the lock queue.
+ *
+ * No local user can lock root out (uxlsnr.md has no such limits; a daemon run as root needs
+ * them). Credentials are read at accept, before anything is counted, and then:
+ *
+ *   slots        maxClients (128): root may take all of them; other users together at most
+ *                maxClients - reservedForRoot (16 stay free for root), and each uid at most
+ *                maxClientsPerUser (16). The excess gets "fail" and a reason, then a hang-up.
+ *   idle         a connection that starts no request within idleTimeoutMs (30 s) of its accept
+ *                or of its last reply is closed; a started request has its own deadline.
+ *
+ * The socket file is made where nobody else can touch it and only then put in place:
+ *
+ *   mkdtemp DIR/.nbdtsXXXXXX (0700) ─► bind DIR/.nbdtsXXXXXX/s ─► chmod 0666 there
+ *     ─► rename over PATH (refused if PATH is anything but absent or a dead socket; a link at
+ *        PATH is never followed: rename replaces names, and connect() only probes a socket)
+ *
+ * The private directory stays until close (libuv unlinks the name it bound when it closes, and
+ * that name must stay ours). Closing unlinks PATH only while it is still our socket (dev/ino).
  */
-import { chmodSync, mkdirSync, rmSync } from 'node:fs'
+import { chmodSync, lstatSync, mkdirSync, mkdtempSync, renameSync, rmdirSync, unlinkSync, type Stats } from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
@@ -56,6 +74,12 @@ export interface ControlServerOptions {
   readonly timeoutMs?: number
   /** Clients connected at once; the excess is refused with a reason. @default 128 */
   readonly maxClients?: number
+  /** Of maxClients, how many only root may take. @default 16 */
+  readonly reservedForRoot?: number
+  /** Clients one user other than root may have connected at once. @default 16 */
+  readonly maxClientsPerUser?: number
+  /** A connection idle this long (no request started since accept or the last reply) is closed, ms. @default 30000 */
+  readonly idleTimeoutMs?: number
   readonly log?: ControlLog
   /** How peers are identified; tests inject their own. @default SO_PEERCRED */
   readonly credentials?: (socket: net.Socket) => PeerCredentials | undefined
@@ -73,6 +97,7 @@ class Session {
   readonly connectedAt = performance.now()
   state: ClientState = 'RECEIVE'
   deadline: NodeJS.Timeout | null = null
+  idle: NodeJS.Timeout | null = null
   waiter: LockWaiter | null = null
   closed = false
   /** The client half-closed: answer what it asked, then close. */
@@ -108,9 +133,16 @@ export class ControlServer {
   readonly #server: net.Server
   readonly #options: ControlServerOptions
   readonly #sessions = new Map<number, Session>()
+  /** Sessions per uid for every client that is not root (-1: credentials unknown). */
+  readonly #perUser = new Map<number, number>()
+  #unprivileged = 0
   readonly #log: ControlLog
   #nextId = 1
   #selfTest: ((credentials: PeerCredentials | undefined) => void) | null = null
+  /** Our socket file, and the private directory it was made in. */
+  #bound: { readonly dev: number, readonly ino: number, readonly privateDir: string } | null = null
+  /** Refusals since the last one logged: a flood is logged once per interval, not once per connection. */
+  #refusals = { count: 0, lastLogged: -Infinity }
 
   private constructor (options: ControlServerOptions) {
     this.path = options.path
@@ -124,21 +156,37 @@ export class ControlServer {
   /**
    * Listens on `path` (its directory is created 0755; the socket is 0666: anyone may connect,
    * and what each peer may do is decided from its credentials). A leftover socket file that
-   * nobody answers on is replaced; one that is in use is an error.
+   * nobody answers on is replaced; one that is in use is an error, and so is anything at
+   * `path` that is not a socket (a file, a directory, a symbolic link).
    */
   static async listen (options: ControlServerOptions): Promise<ControlServer> {
     const server = new ControlServer(options)
-    mkdirSync(path.dirname(options.path), { recursive: true, mode: 0o755 })
-    if (await answers(options.path)) throw new Error(`control socket ${options.path} is in use by another daemon`)
-    rmSync(options.path, { force: true })
-    await new Promise<void>((resolve, reject) => {
-      server.#server.once('error', reject)
-      server.#server.listen(options.path, () => {
-        server.#server.off('error', reject)
-        resolve()
+    const dir = path.dirname(options.path)
+    mkdirSync(dir, { recursive: true, mode: 0o755 })
+    if (checkSocketPath(options.path) !== undefined && await answers(options.path)) {
+      throw new Error(`control socket ${options.path} is in use by another daemon`)
+    }
+    const privateDir = mkdtempSync(path.join(dir, '.nbdts'))
+    try {
+      const staging = path.join(privateDir, 's')
+      await new Promise<void>((resolve, reject) => {
+        server.#server.once('error', reject)
+        server.#server.listen(staging, () => {
+          server.#server.off('error', reject)
+          resolve()
+        })
       })
-    })
-    chmodSync(options.path, 0o666)
+      // Inside a 0700 directory of ours: nobody can have swapped the name for a link.
+      chmodSync(staging, 0o666)
+      checkSocketPath(options.path)
+      renameSync(staging, options.path)
+      const bound = lstatSync(options.path)
+      server.#bound = { dev: bound.dev, ino: bound.ino, privateDir }
+    } catch (err) {
+      await new Promise<void>((resolve) => { server.#server.close(() => { resolve() }) })
+      rmdirSync(privateDir)
+      throw err
+    }
     server.#server.on('error', (err) => { server.#log('error', `control socket: ${err.message}`) })
     const seen = new Promise<PeerCredentials | undefined>((resolve) => { server.#selfTest = resolve })
     server.credentialsTrusted = options.credentials !== undefined || await selfTest(options.path, seen)
@@ -153,11 +201,21 @@ export class ControlServer {
     return [...this.#sessions.values()].map((s) => s.info())
   }
 
-  /** Stops listening, hangs up on every client, removes the socket file. */
+  /** Stops listening, hangs up on every client, removes the socket file if it is still ours. */
   async close (): Promise<void> {
     for (const s of this.#sessions.values()) s.socket.destroy()
     await new Promise<void>((resolve) => { this.#server.close(() => { resolve() }) })
-    rmSync(this.path, { force: true })
+    const bound = this.#bound
+    this.#bound = null
+    if (bound === null) return
+    let now: Stats | undefined
+    try {
+      now = lstatSync(this.path)
+    } catch { /* already gone */ }
+    if (now !== undefined && now.dev === bound.dev && now.ino === bound.ino) unlinkSync(this.path)
+    try {
+      rmdirSync(bound.privateDir)
+    } catch { /* not empty: someone else's doing; leave it */ }
   }
 
   #accept (socket: net.Socket): void {
@@ -168,22 +226,68 @@ export class ControlServer {
       return
     }
     socket.on('error', () => {})
-    const max = this.#options.maxClients ?? 128
-    if (this.#sessions.size >= max) {
-      this.#log('warn', `control client refused: ${max} clients already connected`)
-      socket.end(encodeFrame(`fail\ntoo many control clients (the limit is ${max}); try again later`))
-      setTimeout(() => { socket.destroy() }, 1000).unref()
+    const privileged = this.credentialsTrusted && credentials?.uid === 0
+    const refusal = this.#admission(privileged, credentials)
+    if (refusal !== undefined) {
+      this.#refuse(socket, refusal)
       return
     }
-    const privileged = this.credentialsTrusted && credentials?.uid === 0
     const session = new Session(this.#nextId++, socket, credentials, privileged)
     this.#sessions.set(session.id, session)
+    if (!privileged) {
+      const uid = credentials?.uid ?? -1
+      this.#perUser.set(uid, (this.#perUser.get(uid) ?? 0) + 1)
+      this.#unprivileged++
+    }
+    this.#armIdle(session)
     socket.on('data', (chunk: Buffer) => { this.#data(session, chunk) })
     socket.on('end', () => {
       session.ended = true
       if (session.state === 'RECEIVE' && !session.decoder.started) socket.end()
     })
     socket.on('close', () => { this.#hangUp(session) })
+  }
+
+  /** Why a new client may not have a slot, or undefined when it may. */
+  #admission (privileged: boolean, credentials: PeerCredentials | undefined): string | undefined {
+    const max = this.#options.maxClients ?? 128
+    if (this.#sessions.size >= max) return `too many control clients (the limit is ${max}); try again later`
+    if (privileged) return undefined
+    const shared = Math.max(1, max - (this.#options.reservedForRoot ?? 16))
+    if (this.#unprivileged >= shared) return `too many control clients (the limit is ${max}); try again later`
+    const perUser = this.#options.maxClientsPerUser ?? 16
+    if ((this.#perUser.get(credentials?.uid ?? -1) ?? 0) >= perUser) return `too many control clients for this user (the limit is ${perUser})`
+    return undefined
+  }
+
+  #refuse (socket: net.Socket, reason: string): void {
+    const now = performance.now()
+    this.#refusals.count++
+    if (now - this.#refusals.lastLogged >= 10_000) {
+      this.#log('warn', `control client refused: ${reason}${this.#refusals.count > 1 ? ` (${this.#refusals.count} refused since the last report)` : ''}`)
+      this.#refusals = { count: 0, lastLogged: now }
+    }
+    socket.pause()
+    socket.end(encodeFrame(`fail\n${reason}`), () => { socket.destroy() })
+    setTimeout(() => { socket.destroy() }, 1000).unref()
+  }
+
+  /** RECEIVE with nothing started: the idle bound runs (from accept, or from the last reply). */
+  #armIdle (session: Session): void {
+    this.#clearIdle(session)
+    const ms = this.#options.idleTimeoutMs ?? 30_000
+    if (ms <= 0) return
+    session.idle = setTimeout(() => {
+      session.idle = null
+      if (session.closed || session.state !== 'RECEIVE' || session.decoder.started) return
+      this.#log('debug', `control client ${session.id}: idle for ${ms} ms, closing`)
+      session.socket.destroy()
+    }, ms)
+  }
+
+  #clearIdle (session: Session): void {
+    if (session.idle !== null) clearTimeout(session.idle)
+    session.idle = null
   }
 
   #data (session: Session, chunk: Buffer): void {
@@ -197,7 +301,10 @@ export class ControlServer {
 
   /** RECEIVE: wait for a whole frame; the deadline starts with its first byte. */
   #receive (session: Session): void {
-    if (session.decoder.started && session.deadline === null) this.#startDeadline(session)
+    if (session.decoder.started) {
+      this.#clearIdle(session)
+      if (session.deadline === null) this.#startDeadline(session)
+    }
     let body: Buffer | undefined
     try {
       body = session.decoder.next()
@@ -279,6 +386,7 @@ export class ControlServer {
       }
       session.state = 'RECEIVE'
       session.socket.resume()
+      this.#armIdle(session)
       // A next request may already be buffered.
       this.#receive(session)
     }
@@ -321,10 +429,35 @@ export class ControlServer {
     if (session.closed) return
     session.closed = true
     this.#clearDeadline(session)
+    this.#clearIdle(session)
+    if (!session.privileged) {
+      const uid = session.credentials?.uid ?? -1
+      const left = (this.#perUser.get(uid) ?? 1) - 1
+      if (left === 0) this.#perUser.delete(uid)
+      else this.#perUser.set(uid, left)
+      this.#unprivileged--
+    }
     if (session.waiter !== null) this.#options.lock.cancel(session.waiter)
     session.waiter = null
     this.#sessions.delete(session.id)
   }
+}
+
+/**
+ * What is at `socketPath`, without following a link: undefined when nothing is, the stat of a
+ * socket; anything else is refused (a control socket path never names a file we would replace).
+ */
+function checkSocketPath (socketPath: string): Stats | undefined {
+  let stat: Stats
+  try {
+    stat = lstatSync(socketPath)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+    throw err
+  }
+  if (stat.isSocket()) return stat
+  const what = stat.isSymbolicLink() ? 'a symbolic link' : stat.isDirectory() ? 'a directory' : 'not a socket'
+  throw new Error(`control socket path ${socketPath} is ${what}; refusing to replace it`)
 }
 
 /** True if something accepts connections on `socketPath`. */
