@@ -5,6 +5,7 @@
 import { NbdClient } from '../client/nbd-client.ts'
 import type { ExportInfo } from '../connector/export-info.ts'
 import { formatNbdUri, parseNbdUri } from '../protocol/uri.ts'
+import { printable } from '../util/printable.ts'
 import { describeStatus, exportReport, exportText, protocolLine, toJson } from './describe.ts'
 import { tlsClientOptions, type TlsFlags } from './tls-options.ts'
 
@@ -34,7 +35,7 @@ export async function runInfo (uri: string, options: InfoOptions, io: Output): P
       return
     }
     if (first !== undefined) io.out(`protocol: ${protocolLine(first)}`)
-    for (const r of reports) io.out('error' in r ? `export="${r['export-name']}": ${String(r.error)}` : exportText(r))
+    for (const r of reports) io.out('error' in r ? `export="${printable(r['export-name'])}": ${printable(String(r.error))}` : exportText(r))
     return
   }
 

@@ -12,16 +12,16 @@
  * SIGINT/SIGTERM: finish in-flight I/O, FLUSH, unmount, disconnect, exit 0.
  */
 import { spawn } from 'node:child_process'
-import { closeSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
+import { closeSync, statSync, writeSync } from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { NbdClient } from '../client/nbd-client.ts'
 import { describeError } from '../errors.ts'
-import { readFileSync } from 'node:fs'
-import { ConfigLock, ControlServer, DaemonControl, parseConfigFile, type Settings } from '../control/index.ts'
+import { ConfigLock, ControlServer, DaemonControl, parseConfigFile, readConfigFile, type Settings } from '../control/index.ts'
 import { FuseMount, cleanStaleMount } from '../fuse/fuse-mount.ts'
 import { daemonPid, isStale, nbdtsMountAt, unmount } from '../fuse/mount-table.ts'
 import { parseNbdUri } from '../protocol/uri.ts'
+import { Pidfile } from '../util/safe-file.ts'
 import { createLogger, type LogLevel } from './logger.ts'
 import { tlsArgs, tlsClientOptions, type TlsFlags } from './tls-options.ts'
 
@@ -65,7 +65,7 @@ function initialSettings (options: MountOptions): Settings {
     controlTimeout: options.controlTimeout
   }
   if (options.config === undefined) return settings
-  const fromFile = parseConfigFile(readFileSync(options.config, 'utf8'), options.config)
+  const fromFile = parseConfigFile(readConfigFile(options.config), options.config)
   for (const [key, value] of Object.entries(fromFile) as Array<[keyof Settings, never]>) {
     if (!options.explicit.has(key)) settings[key] = value
   }
@@ -156,7 +156,10 @@ async function serve (uri: string, target: string, options: MountOptions): Promi
   let client: NbdClient | undefined
   let mount: FuseMount | undefined
   let control: ControlServer | undefined
+  let pidfile: Pidfile | undefined
   try {
+    // Taken first: a live daemon's pidfile refuses the start before anything is touched.
+    pidfile = options.pidfile === undefined ? undefined : Pidfile.acquire(options.pidfile)
     await cleanStaleMount(target, log)
     client = await NbdClient.connect(uri, {
       reconnectDelay: settings.reconnectDelay,
@@ -187,7 +190,7 @@ async function serve (uri: string, target: string, options: MountOptions): Promi
     control = await ControlServer.listen({ path: socketPath, run: daemon.run, lock, timeoutMs: settings.controlTimeout, log })
     daemon.server = control
     log('info', `control socket: ${socketPath}`)
-    if (options.pidfile !== undefined) writeFileSync(options.pidfile, `${process.pid}\n`)
+    pidfile?.write()
     ready(`ready ${process.pid} ${mount.file}`)
     log('info', `ready: ${mount.file}`)
   } catch (err) {
@@ -197,6 +200,7 @@ async function serve (uri: string, target: string, options: MountOptions): Promi
     await control?.close().catch(() => {})
     await mount?.unmount().catch(() => {})
     await client?.close().catch(() => {})
+    pidfile?.release()
     process.off('SIGINT', onSignal)
     process.off('SIGTERM', onSignal)
     if (options.readyFd === undefined) throw err
@@ -208,7 +212,7 @@ async function serve (uri: string, target: string, options: MountOptions): Promi
   await control.close().catch((err: unknown) => { log('warn', `control socket: ${describeError(err)}`) })
   await mount.unmount()
   await client.close().catch((err: unknown) => { log('warn', `disconnect: ${describeError(err)}`) })
-  if (options.pidfile !== undefined) rmSync(options.pidfile, { force: true })
+  pidfile?.release()
   log('info', `stopped; client ${JSON.stringify(client.stats)}; fuse ${JSON.stringify(mount.stats)}`)
   process.off('SIGINT', onSignal)
   process.off('SIGTERM', onSignal)
