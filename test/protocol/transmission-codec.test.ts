@@ -141,3 +141,12 @@ test('READ reassembly: chunks are capped by the request size, and checking them 
   for (let i = 0; i < 8; i++) c.addContent(BigInt(i * 512), 512, 'data')
   assert.throws(() => { c.addErrorOffset(0n) }, protocolError(/more than 72 chunks/))
 })
+
+test('server error messages come out of the codec with control characters escaped', () => {
+  const m = Buffer.from('disk\nforged line\x1b[2J')
+  const p = Buffer.alloc(6 + m.length)
+  p.writeUInt32BE(5, 0)
+  p.writeUInt16BE(m.length, 4)
+  m.copy(p, 6)
+  assert.equal(parseErrorChunk(NBD_REPLY_TYPE.ERROR, p).message, 'disk\\nforged line\\x1b[2J')
+})
