@@ -26,24 +26,17 @@
  *   idle         a connection that starts no request within idleTimeoutMs (30 s) of its accept
  *                or of its last reply is closed; a started request has its own deadline.
  *
- * The socket file is made where nobody else can touch it and only then put in place:
- *
- *   mkdtemp DIR/.nbdtsXXXXXX (0700) ─► bind DIR/.nbdtsXXXXXX/s ─► chmod 0666 there
- *     ─► rename over PATH (refused if PATH is anything but absent or a dead socket; a link at
- *        PATH is never followed: rename replaces names, and connect() only probes a socket)
- *
- * The private directory stays until close (libuv unlinks the name it bound when it closes, and
- * that name must stay ours). Closing unlinks PATH only while it is still our socket (dev/ino).
+ * The socket file is made in a private directory and renamed into place (socket-file.ts).
  */
-import { chmodSync, lstatSync, mkdirSync, mkdtempSync, renameSync, rmdirSync, unlinkSync, type Stats } from 'node:fs'
-import net from 'node:net'
-import path from 'node:path'
+import type net from 'node:net'
+import { createServer } from 'node:net'
 import { performance } from 'node:perf_hooks'
 import type { ConfigLock, LockWaiter } from './config-lock.ts'
 import { ControlError } from './errors.ts'
 import { FRAME_HEADER, FrameDecoder, MAX_COMMAND, MAX_REPLY, decodeText, encodeFrame } from './frame.ts'
 import { isReadOnly, needsLock, parseCommand, type Command } from './grammar.ts'
 import { readPeerCredentials, selfTest, type PeerCredentials } from './peer-credentials.ts'
+import { bindSocketFile, releaseSocketFile, type SocketFile } from './socket-file.ts'
 
 export type ClientState = 'RECEIVE' | 'PARSE' | 'WAIT_FOR_LOCK' | 'WORK' | 'SEND'
 
@@ -139,8 +132,7 @@ export class ControlServer {
   readonly #log: ControlLog
   #nextId = 1
   #selfTest: ((credentials: PeerCredentials | undefined) => void) | null = null
-  /** Our socket file, and the private directory it was made in. */
-  #bound: { readonly dev: number, readonly ino: number, readonly privateDir: string } | null = null
+  #file: SocketFile | null = null
   /** Refusals since the last one logged: a flood is logged once per interval, not once per connection. */
   #refusals = { count: 0, lastLogged: -Infinity }
 
@@ -150,7 +142,7 @@ export class ControlServer {
     this.#options = options
     this.#log = options.log ?? (() => {})
     // Half-open: a one-shot client may shut down its writing side and still get its reply.
-    this.#server = net.createServer({ allowHalfOpen: true }, (socket) => { this.#accept(socket) })
+    this.#server = createServer({ allowHalfOpen: true }, (socket) => { this.#accept(socket) })
   }
 
   /**
@@ -161,32 +153,7 @@ export class ControlServer {
    */
   static async listen (options: ControlServerOptions): Promise<ControlServer> {
     const server = new ControlServer(options)
-    const dir = path.dirname(options.path)
-    mkdirSync(dir, { recursive: true, mode: 0o755 })
-    if (checkSocketPath(options.path) !== undefined && await answers(options.path)) {
-      throw new Error(`control socket ${options.path} is in use by another daemon`)
-    }
-    const privateDir = mkdtempSync(path.join(dir, '.nbdts'))
-    try {
-      const staging = path.join(privateDir, 's')
-      await new Promise<void>((resolve, reject) => {
-        server.#server.once('error', reject)
-        server.#server.listen(staging, () => {
-          server.#server.off('error', reject)
-          resolve()
-        })
-      })
-      // Inside a 0700 directory of ours: nobody can have swapped the name for a link.
-      chmodSync(staging, 0o666)
-      checkSocketPath(options.path)
-      renameSync(staging, options.path)
-      const bound = lstatSync(options.path)
-      server.#bound = { dev: bound.dev, ino: bound.ino, privateDir }
-    } catch (err) {
-      await new Promise<void>((resolve) => { server.#server.close(() => { resolve() }) })
-      rmdirSync(privateDir)
-      throw err
-    }
+    server.#file = await bindSocketFile(server.#server, options.path)
     server.#server.on('error', (err) => { server.#log('error', `control socket: ${err.message}`) })
     const seen = new Promise<PeerCredentials | undefined>((resolve) => { server.#selfTest = resolve })
     server.credentialsTrusted = options.credentials !== undefined || await selfTest(options.path, seen)
@@ -205,17 +172,9 @@ export class ControlServer {
   async close (): Promise<void> {
     for (const s of this.#sessions.values()) s.socket.destroy()
     await new Promise<void>((resolve) => { this.#server.close(() => { resolve() }) })
-    const bound = this.#bound
-    this.#bound = null
-    if (bound === null) return
-    let now: Stats | undefined
-    try {
-      now = lstatSync(this.path)
-    } catch { /* already gone */ }
-    if (now !== undefined && now.dev === bound.dev && now.ino === bound.ino) unlinkSync(this.path)
-    try {
-      rmdirSync(bound.privateDir)
-    } catch { /* not empty: someone else's doing; leave it */ }
+    const file = this.#file
+    this.#file = null
+    if (file !== null) releaseSocketFile(file)
   }
 
   #accept (socket: net.Socket): void {
@@ -441,30 +400,4 @@ export class ControlServer {
     session.waiter = null
     this.#sessions.delete(session.id)
   }
-}
-
-/**
- * What is at `socketPath`, without following a link: undefined when nothing is, the stat of a
- * socket; anything else is refused (a control socket path never names a file we would replace).
- */
-function checkSocketPath (socketPath: string): Stats | undefined {
-  let stat: Stats
-  try {
-    stat = lstatSync(socketPath)
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
-    throw err
-  }
-  if (stat.isSocket()) return stat
-  const what = stat.isSymbolicLink() ? 'a symbolic link' : stat.isDirectory() ? 'a directory' : 'not a socket'
-  throw new Error(`control socket path ${socketPath} is ${what}; refusing to replace it`)
-}
-
-/** True if something accepts connections on `socketPath`. */
-function answers (socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(socketPath)
-    s.once('connect', () => { s.destroy(); resolve(true) })
-    s.once('error', () => { resolve(false) })
-  })
 }

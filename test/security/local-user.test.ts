@@ -6,9 +6,9 @@
  * able to use its own control socket.
  */
 import assert from 'node:assert/strict'
-import { spawn, spawnSync } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import {
-  chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readFileSync, renameSync, statSync, symlinkSync, writeFileSync
+  existsSync, lstatSync, mkdirSync, readFileSync, renameSync, statSync, symlinkSync, writeFileSync
 } from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
@@ -25,36 +25,10 @@ import type { FuseMount } from '../../src/fuse/fuse-mount.ts'
 import { within } from '../helpers/assert.ts'
 import { CLI, nbdts } from '../helpers/cli.ts'
 import { isMounted, mountExport } from '../helpers/mounts.ts'
-import { startNbdkit, tempDir, type RunningServer } from '../helpers/servers.ts'
+import { startNbdkit, type RunningServer } from '../helpers/servers.ts'
+import { assertUntouched, NOBODY, scene, SECRET } from './scene.ts'
 
-const NOBODY = Number(spawnSync('id', ['-u', 'nobody'], { encoding: 'utf8' }).stdout.trim())
-const NOGROUP = Number(spawnSync('id', ['-g', 'nobody'], { encoding: 'utf8' }).stdout.trim())
-
-const root = tempDir()
-chmodSync(root, 0o755)
-/** nobody's own directory, where nobody plants links. */
-const theirs = path.join(root, 'nobody')
-mkdirSync(theirs)
-chownSync(theirs, NOBODY, NOGROUP)
-/** Root's secrets, in a directory only root may enter. */
-const secrets = path.join(root, 'secrets')
-mkdirSync(secrets, { mode: 0o700 })
-const secret = path.join(secrets, 'shadow')
-const SECRET = 'root-only:s3cr3t-value\n'
-
-let victims = 0
-/** A new root-only secret per use, so one test's damage cannot hide another's. */
-function freshVictim (): string {
-  const file = `${secret}-${victims++}`
-  writeFileSync(file, SECRET, { mode: 0o600 })
-  chmodSync(file, 0o600)
-  return file
-}
-
-function assertUntouched (file: string): void {
-  assert.equal(readFileSync(file, 'utf8'), SECRET, `${file} was written`)
-  assert.equal(statSync(file).mode & 0o777, 0o600, `${file} was chmodded`)
-}
+const { root, theirs, victim: freshVictim } = scene()
 
 /** Runs `script` (a node -e program) as nobody; resolves with the child once it printed `ready`. */
 function asNobody (script: string): Promise<{ pid: number, output: () => string, stop: () => Promise<void> }> {

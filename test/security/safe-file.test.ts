@@ -3,39 +3,17 @@
  * privileged process trusts them, against links and files that another user (nobody) made.
  */
 import assert from 'node:assert/strict'
-import { spawn, spawnSync } from 'node:child_process'
-import { chmodSync, chownSync, linkSync, mkdirSync, readFileSync, renameSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import { spawn } from 'node:child_process'
+import { chmodSync, chownSync, linkSync, readFileSync, renameSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { after, test } from 'node:test'
 import { readConfigFile } from '../../src/control/settings.ts'
 import { Pidfile } from '../../src/util/safe-file.ts'
 import { within } from '../helpers/assert.ts'
-import { tempDir } from '../helpers/servers.ts'
+import { assertUntouched, NOBODY, NOGROUP, scene } from './scene.ts'
 
-const NOBODY = Number(spawnSync('id', ['-u', 'nobody'], { encoding: 'utf8' }).stdout.trim())
-const NOGROUP = Number(spawnSync('id', ['-g', 'nobody'], { encoding: 'utf8' }).stdout.trim())
-
-const root = tempDir()
-const theirs = path.join(root, 'nobody')
-mkdirSync(theirs)
-chownSync(theirs, NOBODY, NOGROUP)
-const secret = path.join(root, 'shadow')
-const SECRET = 'root-only:s3cr3t-value\n'
-
-let victims = 0
-/** A new root-only secret per use, so one test's damage cannot hide another's. */
-function freshVictim (): string {
-  const file = `${secret}-${victims++}`
-  writeFileSync(file, SECRET, { mode: 0o600 })
-  chmodSync(file, 0o600)
-  return file
-}
-
-function assertUntouched (file: string): void {
-  assert.equal(readFileSync(file, 'utf8'), SECRET, `${file} was written`)
-  assert.equal(statSync(file).mode & 0o777, 0o600, `${file} was chmodded`)
-}
+const { root, theirs, victim: freshVictim } = scene()
 
 const children: Array<() => void> = []
 after(() => { for (const stop of children) stop() })
