@@ -34,7 +34,7 @@ export class DaemonControl {
   /** A reconfigure is running; `#again`: someone asked for another meanwhile. */
   #reconfiguring = false
   #again = false
-  /** How the last reconfigure went; `where` alone is what a client that is not root sees. */
+  /** How the last reconfigure went: in full for root, `public` (file or file:line only) for anyone else. */
   #lastReconfigure: { readonly text: string, readonly public: string } = { text: 'never', public: 'never' }
   #reconfigureCount = 0
   server: ControlServer | null = null
