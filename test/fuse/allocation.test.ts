@@ -8,7 +8,8 @@ import { test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import '../helpers/assert.ts'
 import type { NbdClient } from '../../src/client/nbd-client.ts'
-import { FUSE_OP, FUSE_ROOT_ID, IN_HEADER } from '../../src/fuse/abi.ts'
+import { FUSE_OP } from '../../src/fuse/abi.ts'
+import { fuseRequest } from '../helpers/fuse-requests.ts'
 import type { FuseChannel } from '../../src/fuse/channel.ts'
 import { u64 } from '../../src/fuse/codec.ts'
 import { ExportFileSystem } from '../../src/fuse/file-system.ts'
@@ -53,13 +54,8 @@ test('GETATTR on a 1 TiB export mapped 1 MiB per request: answered at once, boun
     allocation: { intervalMs: 10, stepMs: 10_000, stepRequests: 16 }
   })
   const getattr = (unique: number): bigint => {
-    const request = Buffer.alloc(IN_HEADER + 16)
-    request.writeUInt32LE(request.length, 0)
-    request.writeUInt32LE(FUSE_OP.GETATTR, 4)
-    request.writeBigUInt64LE(BigInt(unique), 8)
-    request.writeBigUInt64LE(BigInt(FUSE_ROOT_ID), 16)
     const before = replies.length
-    fs.handle(request, 0)
+    fs.handle(fuseRequest(FUSE_OP.GETATTR, unique, Buffer.alloc(16)), 0)
     assert.equal(replies.length, before + 1, 'GETATTR is answered before any block status returns')
     // fuse_attr_out: attr_valid (8), attr_valid_nsec, dummy (8), then fuse_attr: ino, size, blocks.
     return BigInt(u64(replies[replies.length - 1]!, 16 + 16))

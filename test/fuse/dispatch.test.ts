@@ -9,7 +9,8 @@ import { constants as os } from 'node:os'
 import { test } from 'node:test'
 import '../helpers/assert.ts'
 import type { NbdClient } from '../../src/client/nbd-client.ts'
-import { FOPEN_KEEP_CACHE, FOPEN_PARALLEL_DIRECT_WRITES, FUSE_INIT_FLAG, FUSE_OP, FUSE_ROOT_ID, IN_HEADER } from '../../src/fuse/abi.ts'
+import { FOPEN_KEEP_CACHE, FOPEN_PARALLEL_DIRECT_WRITES, FUSE_INIT_FLAG, FUSE_OP } from '../../src/fuse/abi.ts'
+import { fuseRequest } from '../helpers/fuse-requests.ts'
 import type { FuseChannel } from '../../src/fuse/channel.ts'
 import { ExportFileSystem } from '../../src/fuse/file-system.ts'
 
@@ -29,15 +30,6 @@ function rig (options: { readonly?: boolean, keepCache?: boolean } = {}): { fs: 
   return { fs, replies }
 }
 
-function request (opcode: number, unique: number, body: Buffer): Buffer {
-  const b = Buffer.alloc(IN_HEADER + body.length)
-  b.writeUInt32LE(b.length, 0)
-  b.writeUInt32LE(opcode, 4)
-  b.writeBigUInt64LE(BigInt(unique), 8)
-  b.writeBigUInt64LE(BigInt(FUSE_ROOT_ID), 16)
-  body.copy(b, IN_HEADER)
-  return b
-}
 
 function openIn (flags: number): Buffer {
   const b = Buffer.alloc(8)
@@ -52,22 +44,22 @@ test('INIT takes ATOMIC_O_TRUNC; OPEN with O_TRUNC succeeds (the size stays), wi
   init.writeUInt32LE(45, 4)
   init.writeUInt32LE(1 << 20, 8)
   init.writeUInt32LE(0xffffffff, 12)
-  fs.handle(request(FUSE_OP.INIT, 1, init), 0)
+  fs.handle(fuseRequest(FUSE_OP.INIT, 1, init), 0)
   assert.equal(replies[0]!.error, 0)
   const flags = replies[0]!.body.readUInt32LE(12)
   assert.notEqual(flags & FUSE_INIT_FLAG.ATOMIC_O_TRUNC, 0, 'the kernel passes O_TRUNC to OPEN instead of a SETATTR to size 0')
-  fs.handle(request(FUSE_OP.OPEN, 2, openIn(constants.O_WRONLY | constants.O_TRUNC)), 0)
+  fs.handle(fuseRequest(FUSE_OP.OPEN, 2, openIn(constants.O_WRONLY | constants.O_TRUNC)), 0)
   assert.equal(replies[1]!.error, 0)
   assert.equal(replies[1]!.body.readUInt32LE(8), FOPEN_PARALLEL_DIRECT_WRITES | FOPEN_KEEP_CACHE)
   const plain = rig()
-  plain.fs.handle(request(FUSE_OP.OPEN, 3, openIn(constants.O_RDONLY)), 0)
+  plain.fs.handle(fuseRequest(FUSE_OP.OPEN, 3, openIn(constants.O_RDONLY)), 0)
   assert.equal(plain.replies[0]!.body.readUInt32LE(8), FOPEN_PARALLEL_DIRECT_WRITES, 'no KEEP_CACHE by default')
 })
 
 test('a read-only mount refuses O_TRUNC and write opens with EROFS; CREATE is EACCES', () => {
   const { fs, replies } = rig({ readonly: true })
-  fs.handle(request(FUSE_OP.OPEN, 1, openIn(constants.O_WRONLY | constants.O_TRUNC)), 0)
-  fs.handle(request(FUSE_OP.OPEN, 2, openIn(constants.O_RDONLY)), 0)
-  fs.handle(request(FUSE_OP.CREATE, 3, Buffer.alloc(24)), 0)
+  fs.handle(fuseRequest(FUSE_OP.OPEN, 1, openIn(constants.O_WRONLY | constants.O_TRUNC)), 0)
+  fs.handle(fuseRequest(FUSE_OP.OPEN, 2, openIn(constants.O_RDONLY)), 0)
+  fs.handle(fuseRequest(FUSE_OP.CREATE, 3, Buffer.alloc(24)), 0)
   assert.deepEqual(replies.map((r) => r.error), [-os.errno.EROFS, 0, -os.errno.EACCES])
 })

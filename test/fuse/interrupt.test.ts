@@ -8,7 +8,8 @@ import { test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import '../helpers/assert.ts'
 import type { NbdClient } from '../../src/client/nbd-client.ts'
-import { FUSE_OP, FUSE_ROOT_ID, IN_HEADER } from '../../src/fuse/abi.ts'
+import { FUSE_OP } from '../../src/fuse/abi.ts'
+import { fuseRequest } from '../helpers/fuse-requests.ts'
 import type { FuseChannel } from '../../src/fuse/channel.ts'
 import { ExportFileSystem } from '../../src/fuse/file-system.ts'
 
@@ -43,15 +44,6 @@ function rig (): { fs: ExportFileSystem, replies: Reply[], released: number[], f
   return { fs, replies, released, finish, reads }
 }
 
-function request (opcode: number, unique: number, body: Buffer): Buffer {
-  const b = Buffer.alloc(IN_HEADER + body.length)
-  b.writeUInt32LE(b.length, 0)
-  b.writeUInt32LE(opcode, 4)
-  b.writeBigUInt64LE(BigInt(unique), 8)
-  b.writeBigUInt64LE(BigInt(FUSE_ROOT_ID), 16)
-  body.copy(b, IN_HEADER)
-  return b
-}
 
 function readIn (offset: number, size: number): Buffer {
   const b = Buffer.alloc(40)
@@ -68,15 +60,15 @@ function interruptIn (target: number): Buffer {
 
 test('an interrupted READ is answered EINTR at once; its late data is dropped, its buffer kept until then', async () => {
   const { fs, replies, finish, reads } = rig()
-  fs.handle(request(FUSE_OP.READ, 7, readIn(0, 4096)), 0)
+  fs.handle(fuseRequest(FUSE_OP.READ, 7, readIn(0, 4096)), 0)
   await sleep(5)
   assert.equal(reads.length, 1, 'the NBD read is under way')
   assert.equal(fs.stats.inFlight, 1)
-  fs.handle(request(FUSE_OP.INTERRUPT, 8, interruptIn(7)), 1)
+  fs.handle(fuseRequest(FUSE_OP.INTERRUPT, 8, interruptIn(7)), 1)
   assert.deepEqual(replies, [{ unique: 7, error: EINTR, bytes: 0 }], 'EINTR for the read, nothing for the INTERRUPT itself')
   assert.equal(fs.stats.interrupted, 1)
   // A second interrupt for it: already answered, so EAGAIN (the kernel's protocol).
-  fs.handle(request(FUSE_OP.INTERRUPT, 9, interruptIn(7)), 2)
+  fs.handle(fuseRequest(FUSE_OP.INTERRUPT, 9, interruptIn(7)), 2)
   assert.deepEqual(replies[1], { unique: 9, error: EAGAIN, bytes: 0 })
   finish()
   await fs.idle()
@@ -86,9 +78,9 @@ test('an interrupted READ is answered EINTR at once; its late data is dropped, i
 
 test('an INTERRUPT for a request not in flight gets EAGAIN; other reads are answered normally', async () => {
   const { fs, replies, finish } = rig()
-  fs.handle(request(FUSE_OP.INTERRUPT, 3, interruptIn(99)), 0)
+  fs.handle(fuseRequest(FUSE_OP.INTERRUPT, 3, interruptIn(99)), 0)
   assert.deepEqual(replies, [{ unique: 3, error: EAGAIN, bytes: 0 }])
-  fs.handle(request(FUSE_OP.READ, 4, readIn(4096, 8192)), 1)
+  fs.handle(fuseRequest(FUSE_OP.READ, 4, readIn(4096, 8192)), 1)
   finish()
   await fs.idle()
   assert.deepEqual(replies[1], { unique: 4, error: 0, bytes: 8192 })
@@ -99,7 +91,7 @@ function writeRequest (unique: number, offset: number, data: Buffer): Buffer {
   body.writeBigUInt64LE(BigInt(offset), 8)
   body.writeUInt32LE(data.length, 16)
   data.copy(body, 40)
-  return request(FUSE_OP.WRITE, unique, body)
+  return fuseRequest(FUSE_OP.WRITE, unique, body)
 }
 
 test('an interrupted WRITE is answered EINTR at once and its signal aborted; its slot waits for the client', async () => {
@@ -125,7 +117,7 @@ test('an interrupted WRITE is answered EINTR at once and its signal aborted; its
   })
   fs.handle(writeRequest(20, 0, Buffer.alloc(4096, 1)), 5)
   assert.equal(signals.length, 1, 'the write carries a signal')
-  fs.handle(request(FUSE_OP.INTERRUPT, 21, interruptIn(20)), 6)
+  fs.handle(fuseRequest(FUSE_OP.INTERRUPT, 21, interruptIn(20)), 6)
   assert.deepEqual(replies, [{ unique: 20, error: EINTR, bytes: 0 }], 'EINTR at once')
   assert.equal(signals[0]!.aborted, true, 'the client is told the caller has gone')
   assert.deepEqual(released, [6], 'the interrupted write keeps its slot (its payload) while the client has it')
