@@ -193,7 +193,7 @@ async function serve (uri: string, target: string, options: MountOptions): Promi
   const untrap = trapSignals({
     stop: (signal) => {
       if (stopSignal !== undefined) {
-        log('info', `${signal}: already shutting down (since ${stopSignal}); nbdts umount --force aborts a busy mount`)
+        log('info', `${signal}: already shutting down (since ${stopSignal}); a detached busy mount ends when its last user lets go (SIGKILL ends it now, failing their I/O)`)
         return
       }
       stopSignal = signal

@@ -69,7 +69,8 @@ export class ExportFileSystem {
   readonly #header = emptyInHeader()
   /** Scratch for small replies: writes are synchronous, so one of each kind serves all. */
   readonly #scratch = Buffer.alloc(Math.max(ENTRY_OUT, ATTR_OUT, INIT_OUT, STATFS_OUT))
-  readonly #counts = new Map<number, number>()
+  /** Requests by opcode; opcode 0 (none such) counts anything from 64 up (CUSE's). */
+  readonly #counts = new Float64Array(64)
   #initialised = false
   /** Set when the kernel said DESTROY. */
   onDestroy: (() => void) | null = null
@@ -89,7 +90,7 @@ export class ExportFileSystem {
 
   get stats (): FuseStats {
     const requests: Record<string, number> = {}
-    for (const [op, n] of this.#counts) requests[OP_NAMES.get(op) ?? `op${op}`] = n
+    this.#counts.forEach((n, op) => { if (n > 0) requests[OP_NAMES.get(op) ?? (op === 0 ? 'other' : `op${op}`)] = n })
     return { requests, inFlight: this.#tracker.inFlight, errors: this.#tracker.errors, interrupted: this.#tracker.interrupted }
   }
 
@@ -110,7 +111,7 @@ export class ExportFileSystem {
   /** Dispatches one request. `request` is a view of `slot`, released here or when done. */
   handle (request: Buffer, slot: number): void {
     const { opcode, unique, nodeid, length } = parseInHeader(request, this.#header)
-    this.#counts.set(opcode, (this.#counts.get(opcode) ?? 0) + 1)
+    this.#counts[opcode < 64 ? opcode : 0]!++
     try {
       switch (opcode) {
         case FUSE_OP.READ: return this.#io.read(request, slot, unique, nodeid)

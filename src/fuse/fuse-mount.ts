@@ -16,7 +16,7 @@
 import { closeSync, openSync } from 'node:fs'
 import path from 'node:path'
 import type { NbdClient } from '../client/nbd-client.ts'
-import { MountError } from '../errors.ts'
+import { InvalidArgumentError, MountError } from '../errors.ts'
 import { IN_HEADER, S_IFDIR, S_IFREG, WRITE_IN } from './abi.ts'
 import type { AllocationOptions } from './allocation.ts'
 import { FuseChannel } from './channel.ts'
@@ -103,7 +103,12 @@ export class FuseMount {
       throw err
     }
     const kind = pinned.kind
-    const layout: Layout = kind === 'file' ? { kind } : { kind, name: options.name ?? DEFAULT_NAME }
+    const name = options.name ?? DEFAULT_NAME
+    if (kind === 'dir' && (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0'))) {
+      closeSync(pinned.fd)
+      throw new InvalidArgumentError(`--name ${JSON.stringify(name)} is not a file name`)
+    }
+    const layout: Layout = kind === 'file' ? { kind } : { kind, name }
     const readonly = options.readonly === true || opts.readonly || options.client.isReadOnly
     const access = { uid: opts.uid ?? uid, gid: opts.gid ?? gid, mode: opts.mode }
     const bits = opts.mode & (readonly ? ~0o222 : ~0)

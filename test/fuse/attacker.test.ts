@@ -94,6 +94,14 @@ describe('root mounting where another user could choose what gets covered', () =
     assert.equal(isMounted(ours), false)
   })
 
+  test('a directory mount\'s --name must be a file name', async () => {
+    const d = directory('names', 0, 0o755)
+    for (const name of ['../victim', 'a/b', '..', '']) {
+      await assert.rejects(FuseMount.mount({ client, path: d, name }), { code: 'NBD_ERR_INVALID_ARGUMENT', message: /is not a file name/ })
+    }
+    assert.equal(isMounted(d), false)
+  })
+
   test('swapped for a link to a root file between the check and the mount: the link is not followed, the mount is undone', async () => {
     const d = directory('race', 0, 0o755)
     const target = path.join(d, 'disk.img')
