@@ -17,6 +17,11 @@ const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.ur
 
 const out = (text: string): void => { process.stdout.write(text + '\n') }
 
+/** Repeatable option values, in order. */
+function collect (value: string, previous: string[]): string[] {
+  return [...previous, value]
+}
+
 export function buildProgram (): Command {
   const program = new Command('nbdts')
     .description('A userspace NBD client: inspect exports, mount them as a local file, control running mounts')
@@ -37,10 +42,13 @@ export function buildProgram (): Command {
     })
 
   addTlsOptions(program.command('mount'))
-    .description('expose an export as a local file through FUSE (FILE: a file to mount over, or a directory)')
+    .description('expose an export as a local file through FUSE (FILE: a file to mount over, or a directory); ' +
+      'only you may open it unless -o allow_other (and uid=, gid=, mode=) say otherwise; users other than root mount through fusermount3')
     .argument('<uri>', 'NBD URI')
-    .argument('<file>', 'an existing regular file (mounted over) or a directory (the export appears as DIR/disk)')
+    .argument('<file>', 'an existing regular file (mounted over) or a directory (the export appears as DIR/nbd)')
     .option('--readonly', 'refuse writes')
+    .addOption(new Option('-o, --options <list>', 'FUSE mount options, comma-separated, repeatable: allow_other, uid=N, gid=N, mode=0644, ' +
+      'kernel_cache, ro, and the mount flags exec, noexec, async, sync, atime, noatime, dirsync, max_read=N').argParser(collect).default([], ''))
     .addOption(new Option('--reconnect-delay <duration>', 'how long I/O waits for a lost server before failing with EIO').default(30_000, '30s').argParser(parseDuration))
     .addOption(new Option('--open-timeout <duration>', 'keep retrying the first connect this long').default(0, '0: one attempt').argParser(parseDuration))
     .addOption(new Option('--max-in-flight <n>', 'NBD requests in flight per connection').default(64).argParser(parseCount))
@@ -50,11 +58,11 @@ export function buildProgram (): Command {
     .option('--control-socket <path>', 'serve the control socket here')
     .addOption(new Option('--log-level <level>', 'log detail').choices(LOG_LEVELS).default('info'))
     .option('--log-file <path>', 'log here (a detached daemon logs nowhere otherwise)')
-    .option('--name <name>', 'the export\'s file name when FILE is a directory', 'disk')
+    .option('--name <name>', 'the export\'s file name when FILE is a directory (as nbdfuse)', 'nbd')
     .option('--config <file>', 'settings file (key = value lines), re-read by "nbdts ctl reconfigure"')
     .addOption(new Option('--control-timeout <duration>', 'deadline of one control socket request').default(4000, '4s').argParser(parseDuration))
     .addOption(new Option('--ready-fd <fd>').argParser(parseCount).hideHelp())
-    .action(async function (this: Command, uri: string, file: string, options: { readonly?: boolean, reconnectDelay: number, openTimeout: number, maxInFlight: number, connections: number | 'auto', foreground?: boolean, pidfile?: string, controlSocket?: string, logLevel: LogLevel, logFile?: string, name: string, readyFd?: number, config?: string, controlTimeout: number } & TlsFlags) {
+    .action(async function (this: Command, uri: string, file: string, options: { readonly?: boolean, options: string[], reconnectDelay: number, openTimeout: number, maxInFlight: number, connections: number | 'auto', foreground?: boolean, pidfile?: string, controlSocket?: string, logLevel: LogLevel, logFile?: string, name: string, readyFd?: number, config?: string, controlTimeout: number } & TlsFlags) {
       const explicit = new Set(Object.keys(options).filter((key) => this.getOptionValueSource(key) === 'cli'))
       process.exitCode = await runMount(uri, file, { ...options, explicit }, { out })
     })
@@ -71,10 +79,11 @@ export function buildProgram (): Command {
     })
 
   program.command('umount')
-    .description('unmount: the daemon finishes in-flight I/O, flushes, unmounts and exits')
+    .description('unmount (refused while busy, naming what holds it); the daemon then flushes and exits')
     .argument('<file>', 'the mounted file or directory')
-    .option('--lazy', 'detach now even if the file is in use (umount -l)')
-    .action(async (file: string, options: { lazy?: boolean }) => {
+    .option('--lazy', 'detach now even if in use; the daemon serves open files until the last one closes')
+    .option('--force', 'if busy, abort the FUSE connection: I/O in progress and later fails')
+    .action(async (file: string, options: { lazy?: boolean, force?: boolean }) => {
       process.exitCode = await runUmount(file, options, { out })
     })
 
