@@ -11,13 +11,15 @@ import { runInfo } from './info.ts'
 import { LOG_LEVELS, type LogLevel } from './logger.ts'
 import { runMount, runUmount } from './mount.ts'
 import { runCtl } from './ctl.ts'
+import { extractServerCommands, withNbdTarget, type ServerCommands } from './server-command.ts'
 import { addTlsOptions, type TlsFlags } from './tls-options.ts'
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
 
 const out = (text: string): void => { process.stdout.write(text + '\n') }
 
-export function buildProgram (): Command {
+/** `commands`: the `[ CMD ... ]` taken out of argv (see server-command.ts). */
+export function buildProgram (commands: ServerCommands = []): Command {
   const program = new Command('nbdts')
     .description('A userspace NBD client: inspect exports, mount them as a local file, control running mounts')
     .version(pkg.version)
@@ -26,14 +28,14 @@ export function buildProgram (): Command {
 
   addTlsOptions(program.command('info'))
     .description('show what an NBD server offers (like nbdinfo)')
-    .argument('<uri>', 'NBD URI: nbd://host[:port]/export, nbd+unix:///export?socket=PATH, nbds://...')
+    .argument('<uri>', 'NBD URI: nbd://host[:port]/export, nbd+unix:///export?socket=PATH, nbds://..., or [ CMD ... ]: a server run with socket activation')
     .option('--json', 'machine-readable output')
     .option('--list', "list every export the server offers (NBD_OPT_LIST)")
     .option('--map', 'print the extents of the export (block status)')
     .option('--context <name>', 'meta context for --map', 'base:allocation')
     .addOption(new Option('--open-timeout <duration>', 'keep retrying the first connect this long (seconds, or 500ms, 2s)').argParser(parseDuration))
     .action(async (uri: string, options: { json?: boolean, list?: boolean, map?: boolean, context?: string, openTimeout?: number } & TlsFlags) => {
-      await runInfo(uri, options, { out })
+      await withNbdTarget(uri, commands, (target) => runInfo(target.uri, { ...options, ...(target.open !== undefined && { open: target.open }) }, { out }))
     })
 
   addTlsOptions(program.command('mount'))
@@ -82,7 +84,15 @@ export function buildProgram (): Command {
 }
 
 export async function main (argv: readonly string[]): Promise<number> {
-  const program = buildProgram()
+  let program: Command
+  try {
+    const extracted = extractServerCommands(argv)
+    program = buildProgram(extracted.commands)
+    argv = extracted.argv
+  } catch (err) {
+    process.stderr.write(`nbdts: ${describeError(err)}\n`)
+    return 2
+  }
   try {
     await program.parseAsync(argv, { from: 'user' })
     return typeof process.exitCode === 'number' ? process.exitCode : 0
