@@ -3,7 +3,8 @@
  * The nbdts command line. Every command prints one clear line and exits non-zero on error,
  * never a stack trace (set NBDTS_DEBUG=1 to see one).
  */
-import { readFileSync } from 'node:fs'
+import { readFileSync, realpathSync } from 'node:fs'
+import { pathToFileURL } from 'node:url'
 import { Command, CommanderError, Option } from 'commander'
 import { describeError } from '../errors.ts'
 import { parseConnections, parseCount, parseDuration } from './durations.ts'
@@ -107,8 +108,9 @@ export async function main (argv: readonly string[]): Promise<number> {
   }
 }
 
-// Run when executed, not when imported by the tests.
-if (process.argv[1] !== undefined && import.meta.url === new URL(`file://${process.argv[1]}`).href) {
+// Run when executed, not when imported by the tests. npm's bin is a symlink to this file, so
+// compare real paths.
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) {
   main(process.argv.slice(2)).then((code) => {
     process.exitCode = code
     // A mount daemon's reader thread may still sit in a read() of /dev/fuse; it has nothing
