@@ -12,6 +12,7 @@ import { runInfo } from './info.ts'
 import { LOG_LEVELS, type LogLevel } from './logger.ts'
 import { runMount, runUmount } from './mount.ts'
 import { runCtl } from './ctl.ts'
+import { addCopyCommand, normalizeCopyArgv } from './copy.ts'
 import { extractServerCommands, withNbdTarget, type ServerCommands } from './server-command.ts'
 import { addTlsOptions, type TlsFlags } from './tls-options.ts'
 
@@ -22,7 +23,7 @@ const out = (text: string): void => { process.stdout.write(text + '\n') }
 /** `commands`: the `[ CMD ... ]` taken out of argv (see server-command.ts). */
 export function buildProgram (commands: ServerCommands = []): Command {
   const program = new Command('nbdts')
-    .description('A userspace NBD client: inspect exports, mount them as a local file, control running mounts')
+    .description('A userspace NBD client: inspect exports, copy them, mount them as a local file, control running mounts')
     .version(pkg.version)
     .showHelpAfterError()
     .exitOverride()
@@ -62,6 +63,8 @@ export function buildProgram (commands: ServerCommands = []): Command {
       process.exitCode = await runMount(uri, file, { ...options, explicit }, { out })
     })
 
+  addCopyCommand(program, commands, out)
+
   program.command('ctl')
     .description('talk to a running mount through its control socket (one command, or -k for interactive)')
     .argument('[command...]', 'the command, e.g.: show stats, set reconnect-delay 60s, help')
@@ -89,7 +92,7 @@ export async function main (argv: readonly string[]): Promise<number> {
   try {
     const extracted = extractServerCommands(argv)
     program = buildProgram(extracted.commands)
-    argv = extracted.argv
+    argv = normalizeCopyArgv(extracted.argv)
   } catch (err) {
     process.stderr.write(`nbdts: ${describeError(err)}\n`)
     return 2
