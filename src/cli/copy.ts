@@ -148,7 +148,10 @@ export async function runCopy (sourceArg: string, destinationArg: string, comman
     })
     progress?.stop(true)
     progress = undefined
-    if (flags.verbose === true) io.err(summary(describeEndpoint(src), describeEndpoint(dst), result, source.connections, destination.connections, size, requests, performance.now() - started))
+    if (flags.verbose === true) {
+      const reconnects = (source.reconnects?.() ?? 0) + (destination.reconnects?.() ?? 0)
+      io.err(summary(describeEndpoint(src), describeEndpoint(dst), result, source.connections, destination.connections, size, requests, performance.now() - started) + `, ${reconnects} reconnect(s)`)
+    }
     return 0
   } catch (err) {
     progress?.stop(false)

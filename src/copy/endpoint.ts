@@ -24,6 +24,8 @@ export interface CopySource {
   readNext?: (buffer: Buffer, signal: AbortSignal) => Promise<number>
   /** Extents of [offset, offset + length), when the source knows them (NBD base:allocation). */
   extents?: (offset: number, length: number, signal: AbortSignal) => AsyncIterable<AllocationExtent>
+  /** Reconnects so far (NBD). */
+  reconnects?: () => number
   close: () => Promise<void>
 }
 
@@ -49,6 +51,8 @@ export interface CopyDestination {
   flush: (signal: AbortSignal) => Promise<void>
   /** After a copy from a pipe (size unknown until EOF): the size the destination must have. */
   setSize?: (size: number) => Promise<void>
+  /** Reconnects so far (NBD). */
+  reconnects?: () => number
   close: () => Promise<void>
 }
 

@@ -64,6 +64,10 @@ async function closeAll (clients: readonly NbdClient[]): Promise<void> {
   }))
 }
 
+function reconnects (clients: readonly NbdClient[]): () => number {
+  return () => clients.reduce((n, c) => n + c.stats.reconnects, 0)
+}
+
 function preferred (client: NbdClient): number | undefined {
   return client.info.blockSize?.preferred
 }
@@ -79,6 +83,7 @@ export async function nbdSource (options: NbdEndpointOptions): Promise<CopySourc
     preferredBlockSize: preferred(first),
     readInto: (buffer, offset, lane, signal) => clients[lane % clients.length]!.readInto(buffer, offset, { signal }),
     ...(withExtents && { extents: (offset: number, length: number, signal: AbortSignal) => allocation(first, offset, length, signal) }),
+    reconnects: reconnects(clients),
     close: () => closeAll(clients)
   }
 }
@@ -108,6 +113,7 @@ export async function nbdDestination (options: NbdEndpointOptions): Promise<Copy
     flush: async (signal) => {
       if (first.canFlush) await first.flush({ signal })
     },
+    reconnects: reconnects(clients),
     close: () => closeAll(clients)
   }
 }

@@ -229,7 +229,7 @@ describe('nbdts copy', () => {
     const out = path.join(dir, 'restarted.img')
     let restarted: Promise<void> | undefined
     try {
-      const r = await within(nbdts(['copy', '--progress=json', '--no-extents', '-C', '1', '-R', '1', '--request-size', '1M', '--reconnect-delay', '30s', slow.uri(), out], {
+      const r = await within(nbdts(['copy', '-v', '--progress=json', '--no-extents', '-C', '1', '-R', '1', '--request-size', '1M', '--reconnect-delay', '30s', slow.uri(), out], {
         timeoutMs: 90_000,
         onStderr: (text) => {
           if (restarted !== undefined) return
@@ -245,6 +245,7 @@ describe('nbdts copy', () => {
       assert.ok(restarted !== undefined, 'the server was restarted during the copy')
       await restarted
       assert.equal(r.code, 0, r.stderr)
+      assert.match(r.stderr, /, [1-9]\d* reconnect\(s\)\n/)
       assert.ok(readFileSync(out).equals(image))
     } finally {
       await restarted?.catch(() => {})
