@@ -150,7 +150,9 @@ export async function runCopy (sourceArg: string, destinationArg: string, comman
     progress = undefined
     if (flags.verbose === true) {
       const reconnects = (source.reconnects?.() ?? 0) + (destination.reconnects?.() ?? 0)
-      io.err(summary(describeEndpoint(src), describeEndpoint(dst), result, source.connections, destination.connections, size, requests, performance.now() - started) + `, ${reconnects} reconnect(s)`)
+      const rss = Math.round(process.resourceUsage().maxRSS / 1024)
+      io.err(summary(describeEndpoint(src), describeEndpoint(dst), result, source.connections, destination.connections, size, requests, performance.now() - started) +
+        `, ${reconnects} reconnect(s), peak RSS ${rss} MiB`)
     }
     return 0
   } catch (err) {
