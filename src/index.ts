@@ -9,6 +9,7 @@ export type {
 export type { ExportInfo, BackoffOptions, ListedExport } from './connector/index.ts'
 export type { StatsSnapshot } from './stats/index.ts'
 export type { OpenSocket } from './transport/index.ts'
+export type { TlsMode } from './transport/tls-credentials.ts'
 export { parseNbdUri, formatNbdUri } from './protocol/uri.ts'
 export type { NbdAddress, NbdUri } from './protocol/uri.ts'
 export type { Extent } from './protocol/block-status.ts'
