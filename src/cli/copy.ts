@@ -96,9 +96,9 @@ export function addCopyCommand (program: Command, commands: ServerCommands, out:
     })
 }
 
-function reporter (mode: string | undefined): ProgressReporter | undefined {
+async function reporter (mode: string | undefined): Promise<ProgressReporter | undefined> {
   if (mode === undefined) return undefined
-  if (mode === 'auto') return process.stderr.isTTY ? barReporter(process.stderr) : percentReporter(2)
+  if (mode === 'auto') return process.stderr.isTTY ? await barReporter(process.stderr) : percentReporter(2)
   if (mode === 'json') return jsonReporter(2)
   if (mode.startsWith('json:')) return jsonReporter(Number(mode.slice(5)))
   return percentReporter(Number(mode))
@@ -133,7 +133,7 @@ export async function runCopy (sourceArg: string, destinationArg: string, comman
     const { source, destination } = opened
     const size = Math.max(flags.requestSize, source.preferredBlockSize ?? 0, destination.preferredBlockSize ?? 0)
     const requests = Math.max(1, Math.min(perConnection, Math.floor(flags.queueSize / size)))
-    progress = flags.progress === undefined ? undefined : new Progress(source.size, reporter(flags.progress))
+    progress = flags.progress === undefined ? undefined : new Progress(source.size, await reporter(flags.progress))
     const started = performance.now()
     const result = await copy(source, destination, {
       requestSize: size,

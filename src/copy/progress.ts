@@ -9,7 +9,6 @@
  *            {"bytes":…,"total":…,"percent":…,"rate":…,"eta":…,"elapsed":…,"done":false}
  */
 import { writeSync } from 'node:fs'
-import cliProgress from 'cli-progress'
 
 export interface ProgressReport {
   readonly bytes: number
@@ -125,8 +124,9 @@ export function jsonReporter (fd: number): ProgressReporter {
   }
 }
 
-/** A bar on a terminal (stderr): bytes, rate, ETA. */
-export function barReporter (stream: NodeJS.WriteStream): ProgressReporter {
+/** A bar on a terminal (stderr): bytes, rate, ETA. cli-progress is loaded only for it. */
+export async function barReporter (stream: NodeJS.WriteStream): Promise<ProgressReporter> {
+  const { default: cliProgress } = await import('cli-progress')
   const bar = new cliProgress.SingleBar({
     stream,
     format: ' {bar} {percentage}% | {done} of {size} | {speed} | ETA {left}',
