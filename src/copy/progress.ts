@@ -8,7 +8,8 @@
  *   json     one JSON object a second and a last one with "done": true:
  *            {"bytes":…,"total":…,"percent":…,"rate":…,"eta":…,"elapsed":…,"done":false}
  */
-import { writeSync } from 'node:fs'
+import { fstatSync, writeSync } from 'node:fs'
+import { InvalidArgumentError } from '../errors.ts'
 
 export interface ProgressReport {
   readonly bytes: number
@@ -90,10 +91,32 @@ export class Progress {
   }
 }
 
+/**
+ * Lines to a file descriptor, checked open now; a reader that goes away later (EPIPE) ends the
+ * reports, never the copy.
+ */
+function lineWriter (fd: number): (line: string) => void {
+  try {
+    fstatSync(fd)
+  } catch {
+    throw new InvalidArgumentError(`progress file descriptor ${fd} is not open`)
+  }
+  let broken = false
+  return (line) => {
+    if (broken) return
+    try {
+      writeSync(fd, line)
+    } catch {
+      broken = true
+    }
+  }
+}
+
 const percent = (r: ProgressReport): number => r.total === undefined || r.total === 0 ? (r.done ? 100 : 0) : Math.floor(r.bytes * 100 / r.total)
 
 /** "N/100" lines, as nbdcopy --progress=FD writes them (virt-v2v reads these). */
 export function percentReporter (fd: number): ProgressReporter {
+  const write = lineWriter(fd)
   let last = -1
   return {
     interval: 100,
@@ -101,12 +124,13 @@ export function percentReporter (fd: number): ProgressReporter {
       const p = r.done ? 100 : Math.min(99, percent(r))
       if (p === last) return
       last = p
-      writeSync(fd, `${p}/100\n`)
+      write(`${p}/100\n`)
     }
   }
 }
 
 export function jsonReporter (fd: number): ProgressReporter {
+  const write = lineWriter(fd)
   return {
     interval: 1000,
     report: (r) => {
@@ -119,7 +143,7 @@ export function jsonReporter (fd: number): ProgressReporter {
         elapsed: Math.round(r.elapsed * 1000) / 1000,
         done: r.done
       }
-      writeSync(fd, JSON.stringify(line) + '\n')
+      write(JSON.stringify(line) + '\n')
     }
   }
 }
