@@ -3,7 +3,8 @@
  * The nbdts command line. Every command prints one clear line and exits non-zero on error,
  * never a stack trace (set NBDTS_DEBUG=1 to see one).
  */
-import { readFileSync } from 'node:fs'
+import { readFileSync, realpathSync } from 'node:fs'
+import { pathToFileURL } from 'node:url'
 import { Command, CommanderError, Option } from 'commander'
 import { describeError } from '../errors.ts'
 import { parseConnections, parseCount, parseDuration } from './durations.ts'
@@ -11,6 +12,8 @@ import { runInfo } from './info.ts'
 import { LOG_LEVELS, type LogLevel } from './logger.ts'
 import { runMount, runUmount } from './mount.ts'
 import { runCtl } from './ctl.ts'
+import { addCopyCommand, normalizeCopyArgv } from './copy.ts'
+import { extractServerCommands, withNbdTarget, type ServerCommands } from './server-command.ts'
 import { addTlsOptions, type TlsFlags } from './tls-options.ts'
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
@@ -22,23 +25,24 @@ function collect (value: string, previous: string[]): string[] {
   return [...previous, value]
 }
 
-export function buildProgram (): Command {
+/** `commands`: the `[ CMD ... ]` taken out of argv (see server-command.ts). */
+export function buildProgram (commands: ServerCommands = []): Command {
   const program = new Command('nbdts')
-    .description('A userspace NBD client: inspect exports, mount them as a local file, control running mounts')
+    .description('A userspace NBD client: inspect exports, copy them, mount them as a local file, control running mounts')
     .version(pkg.version)
     .showHelpAfterError()
     .exitOverride()
 
   addTlsOptions(program.command('info'))
     .description('show what an NBD server offers (like nbdinfo)')
-    .argument('<uri>', 'NBD URI: nbd://host[:port]/export, nbd+unix:///export?socket=PATH, nbds://...')
+    .argument('<uri>', 'NBD URI: nbd://host[:port]/export, nbd+unix:///export?socket=PATH, nbds://..., or [ CMD ... ]: a server run with socket activation')
     .option('--json', 'machine-readable output')
     .option('--list', "list every export the server offers (NBD_OPT_LIST)")
     .option('--map', 'print the extents of the export (block status)')
     .option('--context <name>', 'meta context for --map', 'base:allocation')
     .addOption(new Option('--open-timeout <duration>', 'keep retrying the first connect this long (seconds, or 500ms, 2s)').argParser(parseDuration))
     .action(async (uri: string, options: { json?: boolean, list?: boolean, map?: boolean, context?: string, openTimeout?: number } & TlsFlags) => {
-      await runInfo(uri, options, { out })
+      await withNbdTarget(uri, commands, (target) => runInfo(target.uri, { ...options, ...(target.open !== undefined && { open: target.open }) }, { out }))
     })
 
   addTlsOptions(program.command('mount'))
@@ -67,6 +71,8 @@ export function buildProgram (): Command {
       process.exitCode = await runMount(uri, file, { ...options, explicit }, { out })
     })
 
+  addCopyCommand(program, commands, out)
+
   program.command('ctl')
     .description('talk to a running mount through its control socket (one command, or -k for interactive)')
     .argument('[command...]', 'the command, e.g.: show stats, set reconnect-delay 60s, help')
@@ -91,7 +97,15 @@ export function buildProgram (): Command {
 }
 
 export async function main (argv: readonly string[]): Promise<number> {
-  const program = buildProgram()
+  let program: Command
+  try {
+    const extracted = extractServerCommands(argv)
+    program = buildProgram(extracted.commands)
+    argv = normalizeCopyArgv(extracted.argv)
+  } catch (err) {
+    process.stderr.write(`nbdts: ${describeError(err)}\n`)
+    return 2
+  }
   try {
     await program.parseAsync(argv, { from: 'user' })
     return typeof process.exitCode === 'number' ? process.exitCode : 0
@@ -106,8 +120,9 @@ export async function main (argv: readonly string[]): Promise<number> {
   }
 }
 
-// Run when executed, not when imported by the tests.
-if (process.argv[1] !== undefined && import.meta.url === new URL(`file://${process.argv[1]}`).href) {
+// Run when executed, not when imported by the tests. npm's bin is a symlink to this file, so
+// compare real paths.
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) {
   main(process.argv.slice(2)).then((code) => {
     process.exitCode = code
     // A mount daemon's reader thread may still sit in a read() of /dev/fuse; it has nothing

@@ -35,7 +35,7 @@ import type { ConfigLock, LockWaiter } from './config-lock.ts'
 import { ControlError } from './errors.ts'
 import { FRAME_HEADER, FrameDecoder, MAX_COMMAND, MAX_REPLY, decodeText, encodeFrame } from './frame.ts'
 import { isReadOnly, needsLock, parseCommand, type Command } from './grammar.ts'
-import { readPeerCredentials, selfTest, type PeerCredentials } from './peer-credentials.ts'
+import { peerCredentialsError, readPeerCredentials, selfTest, type PeerCredentials } from './peer-credentials.ts'
 import { bindSocketFile, releaseSocketFile, type SocketFile } from './socket-file.ts'
 
 export type ClientState = 'RECEIVE' | 'PARSE' | 'WAIT_FOR_LOCK' | 'WORK' | 'SEND'
@@ -159,7 +159,7 @@ export class ControlServer {
     server.credentialsTrusted = options.credentials !== undefined || await selfTest(options.path, seen)
     server.#selfTest = null
     if (!server.credentialsTrusted) {
-      server.#log('warn', 'peer credentials cannot be read (SO_PEERCRED self-test failed): every control client is treated as unprivileged')
+      server.#log('warn', `peer credentials cannot be read (${peerCredentialsError() ?? 'SO_PEERCRED self-test failed'}): every control client is treated as unprivileged`)
     }
     return server
   }
