@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { libnbd, nbdtsLibrary, qemu, vates, type Contender, type RunContext } from './lib/contenders.ts'
+import { libnbd, nbdtsCopy, nbdtsLibrary, qemu, vates, type Contender, type RunContext } from './lib/contenders.ts'
 import { startServers } from './lib/exports.ts'
 import { nbdfuse, nbdtsMount } from './lib/fuse.ts'
 import { runProc } from './lib/proc.ts'
@@ -39,9 +39,9 @@ const progress = (text: string): void => { process.stderr.write(`${text}\n`) }
 const SUITES: ReadonlyArray<{ name: SuiteName, contenders: Contender[] }> = [
   { name: 'library', contenders: [nbdtsLibrary, qemu, libnbd, vates] },
   { name: 'tcp', contenders: [nbdtsLibrary, qemu, libnbd, vates] },
-  { name: 'tls', contenders: [nbdtsLibrary, qemu, libnbd] },
-  { name: 'copy', contenders: [nbdtsLibrary, qemu, libnbd, vates] },
-  { name: 'multi-conn', contenders: [nbdtsLibrary, libnbd, vates] },
+  { name: 'tls', contenders: [nbdtsLibrary, nbdtsCopy, qemu, libnbd] },
+  { name: 'copy', contenders: [nbdtsLibrary, nbdtsCopy, qemu, libnbd, vates] },
+  { name: 'multi-conn', contenders: [nbdtsLibrary, nbdtsCopy, libnbd, vates] },
   { name: 'fuse', contenders: [nbdtsMount(), nbdtsMount(1), nbdfuse(4)] }
 ]
 

@@ -17,6 +17,7 @@
  *   ├── UriError                  NBD_ERR_URI             the NBD URI is malformed or names something unknown
  *   ├── DurabilityError           NBD_ERR_DURABILITY      a FLUSH cannot vouch for writes a lost connection may have lost
  *   ├── OffsetRangeError          NBD_ERR_RANGE           a value does not fit a JavaScript number (ask for a bigint)
+ *   ├── MountError                NBD_ERR_MOUNT           a FUSE mount or unmount was refused or failed (see `reason`)
  *   └── AbortedError              ABORT_ERR               the caller's AbortSignal fired (name 'AbortError', as Node's own)
  *
  * Errors are branded with a registry symbol so that `instanceof` works across two copies of the
@@ -38,7 +39,8 @@ export const NBD_ERROR_CODES = [
   'NBD_ERR_URI',
   'NBD_ERR_DURABILITY',
   'NBD_ERR_RANGE',
-  'ABORT_ERR'
+  'ABORT_ERR',
+  'NBD_ERR_MOUNT'
 ] as const
 
 export type NbdErrorCode = (typeof NBD_ERROR_CODES)[number]
@@ -203,6 +205,22 @@ export class AbortedError extends NbdError {
 
   override get name (): string {
     return 'AbortError'
+  }
+}
+
+/**
+ * Why a mount or unmount did not happen: `unsafe-target` (a symlink, or a path another user
+ * could change), `busy` (in use: a loop device, an open file), `not-mounted`, `helper` (mount,
+ * umount or fusermount3 failed), `native` (a system call needs koffi, which is absent).
+ */
+export type MountErrorReason = 'unsafe-target' | 'busy' | 'not-mounted' | 'helper' | 'native'
+
+export class MountError extends NbdError {
+  static readonly CODE = 'NBD_ERR_MOUNT'
+  readonly reason: MountErrorReason
+  constructor (reason: MountErrorReason, message: string, options?: ErrorOptionsWithCause) {
+    super('NBD_ERR_MOUNT', message, options)
+    this.reason = reason
   }
 }
 

@@ -1,6 +1,6 @@
 /**
  * The library contenders, each in its own process against the same export: nbdts (our
- * library), QEMU (`qemu-img bench`, and `qemu-img convert` for copies), libnbd (fio's nbd
+ * library, and `nbdts copy` for copies), QEMU (`qemu-img bench`, and `qemu-img convert` for copies), libnbd (fio's nbd
  * engine, and nbdcopy for copies) and @vates/nbd-client.
  */
 import { fileURLToPath } from 'node:url'
@@ -61,6 +61,30 @@ export const nbdtsLibrary: Contender = {
   note: 'copy rows time connect → close inside the process (Node start-up, ~40 ms, is not counted; the C tools are timed whole)',
   supports: (row) => row.kind !== 'fuse',
   run: async (row, ctx) => workerSample(row, ctx, await worker('nbdts.js', row, ctx))
+}
+
+const cli = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url))
+
+/**
+ * The `nbdts copy` command, the peer of nbdcopy: the same connections, requests in flight per
+ * connection and request size, timed whole as nbdcopy is (Node's start-up included). Its peak
+ * RSS is what `-v` prints.
+ */
+export const nbdtsCopy: Contender = {
+  name: 'nbdts copy',
+  ours: true,
+  note: '`nbdts copy URI null:` with nbdcopy\'s --connections, --requests (per connection) and --request-size, timed whole like nbdcopy: Node\'s start-up and module loading (~0.1 s) are counted',
+  supports: (row) => row.kind === 'copy',
+  async run (row, ctx) {
+    const e = ctx.exports[row.export]
+    const conns = row.connections ?? 1
+    const args = [cli, 'copy', '-v', `--connections=${conns}`, `--requests=${Math.max(1, row.qd / conns)}`, `--request-size=${row.bs}`, e.uri, 'null:']
+    const t0 = performance.now()
+    const { stderr } = await runProc(process.execPath, args, 300_000)
+    const seconds = (performance.now() - t0) / 1000
+    const rss = /peak RSS (\d+) MiB/.exec(stderr)
+    return { value: bandwidth(e.size, seconds), ...(rss !== null && { rssMiB: Number(rss[1]) }) }
+  }
 }
 
 export const vates: Contender = {

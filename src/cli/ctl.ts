@@ -2,13 +2,18 @@
  * `nbdts ctl [--socket P | --mount FILE] [--timeout MS] COMMAND...` sends one command and
  * exits 0 on success, 1 on "fail" (its reason on stderr). `nbdts ctl -k` is interactive, with
  * history and completion of the grammar; a timeout or a lost connection is reported, and the
- * next command reconnects.
+ * next command reconnects (so does one after the daemon closed an idle connection).
+ *
+ * The history lives in ~/.nbdts_history, found through $HOME, which `sudo` may have kept from
+ * the user who ran it: a $HOME that the effective user does not own gets no history at all,
+ * and the file is opened without following a link, mode 0600, only if it is ours.
  */
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { closeSync, existsSync, readdirSync, statSync } from 'node:fs'
 import { homedir } from 'node:os'
 import path from 'node:path'
 import readline from 'node:readline'
 import { complete, ControlConnection, controlRequest } from '../control/index.ts'
+import { openOwnFile, readFileNoFollow, rewrite } from '../util/safe-file.ts'
 import { CONTROL_DIR, defaultControlSocket } from './mount.ts'
 
 export interface CtlOptions {
@@ -51,19 +56,51 @@ export async function runCtl (words: readonly string[], options: CtlOptions, io:
   return 1
 }
 
-const HISTORY = path.join(homedir(), '.nbdts_history')
+const HISTORY_MODE = 0o600
+const HISTORY_LINES = 500
+
+/** ~/.nbdts_history, or undefined when $HOME is not the effective user's own directory. */
+export function historyFile (home = homedir()): string | undefined {
+  try {
+    const stat = statSync(home)
+    if (!stat.isDirectory() || stat.uid !== (process.geteuid?.() ?? -1)) return undefined
+  } catch {
+    return undefined
+  }
+  return path.join(home, '.nbdts_history')
+}
+
+export function loadHistory (file: string | undefined): string[] {
+  if (file === undefined) return []
+  const euid = process.geteuid?.() ?? -1
+  try {
+    const { text } = readFileNoFollow(file, { maxBytes: 1024 * 1024, check: (stat) => stat.uid === euid ? undefined : 'not ours' })
+    return text.split('\n').filter((l) => l !== '').reverse().slice(0, HISTORY_LINES)
+  } catch {
+    return []
+  }
+}
+
+export function saveHistory (file: string | undefined, lines: readonly string[]): void {
+  if (file === undefined) return
+  let fd: number | undefined
+  try {
+    fd = openOwnFile(file, HISTORY_MODE)
+    rewrite(fd, lines.slice(0, HISTORY_LINES).reverse().join('\n') + '\n')
+  } catch { /* read-only home, or a file that is not ours: no history */ } finally {
+    if (fd !== undefined) closeSync(fd)
+  }
+}
 
 async function interactive (socket: string, timeout: number, io: CtlIo): Promise<number> {
-  let history: string[] = []
-  try {
-    history = readFileSync(HISTORY, 'utf8').split('\n').filter((l) => l !== '').reverse().slice(0, 500)
-  } catch { /* no history yet */ }
+  const historyPath = historyFile()
+  const history = loadHistory(historyPath)
   const rl = readline.createInterface({
     input: process.stdin,
     output: process.stdout,
     prompt: 'nbdts> ',
     history,
-    historySize: 500,
+    historySize: HISTORY_LINES,
     completer: (line: string): [string[], string] => {
       const word = line.split(/\s+/).pop() ?? ''
       return [complete(line).map((c) => c + ' '), word]
@@ -76,6 +113,7 @@ async function interactive (socket: string, timeout: number, io: CtlIo): Promise
     if (line === 'quit' || line === 'exit') break
     if (line !== '') {
       try {
+        if (connection?.closed === true) connection = null
         connection ??= await ControlConnection.connect(socket, timeout)
         const reply = await connection.request(line, timeout)
         if (reply.ok) io.out(reply.text)
@@ -91,8 +129,6 @@ async function interactive (socket: string, timeout: number, io: CtlIo): Promise
   }
   connection?.close()
   rl.close()
-  try {
-    writeFileSync(HISTORY, (rl as unknown as { history: string[] }).history.slice().reverse().join('\n') + '\n')
-  } catch { /* read-only home: no history */ }
+  saveHistory(historyPath, (rl as unknown as { history: string[] }).history)
   return 0
 }

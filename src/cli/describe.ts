@@ -1,11 +1,14 @@
 /**
  * Text and JSON renderings of what the server told us, shaped like nbdinfo's so people and
- * scripts that know nbdinfo find their way.
+ * scripts that know nbdinfo find their way. What the server chose (names, descriptions,
+ * contexts) has its control characters escaped in text (JSON escapes them itself): a
+ * description cannot forge lines or drive the terminal.
  */
 import type { ExportInfo } from '../connector/export-info.ts'
 import { FLAG_FEATURES } from '../protocol/export-flags.ts'
 import { NBD_STATE_HOLE, NBD_STATE_ZERO } from '../protocol/constants.ts'
 import { humanSize } from '../util/json.ts'
+import { printable } from '../util/printable.ts'
 
 export { humanSize, toJson } from '../util/json.ts'
 
@@ -40,13 +43,13 @@ export function exportReport (info: ExportInfo, uri: string | undefined): Export
 }
 
 export function exportText (report: ExportReport): string {
-  const lines = [`export="${report['export-name']}":`]
-  if (report.description !== undefined) lines.push(`\tdescription: ${report.description}`)
+  const lines = [`export="${printable(report['export-name'])}":`]
+  if (report.description !== undefined) lines.push(`\tdescription: ${printable(report.description)}`)
   lines.push(`\texport-size: ${String(report['export-size'])} (${String(report['export-size-str'])})`)
-  if (report.uri !== undefined) lines.push(`\turi: ${report.uri}`)
-  if (report['canonical-name'] !== undefined) lines.push(`\tcanonical-name: ${String(report['canonical-name'])}`)
+  if (report.uri !== undefined) lines.push(`\turi: ${printable(report.uri)}`)
+  if (report['canonical-name'] !== undefined) lines.push(`\tcanonical-name: ${printable(String(report['canonical-name']))}`)
   lines.push('\tcontexts:')
-  for (const c of report.contexts) lines.push(`\t\t${c}`)
+  for (const c of report.contexts) lines.push(`\t\t${printable(c)}`)
   for (const [name] of FLAG_FEATURES) lines.push(`\t${name}: ${String(report[name])}`)
   for (const key of ['block_size_minimum', 'block_size_preferred', 'block_size_maximum']) {
     if (report[key] !== undefined) lines.push(`\t${key}: ${String(report[key])}`)

@@ -5,8 +5,10 @@
 import { NbdClient } from '../client/nbd-client.ts'
 import type { ExportInfo } from '../connector/export-info.ts'
 import { formatNbdUri, parseNbdUri } from '../protocol/uri.ts'
+import { printable } from '../util/printable.ts'
 import { describeStatus, exportReport, exportText, protocolLine, toJson } from './describe.ts'
 import { tlsClientOptions, type TlsFlags } from './tls-options.ts'
+import type { OpenSocket } from '../transport/open-socket.ts'
 
 export interface InfoOptions extends TlsFlags {
   readonly json?: boolean
@@ -14,6 +16,8 @@ export interface InfoOptions extends TlsFlags {
   readonly map?: boolean
   readonly context?: string
   readonly openTimeout?: number
+  /** The opener of a server run as a child (`[ CMD ... ]`). */
+  readonly open?: OpenSocket
 }
 
 export interface Output {
@@ -22,7 +26,11 @@ export interface Output {
 
 export async function runInfo (uri: string, options: InfoOptions, io: Output): Promise<void> {
   const parsed = parseNbdUri(uri)
-  const connectOptions = { ...tlsClientOptions(options), ...(options.openTimeout !== undefined && { openTimeout: options.openTimeout }) }
+  const connectOptions = {
+    ...tlsClientOptions(options),
+    ...(options.openTimeout !== undefined && { openTimeout: options.openTimeout }),
+    ...(options.open !== undefined && { open: options.open })
+  }
   if (options.list === true) {
     const exports = await NbdClient.list(uri, connectOptions)
     const reports = exports.map((e) => e.info === undefined
@@ -34,7 +42,7 @@ export async function runInfo (uri: string, options: InfoOptions, io: Output): P
       return
     }
     if (first !== undefined) io.out(`protocol: ${protocolLine(first)}`)
-    for (const r of reports) io.out('error' in r ? `export="${r['export-name']}": ${String(r.error)}` : exportText(r))
+    for (const r of reports) io.out('error' in r ? `export="${printable(r['export-name'])}": ${printable(String(r.error))}` : exportText(r))
     return
   }
 

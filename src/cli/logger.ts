@@ -1,8 +1,15 @@
 /**
  * The daemon's log: one line per event, with a level filter. Foreground mounts log to
  * stderr; detached ones to --log-file (or nowhere).
+ *
+ * The log file is opened once, when the logger is made (never through a symbolic link, only a
+ * regular file we own, mode 0640: openOwnFile), and every line goes through that descriptor:
+ * swapping the path afterwards changes nothing. Messages quote servers (descriptions, error
+ * messages), so control characters are escaped: one event is always exactly one line.
  */
-import { appendFileSync } from 'node:fs'
+import { writeSync } from 'node:fs'
+import { openOwnFile } from '../util/safe-file.ts'
+import { printable } from '../util/printable.ts'
 
 export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const
 export type LogLevel = (typeof LOG_LEVELS)[number]
@@ -12,12 +19,15 @@ export interface Logger {
   (level: LogLevel, message: string): void
 }
 
+export const LOG_FILE_MODE = 0o640
+
 export function createLogger (level: LogLevel, file: string | undefined): Logger {
+  const fd = file === undefined ? undefined : openOwnFile(file, LOG_FILE_MODE, { append: true })
   const log = ((at: LogLevel, message: string): void => {
     if (LOG_LEVELS.indexOf(at) > LOG_LEVELS.indexOf(log.level)) return
-    const line = `${new Date().toISOString()} nbdts[${process.pid}] ${at}: ${message}\n`
-    if (file === undefined) process.stderr.write(line)
-    else appendFileSync(file, line)
+    const line = `${new Date().toISOString()} nbdts[${process.pid}] ${at}: ${printable(message)}\n`
+    if (fd === undefined) process.stderr.write(line)
+    else writeSync(fd, line)
   }) as Logger
   log.level = level
   return log

@@ -3,7 +3,8 @@
  * The nbdts command line. Every command prints one clear line and exits non-zero on error,
  * never a stack trace (set NBDTS_DEBUG=1 to see one).
  */
-import { readFileSync } from 'node:fs'
+import { readFileSync, realpathSync } from 'node:fs'
+import { pathToFileURL } from 'node:url'
 import { Command, CommanderError, Option } from 'commander'
 import { describeError } from '../errors.ts'
 import { parseConnections, parseCount, parseDuration } from './durations.ts'
@@ -11,36 +12,47 @@ import { runInfo } from './info.ts'
 import { LOG_LEVELS, type LogLevel } from './logger.ts'
 import { runMount, runUmount } from './mount.ts'
 import { runCtl } from './ctl.ts'
+import { addCopyCommand, normalizeCopyArgv } from './copy.ts'
+import { extractServerCommands, withNbdTarget, type ServerCommands } from './server-command.ts'
 import { addTlsOptions, type TlsFlags } from './tls-options.ts'
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
 
 const out = (text: string): void => { process.stdout.write(text + '\n') }
 
-export function buildProgram (): Command {
+/** Repeatable option values, in order. */
+function collect (value: string, previous: string[]): string[] {
+  return [...previous, value]
+}
+
+/** `commands`: the `[ CMD ... ]` taken out of argv (see server-command.ts). */
+export function buildProgram (commands: ServerCommands = []): Command {
   const program = new Command('nbdts')
-    .description('A userspace NBD client: inspect exports, mount them as a local file, control running mounts')
+    .description('A userspace NBD client: inspect exports, copy them, mount them as a local file, control running mounts')
     .version(pkg.version)
     .showHelpAfterError()
     .exitOverride()
 
   addTlsOptions(program.command('info'))
     .description('show what an NBD server offers (like nbdinfo)')
-    .argument('<uri>', 'NBD URI: nbd://host[:port]/export, nbd+unix:///export?socket=PATH, nbds://...')
+    .argument('<uri>', 'NBD URI: nbd://host[:port]/export, nbd+unix:///export?socket=PATH, nbds://..., or [ CMD ... ]: a server run with socket activation')
     .option('--json', 'machine-readable output')
     .option('--list', "list every export the server offers (NBD_OPT_LIST)")
     .option('--map', 'print the extents of the export (block status)')
     .option('--context <name>', 'meta context for --map', 'base:allocation')
     .addOption(new Option('--open-timeout <duration>', 'keep retrying the first connect this long (seconds, or 500ms, 2s)').argParser(parseDuration))
     .action(async (uri: string, options: { json?: boolean, list?: boolean, map?: boolean, context?: string, openTimeout?: number } & TlsFlags) => {
-      await runInfo(uri, options, { out })
+      await withNbdTarget(uri, commands, (target) => runInfo(target.uri, { ...options, ...(target.open !== undefined && { open: target.open }) }, { out }))
     })
 
   addTlsOptions(program.command('mount'))
-    .description('expose an export as a local file through FUSE (FILE: a file to mount over, or a directory)')
+    .description('expose an export as a local file through FUSE (FILE: a file to mount over, or a directory); ' +
+      'only you may open it unless -o allow_other (and uid=, gid=, mode=) say otherwise; users other than root mount through fusermount3')
     .argument('<uri>', 'NBD URI')
-    .argument('<file>', 'an existing regular file (mounted over) or a directory (the export appears as DIR/disk)')
+    .argument('<file>', 'an existing regular file (mounted over) or a directory (the export appears as DIR/nbd)')
     .option('--readonly', 'refuse writes')
+    .addOption(new Option('-o, --options <list>', 'FUSE mount options, comma-separated, repeatable: allow_other, uid=N, gid=N, mode=0644, ' +
+      'kernel_cache, ro, and the mount flags exec, noexec, async, sync, atime, noatime, dirsync, max_read=N').argParser(collect).default([], ''))
     .addOption(new Option('--reconnect-delay <duration>', 'how long I/O waits for a lost server before failing with EIO').default(30_000, '30s').argParser(parseDuration))
     .addOption(new Option('--open-timeout <duration>', 'keep retrying the first connect this long').default(0, '0: one attempt').argParser(parseDuration))
     .addOption(new Option('--max-in-flight <n>', 'NBD requests in flight per connection').default(64).argParser(parseCount))
@@ -50,14 +62,16 @@ export function buildProgram (): Command {
     .option('--control-socket <path>', 'serve the control socket here')
     .addOption(new Option('--log-level <level>', 'log detail').choices(LOG_LEVELS).default('info'))
     .option('--log-file <path>', 'log here (a detached daemon logs nowhere otherwise)')
-    .option('--name <name>', 'the export\'s file name when FILE is a directory', 'disk')
+    .option('--name <name>', 'the export\'s file name when FILE is a directory (as nbdfuse)', 'nbd')
     .option('--config <file>', 'settings file (key = value lines), re-read by "nbdts ctl reconfigure"')
     .addOption(new Option('--control-timeout <duration>', 'deadline of one control socket request').default(4000, '4s').argParser(parseDuration))
     .addOption(new Option('--ready-fd <fd>').argParser(parseCount).hideHelp())
-    .action(async function (this: Command, uri: string, file: string, options: { readonly?: boolean, reconnectDelay: number, openTimeout: number, maxInFlight: number, connections: number | 'auto', foreground?: boolean, pidfile?: string, controlSocket?: string, logLevel: LogLevel, logFile?: string, name: string, readyFd?: number, config?: string, controlTimeout: number } & TlsFlags) {
+    .action(async function (this: Command, uri: string, file: string, options: { readonly?: boolean, options: string[], reconnectDelay: number, openTimeout: number, maxInFlight: number, connections: number | 'auto', foreground?: boolean, pidfile?: string, controlSocket?: string, logLevel: LogLevel, logFile?: string, name: string, readyFd?: number, config?: string, controlTimeout: number } & TlsFlags) {
       const explicit = new Set(Object.keys(options).filter((key) => this.getOptionValueSource(key) === 'cli'))
       process.exitCode = await runMount(uri, file, { ...options, explicit }, { out })
     })
+
+  addCopyCommand(program, commands, out)
 
   program.command('ctl')
     .description('talk to a running mount through its control socket (one command, or -k for interactive)')
@@ -71,10 +85,11 @@ export function buildProgram (): Command {
     })
 
   program.command('umount')
-    .description('unmount: the daemon finishes in-flight I/O, flushes, unmounts and exits')
+    .description('unmount (refused while busy, naming what holds it); the daemon then flushes and exits')
     .argument('<file>', 'the mounted file or directory')
-    .option('--lazy', 'detach now even if the file is in use (umount -l)')
-    .action(async (file: string, options: { lazy?: boolean }) => {
+    .option('--lazy', 'detach now even if in use; the daemon serves open files until the last one closes')
+    .option('--force', 'if busy, abort the FUSE connection: I/O in progress and later fails')
+    .action(async (file: string, options: { lazy?: boolean, force?: boolean }) => {
       process.exitCode = await runUmount(file, options, { out })
     })
 
@@ -82,7 +97,15 @@ export function buildProgram (): Command {
 }
 
 export async function main (argv: readonly string[]): Promise<number> {
-  const program = buildProgram()
+  let program: Command
+  try {
+    const extracted = extractServerCommands(argv)
+    program = buildProgram(extracted.commands)
+    argv = normalizeCopyArgv(extracted.argv)
+  } catch (err) {
+    process.stderr.write(`nbdts: ${describeError(err)}\n`)
+    return 2
+  }
   try {
     await program.parseAsync(argv, { from: 'user' })
     return typeof process.exitCode === 'number' ? process.exitCode : 0
@@ -97,8 +120,9 @@ export async function main (argv: readonly string[]): Promise<number> {
   }
 }
 
-// Run when executed, not when imported by the tests.
-if (process.argv[1] !== undefined && import.meta.url === new URL(`file://${process.argv[1]}`).href) {
+// Run when executed, not when imported by the tests. npm's bin is a symlink to this file, so
+// compare real paths.
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) {
   main(process.argv.slice(2)).then((code) => {
     process.exitCode = code
     // A mount daemon's reader thread may still sit in a read() of /dev/fuse; it has nothing

@@ -9,20 +9,34 @@
  *   parent ──spawn(--foreground --ready-fd 3)──► daemon: connect ─► mount ─► pidfile ─► "ready"
  *      └── waits for one line on fd 3, prints it, exits 0 (or 1 with the daemon's error)
  *
- * SIGINT/SIGTERM: finish in-flight I/O, FLUSH, unmount, disconnect, exit 0.
+ * Signals (as multipathd): SIGHUP re-reads --config (like `ctl reconfigure`); SIGUSR1 and
+ * SIGUSR2 log the counters (and keep Node's SIGUSR1 inspector from opening a debug port);
+ * SIGPIPE is ignored; SIGINT, SIGTERM, SIGQUIT and the other signals whose default is to die
+ * finish in-flight I/O, FLUSH and unmount (detaching a busy mount and serving it until its
+ * last user lets go), so no signal leaves a dead mount behind. Only SIGKILL can.
+ *
+ * `nbdts umount` unmounts itself (umount(8), or fusermount3 -u): the kernel refuses a busy
+ * mount atomically, and then nothing has changed. Once unmounted, the daemon sees its device
+ * end, flushes and exits; umount waits for that when the mount's source names a daemon that
+ * checks out (daemon-check.ts) and never signals anyone.
  */
 import { spawn } from 'node:child_process'
-import { closeSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
+import { closeSync, lstatSync, mkdirSync, statSync, writeSync } from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { NbdClient } from '../client/nbd-client.ts'
-import { describeError } from '../errors.ts'
-import { readFileSync } from 'node:fs'
-import { ConfigLock, ControlServer, DaemonControl, parseConfigFile, type Settings } from '../control/index.ts'
+import { describeError, MountError } from '../errors.ts'
+import { ConfigLock, ControlServer, DaemonControl, parseConfigFile, readConfigFile, type Settings } from '../control/index.ts'
+import { mountState, processExists, verifyDaemon } from '../fuse/daemon-check.ts'
 import { FuseMount, cleanStaleMount } from '../fuse/fuse-mount.ts'
-import { daemonPid, isStale, nbdtsMountAt, unmount } from '../fuse/mount-table.ts'
+import { describeHolders } from '../fuse/holders.ts'
+import { parseMountOptions } from '../fuse/mount-options.ts'
+import { nbdtsMountAt, unmount } from '../fuse/mount-table.ts'
 import { parseNbdUri } from '../protocol/uri.ts'
+import { Pidfile } from '../util/safe-file.ts'
+import { setIoFlusher } from '../util/libc.ts'
 import { createLogger, type LogLevel } from './logger.ts'
+import { trapSignals } from './signals.ts'
 import { tlsArgs, tlsClientOptions, type TlsFlags } from './tls-options.ts'
 
 export interface MountOptions extends TlsFlags {
@@ -39,6 +53,8 @@ export interface MountOptions extends TlsFlags {
   readonly logLevel: LogLevel
   readonly logFile?: string
   readonly name: string
+  /** `-o` values: FUSE mount options (mount-options.ts). */
+  readonly options?: readonly string[]
   readonly readyFd?: number
   readonly config?: string
   /** ms */
@@ -47,12 +63,33 @@ export interface MountOptions extends TlsFlags {
   readonly explicit: ReadonlySet<string>
 }
 
-/** Where a mount's control socket lives unless --control-socket says otherwise. */
+/** Where root's mounts keep their control sockets unless --control-socket says otherwise. */
 export const CONTROL_DIR = '/run/nbdts'
+
+/** Root's CONTROL_DIR; for other users $XDG_RUNTIME_DIR/nbdts, else /tmp/nbdts-UID. */
+export function controlDir (): string {
+  const uid = process.geteuid?.() ?? 0
+  if (uid === 0) return CONTROL_DIR
+  const runtime = process.env.XDG_RUNTIME_DIR
+  return runtime !== undefined && runtime !== '' ? path.join(runtime, 'nbdts') : `/tmp/nbdts-${uid}`
+}
 
 export function defaultControlSocket (target: string): string {
   const name = path.resolve(target).slice(1).replace(/\//g, '-').replace(/[^A-Za-z0-9_.-]/g, '_')
-  return path.join(CONTROL_DIR, `${name}.sock`)
+  return path.join(controlDir(), `${name}.sock`)
+}
+
+/**
+ * A user's control directory must be theirs alone: in /tmp, another user could have made it
+ * first and would then own the socket's neighbourhood.
+ */
+function ensurePrivateDir (dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 })
+  const st = lstatSync(dir)
+  const uid = process.geteuid?.() ?? 0
+  if (!st.isDirectory() || st.uid !== uid || (st.mode & 0o077) !== 0) {
+    throw new Error(`${dir} is not a private directory of uid ${uid} (owner ${st.uid}, mode ${(st.mode & 0o7777).toString(8)}): remove it, or give --control-socket`)
+  }
 }
 
 /** Settings: defaults and command line, with the config file between them. */
@@ -65,7 +102,7 @@ function initialSettings (options: MountOptions): Settings {
     controlTimeout: options.controlTimeout
   }
   if (options.config === undefined) return settings
-  const fromFile = parseConfigFile(readFileSync(options.config, 'utf8'), options.config)
+  const fromFile = parseConfigFile(readConfigFile(options.config), options.config)
   for (const [key, value] of Object.entries(fromFile) as Array<[keyof Settings, never]>) {
     if (!options.explicit.has(key)) settings[key] = value
   }
@@ -78,6 +115,8 @@ export interface Io {
 
 export async function runMount (uri: string, file: string, options: MountOptions, io: Io): Promise<number> {
   parseNbdUri(uri)
+  // Checked here, so a bad -o is a usage error before anything starts.
+  parseMountOptions(options.options ?? [])
   const target = path.resolve(file)
   if (options.foreground === true) return await serve(uri, target, options)
   return await detach(uri, target, options, io)
@@ -105,6 +144,7 @@ async function detach (uri: string, target: string, options: MountOptions, io: I
   if (given('logLevel')) args.push('--log-level', options.logLevel)
   if (given('controlTimeout')) args.push('--control-timeout', `${options.controlTimeout}ms`)
   if (options.readonly === true) args.push('--readonly')
+  for (const o of options.options ?? []) args.push('-o', o)
   if (options.pidfile !== undefined) args.push('--pidfile', path.resolve(options.pidfile))
   if (options.controlSocket !== undefined) args.push('--control-socket', path.resolve(options.controlSocket))
   if (options.logFile !== undefined) args.push('--log-file', path.resolve(options.logFile))
@@ -145,18 +185,45 @@ async function serve (uri: string, target: string, options: MountOptions): Promi
   let stopping: ((why: string) => void) | undefined
   const stopped = new Promise<string>((resolve) => { stopping = resolve })
   const abort = new AbortController()
-  const onSignal = (signal: NodeJS.Signals): void => {
-    log('info', `${signal}: unmounting`)
-    abort.abort(new Error(`interrupted by ${signal}`))
-    stopping?.(signal)
-  }
-  process.on('SIGINT', onSignal)
-  process.on('SIGTERM', onSignal)
-
   let client: NbdClient | undefined
   let mount: FuseMount | undefined
   let control: ControlServer | undefined
+  let pidfile: Pidfile | undefined
+  let daemon: DaemonControl | undefined
+  let stopSignal: string | undefined
+  const untrap = trapSignals({
+    stop: (signal) => {
+      if (stopSignal !== undefined) {
+        log('info', `${signal}: already shutting down (since ${stopSignal}); a detached busy mount ends when its last user lets go (SIGKILL ends it now, failing their I/O)`)
+        return
+      }
+      stopSignal = signal
+      log('info', `${signal}: unmounting`)
+      abort.abort(new Error(`interrupted by ${signal}`))
+      stopping?.(signal)
+    },
+    reconfigure: (signal) => {
+      if (options.config === undefined) log('info', `${signal}: no --config file to re-read`)
+      else if (daemon === undefined) log('info', `${signal}: not mounted yet; the config is read at start`)
+      else {
+        log('info', `${signal}: re-reading ${options.config}`)
+        daemon.scheduleReconfigure()
+      }
+    },
+    report: (signal) => { log('info', `${signal}: client ${JSON.stringify(client?.stats ?? {})}; fuse ${JSON.stringify(mount?.stats ?? {})}`) }
+  })
+  // A foreground daemon whose terminal went away must not die of a failed log write.
+  process.stderr.on('error', () => {})
   try {
+    setIoFlusher()
+    log('debug', 'PR_SET_IO_FLUSHER set: memory reclaim here does not wait on the I/O we serve')
+  } catch (err) {
+    log(process.geteuid?.() === 0 ? 'warn' : 'info', `PR_SET_IO_FLUSHER not set (${(err as Error).message}): a loop device over this mount may deadlock under memory pressure`)
+  }
+
+  try {
+    // Taken first: a live daemon's pidfile refuses the start before anything is touched.
+    pidfile = options.pidfile === undefined ? undefined : Pidfile.acquire(options.pidfile)
     await cleanStaleMount(target, log)
     client = await NbdClient.connect(uri, {
       reconnectDelay: settings.reconnectDelay,
@@ -171,9 +238,9 @@ async function serve (uri: string, target: string, options: MountOptions): Promi
       log(expected ? 'info' : 'warn', `connection ${c.connection + 1}: ${c.from} → ${c.to} (${c.reason})`)
     })
     log('info', `connected to ${uri}: ${client.size} bytes, ${client.info.mode} replies`)
-    mount = await FuseMount.mount({ client, path: target, name: options.name, readonly: options.readonly === true, log })
+    mount = await FuseMount.mount({ client, path: target, name: options.name, readonly: options.readonly === true, options: options.options ?? [], log })
     const lock = new ConfigLock()
-    const daemon = new DaemonControl({
+    daemon = new DaemonControl({
       uri,
       client,
       mount,
@@ -184,10 +251,11 @@ async function serve (uri: string, target: string, options: MountOptions): Promi
       log
     }, lock)
     const socketPath = options.controlSocket ?? defaultControlSocket(target)
+    if (options.controlSocket === undefined && process.geteuid?.() !== 0) ensurePrivateDir(path.dirname(socketPath))
     control = await ControlServer.listen({ path: socketPath, run: daemon.run, lock, timeoutMs: settings.controlTimeout, log })
     daemon.server = control
     log('info', `control socket: ${socketPath}`)
-    if (options.pidfile !== undefined) writeFileSync(options.pidfile, `${process.pid}\n`)
+    pidfile?.write()
     ready(`ready ${process.pid} ${mount.file}`)
     log('info', `ready: ${mount.file}`)
   } catch (err) {
@@ -197,53 +265,79 @@ async function serve (uri: string, target: string, options: MountOptions): Promi
     await control?.close().catch(() => {})
     await mount?.unmount().catch(() => {})
     await client?.close().catch(() => {})
-    process.off('SIGINT', onSignal)
-    process.off('SIGTERM', onSignal)
+    pidfile?.release()
+    untrap()
     if (options.readyFd === undefined) throw err
     return 1
   }
 
   const why = await Promise.race([stopped, mount.closed])
   log('info', `shutting down: ${why}`)
-  await control.close().catch((err: unknown) => { log('warn', `control socket: ${describeError(err)}`) })
+  // The control socket stays while a busy mount is served after detaching.
   await mount.unmount()
+  await control.close().catch((err: unknown) => { log('warn', `control socket: ${describeError(err)}`) })
   await client.close().catch((err: unknown) => { log('warn', `disconnect: ${describeError(err)}`) })
-  if (options.pidfile !== undefined) rmSync(options.pidfile, { force: true })
+  pidfile?.release()
   log('info', `stopped; client ${JSON.stringify(client.stats)}; fuse ${JSON.stringify(mount.stats)}`)
-  process.off('SIGINT', onSignal)
-  process.off('SIGTERM', onSignal)
+  untrap()
   return 0
 }
 
+export interface UmountOptions {
+  /** Detach even when busy; the daemon serves the open files until they close. */
+  readonly lazy?: boolean
+  /** When busy, abort the FUSE connection: I/O in progress and later fails. */
+  readonly force?: boolean
+  /** How long to wait for the daemon to flush and exit, ms. @default 60000 */
+  readonly timeoutMs?: number
+}
+
 /**
- * `nbdts umount FILE`: asks the daemon to shut down (it flushes, then unmounts) and waits for
- * the mount to go. A stale mount is detached; --lazy detaches at once even when busy.
+ * `nbdts umount FILE`: unmounts (the kernel refuses a busy mount, and then nothing changed),
+ * then waits for the daemon to see its device end, flush and exit. A stale mount is detached.
  */
-export async function runUmount (file: string, options: { lazy?: boolean, timeoutMs?: number }, io: Io): Promise<number> {
+export async function runUmount (file: string, options: UmountOptions, io: Io): Promise<number> {
   const target = path.resolve(file)
   const entry = nbdtsMountAt(target)
-  if (entry === undefined) throw new Error(`${target} is not an nbdts mount`)
-  if (isStale(target)) {
-    await unmount(target, true)
+  if (entry === undefined) throw new MountError('not-mounted', `${target} is not an nbdts mount`)
+  // Checked before anything touches the mount: one whose source lies may be served by someone
+  // who never answers, so another user's mount is never asked anything (mountState).
+  const daemon = verifyDaemon(entry)
+  if (mountState(entry) === 'stale') {
+    await unmount(target, { lazy: true })
     io.out(`${target}: removed a stale mount (its daemon was gone)`)
     return 0
   }
+  let forced = false
+  try {
+    await unmount(target, { lazy: options.lazy === true })
+  } catch (err) {
+    if (!(err instanceof MountError) || err.reason !== 'busy') throw err
+    if (options.force !== true) {
+      throw new MountError('busy', `${target} is busy (${describeHolders(target, target)}), so it stays mounted. ` +
+        'nbdts umount --lazy detaches it and the daemon serves it until the last user lets go; --force aborts its I/O')
+    }
+    await unmount(target, { force: true, lazy: true })
+    forced = true
+  }
+  const who = 'pid' in daemon ? `the daemon (pid ${daemon.pid})` : 'its daemon'
   if (options.lazy === true) {
-    await unmount(target, true)
-    io.out(`${target}: detached`)
+    io.out(`${target}: detached; ${who} serves it until the last user lets go, then flushes and exits`)
     return 0
   }
-  const pid = daemonPid(entry)
-  if (pid === undefined) {
-    await unmount(target)
-  } else {
-    process.kill(pid, 'SIGTERM')
-    const deadline = Date.now() + (options.timeoutMs ?? 60_000)
-    while (nbdtsMountAt(target) !== undefined) {
-      if (Date.now() > deadline) throw new Error(`${target} is still mounted after ${options.timeoutMs ?? 60_000} ms (busy? nbdts umount --lazy detaches it now)`)
-      await sleep(50)
-    }
+  if ('problem' in daemon) {
+    io.out(`${target}: unmounted (its daemon was not waited for: ${daemon.problem})`)
+    return 0
   }
-  io.out(`${target}: unmounted`)
+  const timeoutMs = options.timeoutMs ?? 60_000
+  const deadline = Date.now() + timeoutMs
+  while (processExists(daemon.pid)) {
+    if (Date.now() > deadline) {
+      io.out(`${target}: unmounted; ${who} is still finishing (flushing) after ${timeoutMs} ms`)
+      return 0
+    }
+    await sleep(20)
+  }
+  io.out(`${target}: unmounted${forced ? ' (forced: its I/O was aborted)' : ''}`)
   return 0
 }

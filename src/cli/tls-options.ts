@@ -19,9 +19,13 @@ export function addTlsOptions (command: Command): Command {
     .option('--no-tls-verify-peer', 'do not verify the server\'s certificate (insecure)')
 }
 
-/** The flags as client options, leaving out what was not given (the URI then decides). */
-export function tlsClientOptions (flags: TlsFlags): Pick<NbdClientOptions, 'tls' | 'tlsCertificates' | 'tlsPskFile' | 'tlsUsername' | 'tlsHostname' | 'tlsVerifyPeer'> {
+/**
+ * The flags as client options, leaving out what was not given (the URI then decides). The
+ * URI on our command line was typed by our user, so it may name local files (allowLocalFile).
+ */
+export function tlsClientOptions (flags: TlsFlags): TlsFlags & Pick<NbdClientOptions, 'allowLocalFile'> {
   return {
+    allowLocalFile: true,
     ...(flags.tls !== undefined && { tls: flags.tls }),
     ...(flags.tlsCertificates !== undefined && { tlsCertificates: flags.tlsCertificates }),
     ...(flags.tlsPskFile !== undefined && { tlsPskFile: flags.tlsPskFile }),

@@ -1,8 +1,23 @@
 /**
  * Client options: what the caller may set, the defaults, and the checks that turn a URI or
  * an options bag into what the engine and the connector need.
+ *
+ * Who is trusted with what (libnbd's nbd_set_uri_allow_* in spirit):
+ *
+ *   source                              local files (tls-psk-file,   transport      TLS
+ *                                       tls-certificates)            (tcp, unix)
+ *   options the application passes      trusted                      trusted        trusted
+ *   a URI                                refused unless               allowTransports allowTls
+ *                                        allowLocalFile               (default all)  (default both)
+ *
+ * A URI may come from the application's own caller; it must not be able to make us read a
+ * file of the application's choosing (a PSK file, a private key) or learn whether one exists.
+ * `socket=` is a transport, as in libnbd: allowTransports governs it.
+ *
+ * Credentials mean TLS is required (QEMU's rule; libnbd never uses TLS for nbd://), unless
+ * the caller asks for `tls: 'on'` (use it if the server offers it) explicitly.
  */
-import { InvalidArgumentError } from '../errors.ts'
+import { InvalidArgumentError, UriError } from '../errors.ts'
 import type { BackoffOptions } from '../connector/backoff.ts'
 import type { NegotiateTls } from '../connector/handshake/negotiate.ts'
 import { loadTlsCredentials, type TlsMode, type TlsSettings } from '../transport/tls-credentials.ts'
@@ -63,9 +78,8 @@ export interface NbdClientOptions {
    */
   readonly replayLog?: number
   /**
-   * TLS: 'require' (nbds:// URIs: fail rather than talk in clear), 'on' (use it when the
-   * server offers it), 'off'. @default 'require' for nbds://, 'on' when credentials are
-   * given, else 'off'
+   * TLS: 'require' (fail rather than talk in clear), 'on' (use it when the server offers it),
+   * 'off'. @default 'require' for nbds:// and whenever credentials are given, else 'off'
    */
   readonly tls?: TlsMode
   /** X.509: a directory with ca-cert.pem, and client-cert.pem + client-key.pem (the URI's tls-certificates). */
@@ -78,6 +92,19 @@ export interface NbdClientOptions {
   readonly tlsHostname?: string
   /** Verify the server's certificate. Only an explicit false turns it off. @default true */
   readonly tlsVerifyPeer?: boolean
+  /**
+   * Let the URI name local files (tls-psk-file, tls-certificates). Off by default, as in
+   * libnbd: a URI may come from someone else. The options above are always trusted.
+   * @default false
+   */
+  readonly allowLocalFile?: boolean
+  /** Transports a URI may use. @default ['tcp', 'unix'] */
+  readonly allowTransports?: readonly NbdAddress['transport'][]
+  /**
+   * TLS a URI may ask for: 'disable' refuses nbds:// URIs, 'require' refuses nbd:// ones.
+   * @default 'allow'
+   */
+  readonly allowTls?: 'disable' | 'allow' | 'require'
   /** Aborts the connect. */
   readonly signal?: AbortSignal
 }
@@ -121,6 +148,7 @@ function duration (value: number | undefined, fallback: number, name: string): n
 export function resolveOptions (target: string | NbdClientOptions, extra: NbdClientOptions = {}): ResolvedOptions {
   const options: NbdClientOptions = typeof target === 'string' ? { ...extra, uri: target } : { ...target, ...extra }
   const uri = options.uri === undefined ? undefined : parseNbdUri(options.uri)
+  if (uri !== undefined) checkUriAllowed(uri, options)
   const address = uri?.address ?? options.address
   if (options.open === undefined && address === undefined) {
     throw new InvalidArgumentError('say where to connect: a uri, an address, or an open function')
@@ -166,10 +194,28 @@ function resolveTls (options: NbdClientOptions, uri: NbdUri | undefined, address
     throw new InvalidArgumentError(`${options.uri ?? 'an nbds:// URI'} requires TLS; tls: '${options.tls}' contradicts it`)
   }
   const credentialsGiven = settings.certificates !== undefined || settings.pskFile !== undefined
-  const mode: TlsMode = options.tls ?? (required ? 'require' : credentialsGiven ? 'on' : 'off')
+  const mode: TlsMode = options.tls ?? (required || credentialsGiven ? 'require' : 'off')
   if (mode === 'off') return undefined
   const host = address?.transport === 'tcp' ? address.host.replace(/^\[|\]$/g, '') : undefined
   return { mode, credentials: loadTlsCredentials({ ...settings, mode }, host) }
+}
+
+/** What a URI may say, by the application's allow* options; the rest is refused up front. */
+function checkUriAllowed (uri: NbdUri, options: NbdClientOptions): void {
+  const transports = options.allowTransports ?? ['tcp', 'unix']
+  if (!transports.includes(uri.address.transport)) {
+    throw new UriError(`${uri.address.transport === 'unix' ? 'Unix-socket' : 'TCP'} URIs are not allowed here (allowTransports)`)
+  }
+  const allowTls = options.allowTls ?? 'allow'
+  if (allowTls === 'disable' && uri.tls === 'require') throw new UriError('TLS URIs (nbds://) are not allowed here (allowTls)')
+  if (allowTls === 'require' && uri.tls !== 'require') throw new UriError('only TLS URIs (nbds://) are allowed here (allowTls)')
+  if (options.allowLocalFile !== true) {
+    // Refused before the file is touched: nothing is learnt about it.
+    const named = uri.tlsPskFile !== undefined ? 'tls-psk-file' : uri.tlsCertificates !== undefined ? 'tls-certificates' : undefined
+    if (named !== undefined) {
+      throw new UriError(`the URI names a local file (${named}), which is not allowed here: pass it as an option (tlsPskFile, tlsCertificates), or set allowLocalFile: true when the URI is trusted`)
+    }
+  }
 }
 
 function pick<K extends string, V> (key: K, value: V | undefined): { [P in K]?: V } {

@@ -20,6 +20,11 @@ const KEPT_FLAGS = [
 
 /** Returns what changed, or undefined when the new connection may carry on where the old left. */
 export function checkReconnectedExport (before: ExportInfo, after: ExportInfo): string | undefined {
+  // With tls: 'on' the first connection decides: a session that was authenticated and private
+  // never goes on in clear (a man in the middle only has to refuse STARTTLS), and one that
+  // began in clear is not silently taken over by a TLS server we never saw (and info.tls,
+  // read from the first connection, stays true of every later one).
+  if (after.tls !== before.tls) return before.tls ? 'the first connection used TLS, this one does not' : 'the first connection was without TLS, this one uses it'
   if (after.size !== before.size) return `size changed from ${before.size} to ${after.size} bytes`
   if ((before.flags & NBD_FLAG.READ_ONLY) === 0 && (after.flags & NBD_FLAG.READ_ONLY) !== 0) {
     return 'the export became read-only'

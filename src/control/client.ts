@@ -85,6 +85,11 @@ export class ControlConnection {
     }).then(interpretReply)
   }
 
+  /** The connection is gone (the daemon closed it, say, after it sat idle). */
+  get closed (): boolean {
+    return this.#error !== null || this.#socket.destroyed
+  }
+
   close (): void {
     this.#socket.destroy()
   }

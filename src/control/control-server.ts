@@ -16,16 +16,27 @@
  * being sent is never cut or restarted. The socket is paused outside RECEIVE, so a client's
  * next request waits in the kernel, and one that never reads its replies holds at most one
  * reply in memory. A hang-up in any state drops the request and its place in the lock queue.
+ *
+ * No local user can lock root out (uxlsnr.md has no such limits; a daemon run as root needs
+ * them). Credentials are read at accept, before anything is counted, and then:
+ *
+ *   slots        maxClients (128): root may take all of them; other users together at most
+ *                maxClients - reservedForRoot (16 stay free for root), and each uid at most
+ *                maxClientsPerUser (16). The excess gets "fail" and a reason, then a hang-up.
+ *   idle         a connection that starts no request within idleTimeoutMs (30 s) of its accept
+ *                or of its last reply is closed; a started request has its own deadline.
+ *
+ * The socket file is made in a private directory and renamed into place (socket-file.ts).
  */
-import { chmodSync, mkdirSync, rmSync } from 'node:fs'
-import net from 'node:net'
-import path from 'node:path'
+import type net from 'node:net'
+import { createServer } from 'node:net'
 import { performance } from 'node:perf_hooks'
 import type { ConfigLock, LockWaiter } from './config-lock.ts'
 import { ControlError } from './errors.ts'
 import { FRAME_HEADER, FrameDecoder, MAX_COMMAND, MAX_REPLY, decodeText, encodeFrame } from './frame.ts'
 import { isReadOnly, needsLock, parseCommand, type Command } from './grammar.ts'
-import { readPeerCredentials, selfTest, type PeerCredentials } from './peer-credentials.ts'
+import { peerCredentialsError, readPeerCredentials, selfTest, type PeerCredentials } from './peer-credentials.ts'
+import { bindSocketFile, releaseSocketFile, type SocketFile } from './socket-file.ts'
 
 export type ClientState = 'RECEIVE' | 'PARSE' | 'WAIT_FOR_LOCK' | 'WORK' | 'SEND'
 
@@ -56,6 +67,12 @@ export interface ControlServerOptions {
   readonly timeoutMs?: number
   /** Clients connected at once; the excess is refused with a reason. @default 128 */
   readonly maxClients?: number
+  /** Of maxClients, how many only root may take. @default 16 */
+  readonly reservedForRoot?: number
+  /** Clients one user other than root may have connected at once. @default 16 */
+  readonly maxClientsPerUser?: number
+  /** A connection idle this long (no request started since accept or the last reply) is closed, ms. @default 30000 */
+  readonly idleTimeoutMs?: number
   readonly log?: ControlLog
   /** How peers are identified; tests inject their own. @default SO_PEERCRED */
   readonly credentials?: (socket: net.Socket) => PeerCredentials | undefined
@@ -73,6 +90,7 @@ class Session {
   readonly connectedAt = performance.now()
   state: ClientState = 'RECEIVE'
   deadline: NodeJS.Timeout | null = null
+  idle: NodeJS.Timeout | null = null
   waiter: LockWaiter | null = null
   closed = false
   /** The client half-closed: answer what it asked, then close. */
@@ -108,9 +126,15 @@ export class ControlServer {
   readonly #server: net.Server
   readonly #options: ControlServerOptions
   readonly #sessions = new Map<number, Session>()
+  /** Sessions per uid for every client that is not root (-1: credentials unknown). */
+  readonly #perUser = new Map<number, number>()
+  #unprivileged = 0
   readonly #log: ControlLog
   #nextId = 1
   #selfTest: ((credentials: PeerCredentials | undefined) => void) | null = null
+  #file: SocketFile | null = null
+  /** Refusals since the last one logged: a flood is logged once per interval, not once per connection. */
+  #refusals = { count: 0, lastLogged: -Infinity }
 
   private constructor (options: ControlServerOptions) {
     this.path = options.path
@@ -118,33 +142,24 @@ export class ControlServer {
     this.#options = options
     this.#log = options.log ?? (() => {})
     // Half-open: a one-shot client may shut down its writing side and still get its reply.
-    this.#server = net.createServer({ allowHalfOpen: true }, (socket) => { this.#accept(socket) })
+    this.#server = createServer({ allowHalfOpen: true }, (socket) => { this.#accept(socket) })
   }
 
   /**
    * Listens on `path` (its directory is created 0755; the socket is 0666: anyone may connect,
    * and what each peer may do is decided from its credentials). A leftover socket file that
-   * nobody answers on is replaced; one that is in use is an error.
+   * nobody answers on is replaced; one that is in use is an error, and so is anything at
+   * `path` that is not a socket (a file, a directory, a symbolic link).
    */
   static async listen (options: ControlServerOptions): Promise<ControlServer> {
     const server = new ControlServer(options)
-    mkdirSync(path.dirname(options.path), { recursive: true, mode: 0o755 })
-    if (await answers(options.path)) throw new Error(`control socket ${options.path} is in use by another daemon`)
-    rmSync(options.path, { force: true })
-    await new Promise<void>((resolve, reject) => {
-      server.#server.once('error', reject)
-      server.#server.listen(options.path, () => {
-        server.#server.off('error', reject)
-        resolve()
-      })
-    })
-    chmodSync(options.path, 0o666)
+    server.#file = await bindSocketFile(server.#server, options.path)
     server.#server.on('error', (err) => { server.#log('error', `control socket: ${err.message}`) })
     const seen = new Promise<PeerCredentials | undefined>((resolve) => { server.#selfTest = resolve })
     server.credentialsTrusted = options.credentials !== undefined || await selfTest(options.path, seen)
     server.#selfTest = null
     if (!server.credentialsTrusted) {
-      server.#log('warn', 'peer credentials cannot be read (SO_PEERCRED self-test failed): every control client is treated as unprivileged')
+      server.#log('warn', `peer credentials cannot be read (${peerCredentialsError() ?? 'SO_PEERCRED self-test failed'}): every control client is treated as unprivileged`)
     }
     return server
   }
@@ -153,11 +168,13 @@ export class ControlServer {
     return [...this.#sessions.values()].map((s) => s.info())
   }
 
-  /** Stops listening, hangs up on every client, removes the socket file. */
+  /** Stops listening, hangs up on every client, removes the socket file if it is still ours. */
   async close (): Promise<void> {
     for (const s of this.#sessions.values()) s.socket.destroy()
     await new Promise<void>((resolve) => { this.#server.close(() => { resolve() }) })
-    rmSync(this.path, { force: true })
+    const file = this.#file
+    this.#file = null
+    if (file !== null) releaseSocketFile(file)
   }
 
   #accept (socket: net.Socket): void {
@@ -168,22 +185,68 @@ export class ControlServer {
       return
     }
     socket.on('error', () => {})
-    const max = this.#options.maxClients ?? 128
-    if (this.#sessions.size >= max) {
-      this.#log('warn', `control client refused: ${max} clients already connected`)
-      socket.end(encodeFrame(`fail\ntoo many control clients (the limit is ${max}); try again later`))
-      setTimeout(() => { socket.destroy() }, 1000).unref()
+    const privileged = this.credentialsTrusted && credentials?.uid === 0
+    const refusal = this.#admission(privileged, credentials)
+    if (refusal !== undefined) {
+      this.#refuse(socket, refusal)
       return
     }
-    const privileged = this.credentialsTrusted && credentials?.uid === 0
     const session = new Session(this.#nextId++, socket, credentials, privileged)
     this.#sessions.set(session.id, session)
+    if (!privileged) {
+      const uid = credentials?.uid ?? -1
+      this.#perUser.set(uid, (this.#perUser.get(uid) ?? 0) + 1)
+      this.#unprivileged++
+    }
+    this.#armIdle(session)
     socket.on('data', (chunk: Buffer) => { this.#data(session, chunk) })
     socket.on('end', () => {
       session.ended = true
       if (session.state === 'RECEIVE' && !session.decoder.started) socket.end()
     })
     socket.on('close', () => { this.#hangUp(session) })
+  }
+
+  /** Why a new client may not have a slot, or undefined when it may. */
+  #admission (privileged: boolean, credentials: PeerCredentials | undefined): string | undefined {
+    const max = this.#options.maxClients ?? 128
+    if (this.#sessions.size >= max) return `too many control clients (the limit is ${max}); try again later`
+    if (privileged) return undefined
+    const shared = Math.max(1, max - (this.#options.reservedForRoot ?? 16))
+    if (this.#unprivileged >= shared) return `too many control clients (the limit is ${max}); try again later`
+    const perUser = this.#options.maxClientsPerUser ?? 16
+    if ((this.#perUser.get(credentials?.uid ?? -1) ?? 0) >= perUser) return `too many control clients for this user (the limit is ${perUser})`
+    return undefined
+  }
+
+  #refuse (socket: net.Socket, reason: string): void {
+    const now = performance.now()
+    this.#refusals.count++
+    if (now - this.#refusals.lastLogged >= 10_000) {
+      this.#log('warn', `control client refused: ${reason}${this.#refusals.count > 1 ? ` (${this.#refusals.count} refused since the last report)` : ''}`)
+      this.#refusals = { count: 0, lastLogged: now }
+    }
+    socket.pause()
+    socket.end(encodeFrame(`fail\n${reason}`), () => { socket.destroy() })
+    setTimeout(() => { socket.destroy() }, 1000).unref()
+  }
+
+  /** RECEIVE with nothing started: the idle bound runs (from accept, or from the last reply). */
+  #armIdle (session: Session): void {
+    this.#clearIdle(session)
+    const ms = this.#options.idleTimeoutMs ?? 30_000
+    if (ms <= 0) return
+    session.idle = setTimeout(() => {
+      session.idle = null
+      if (session.closed || session.state !== 'RECEIVE' || session.decoder.started) return
+      this.#log('debug', `control client ${session.id}: idle for ${ms} ms, closing`)
+      session.socket.destroy()
+    }, ms)
+  }
+
+  #clearIdle (session: Session): void {
+    if (session.idle !== null) clearTimeout(session.idle)
+    session.idle = null
   }
 
   #data (session: Session, chunk: Buffer): void {
@@ -197,7 +260,10 @@ export class ControlServer {
 
   /** RECEIVE: wait for a whole frame; the deadline starts with its first byte. */
   #receive (session: Session): void {
-    if (session.decoder.started && session.deadline === null) this.#startDeadline(session)
+    if (session.decoder.started) {
+      this.#clearIdle(session)
+      if (session.deadline === null) this.#startDeadline(session)
+    }
     let body: Buffer | undefined
     try {
       body = session.decoder.next()
@@ -279,6 +345,7 @@ export class ControlServer {
       }
       session.state = 'RECEIVE'
       session.socket.resume()
+      this.#armIdle(session)
       // A next request may already be buffered.
       this.#receive(session)
     }
@@ -321,17 +388,16 @@ export class ControlServer {
     if (session.closed) return
     session.closed = true
     this.#clearDeadline(session)
+    this.#clearIdle(session)
+    if (!session.privileged) {
+      const uid = session.credentials?.uid ?? -1
+      const left = (this.#perUser.get(uid) ?? 1) - 1
+      if (left === 0) this.#perUser.delete(uid)
+      else this.#perUser.set(uid, left)
+      this.#unprivileged--
+    }
     if (session.waiter !== null) this.#options.lock.cancel(session.waiter)
     session.waiter = null
     this.#sessions.delete(session.id)
   }
-}
-
-/** True if something accepts connections on `socketPath`. */
-function answers (socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(socketPath)
-    s.once('connect', () => { s.destroy(); resolve(true) })
-    s.once('error', () => { resolve(false) })
-  })
 }

@@ -5,14 +5,14 @@
  * schedules a re-read of the config file, coalescing requests that arrive while one runs (like
  * multipathd's schedule_reconfigure), and `shutdown` only asks the daemon to stop.
  */
-import { readFile } from 'node:fs/promises'
 import type { NbdClient } from '../client/nbd-client.ts'
 import type { FuseMount } from '../fuse/fuse-mount.ts'
 import { humanSize, toJson } from '../util/json.ts'
+import { printable } from '../util/printable.ts'
 import type { ConfigLock } from './config-lock.ts'
-import type { CommandRunner, ControlServer } from './control-server.ts'
+import type { CommandContext, CommandRunner, ControlServer } from './control-server.ts'
 import { USAGE, type Command, type LogLevelWord, type ShowTopic } from './grammar.ts'
-import { describeSettings, parseConfigFile, type Settings } from './settings.ts'
+import { ConfigFileError, describeSettings, parseConfigFile, readConfigFile, type Settings } from './settings.ts'
 
 export interface DaemonParts {
   readonly uri: string
@@ -34,7 +34,8 @@ export class DaemonControl {
   /** A reconfigure is running; `#again`: someone asked for another meanwhile. */
   #reconfiguring = false
   #again = false
-  #lastReconfigure = 'never'
+  /** How the last reconfigure went: in full for root, `public` (file or file:line only) for anyone else. */
+  #lastReconfigure: { readonly text: string, readonly public: string } = { text: 'never', public: 'never' }
   #reconfigureCount = 0
   server: ControlServer | null = null
 
@@ -43,10 +44,10 @@ export class DaemonControl {
     this.#lock = lock
   }
 
-  readonly run: CommandRunner = async (command) => {
+  readonly run: CommandRunner = async (command, context) => {
     switch (command.kind) {
       case 'help': return USAGE
-      case 'show': return this.#show(command.topic, command.json)
+      case 'show': return this.#show(command.topic, command.json, context)
       case 'reconnect':
         this.#parts.client.reconnect()
         return 'ok'
@@ -111,28 +112,32 @@ export class DaemonControl {
     const file = this.#parts.configFile!
     this.#reconfigureCount++
     try {
-      const values = parseConfigFile(await readFile(file, 'utf8'), file)
+      const values = parseConfigFile(readConfigFile(file), file)
       const { settings, client } = this.#parts
       Object.assign(settings, values)
       client.reconnectDelay = settings.reconnectDelay
       client.maxInFlight = settings.maxInFlight
       this.#parts.setLogLevel(settings.logLevel)
       if (this.server !== null) this.server.timeoutMs = settings.controlTimeout
-      this.#lastReconfigure = `ok at ${new Date().toISOString()}`
+      const ok = `ok at ${new Date().toISOString()}`
+      this.#lastReconfigure = { text: ok, public: ok }
       this.#parts.log('info', `reconfigured from ${file}: ${JSON.stringify(describeSettings(settings))}`)
     } catch (err) {
-      this.#lastReconfigure = `failed at ${new Date().toISOString()}: ${(err as Error).message}`
-      this.#parts.log('error', `reconfigure: ${(err as Error).message}`)
+      const failed = `failed at ${new Date().toISOString()}`
+      const message = err instanceof ConfigFileError ? err.message : `${file}: ${(err as Error).message}`
+      const where = err instanceof ConfigFileError ? err.where : file
+      this.#lastReconfigure = { text: `${failed}: ${message}`, public: `${failed}: ${where}` }
+      this.#parts.log('error', `reconfigure: ${message}`)
     }
   }
 
-  #show (topic: ShowTopic, json: boolean): string {
-    const data = this.#gather(topic)
+  #show (topic: ShowTopic, json: boolean, context: CommandContext): string {
+    const data = this.#gather(topic, context.client.privileged)
     if (json) return toJson(data)
     return render(data)
   }
 
-  #gather (topic: ShowTopic): unknown {
+  #gather (topic: ShowTopic, privileged: boolean): unknown {
     const { client, mount, settings, uri } = this.#parts
     switch (topic) {
       case 'status':
@@ -154,7 +159,7 @@ export class DaemonControl {
           ...describeSettings(settings),
           'config-file': this.#parts.configFile ?? '(none)',
           'reconfigures': this.#reconfigureCount,
-          'last-reconfigure': this.#lastReconfigure
+          'last-reconfigure': privileged ? this.#lastReconfigure.text : this.#lastReconfigure.public
         }
       case 'connections':
         return client.connectionInfo()
@@ -166,17 +171,20 @@ export class DaemonControl {
   }
 }
 
-/** A readable rendering: "key: value" lines; arrays as one block per element. */
+/**
+ * A readable rendering: "key: value" lines; arrays as one block per element. Values may quote
+ * the server (error messages): control characters are escaped, so one value stays one line.
+ */
 function render (data: unknown, indent = ''): string {
   if (Array.isArray(data)) {
     if (data.length === 0) return `${indent}(none)`
     return data.map((item) => render(item, indent)).join('\n\n')
   }
-  if (typeof data !== 'object' || data === null) return `${indent}${String(data)}`
+  if (typeof data !== 'object' || data === null) return `${indent}${printable(String(data))}`
   return Object.entries(data).filter(([, value]) => value !== undefined).map(([key, value]) => {
     if (typeof value === 'object' && value !== null) {
       return `${indent}${key}:\n${render(value, indent + '  ')}`
     }
-    return `${indent}${key}: ${typeof value === 'bigint' ? value.toString() : String(value)}`
+    return `${indent}${key}: ${printable(typeof value === 'bigint' ? value.toString() : String(value))}`
   }).join('\n')
 }

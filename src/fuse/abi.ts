@@ -15,6 +15,13 @@ export const FUSE_OP = {
   FORGET: 2,
   GETATTR: 3,
   SETATTR: 4,
+  SYMLINK: 6,
+  MKNOD: 8,
+  MKDIR: 9,
+  UNLINK: 10,
+  RMDIR: 11,
+  RENAME: 12,
+  LINK: 13,
   OPEN: 14,
   READ: 15,
   WRITE: 16,
@@ -30,12 +37,15 @@ export const FUSE_OP = {
   RELEASEDIR: 29,
   FSYNCDIR: 30,
   ACCESS: 34,
+  CREATE: 35,
   INTERRUPT: 36,
   DESTROY: 38,
   BATCH_FORGET: 42,
   FALLOCATE: 43,
+  RENAME2: 45,
   LSEEK: 46,
   /** Sent by newer kernels whatever minor we reply; ENOSYS makes them fall back to GETATTR for good. */
+  TMPFILE: 51,
   STATX: 52
 } as const
 

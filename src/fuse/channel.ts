@@ -8,13 +8,16 @@ import { closeSync, writev, writevSync } from 'node:fs'
 import { Worker } from 'node:worker_threads'
 import { OUT_HEADER } from './abi.ts'
 import { encodeOutHeader } from './codec.ts'
-import { CONTROL_WORDS, END, FREES, HEAD, IDLE, SLOT_FREE, TAIL, WAKE, stateWords, type DeviceWorkerData } from './device-worker.ts'
+import type { DeviceWorkerData } from './device-worker.ts'
+import { END, FREES, HEAD, IDLE, SLOT_FREE, TAIL, WAKE, next, ringLayout, type RingLayout } from './ring.ts'
 
 export interface ChannelOptions {
   readonly fd: number
   readonly slotCount: number
   /** Bytes per slot: the largest WRITE plus headers. */
   readonly slotSize: number
+  /** Where the ring's HEAD and TAIL counters start (tests start them near the int32 wrap). */
+  readonly ringStart?: number
 }
 
 export type RequestHandler = (request: Buffer, slot: number) => void
@@ -33,7 +36,7 @@ export class FuseChannel {
   readonly #slots: SharedArrayBuffer
   readonly #slotSize: number
   readonly #state: Int32Array
-  readonly #slotCount: number
+  readonly #layout: RingLayout
   readonly #worker: Worker
   readonly #header = Buffer.alloc(OUT_HEADER)
   #closed = false
@@ -47,10 +50,12 @@ export class FuseChannel {
     this.#fd = options.fd
     this.#slotSize = options.slotSize
     this.#slots = new SharedArrayBuffer(options.slotCount * options.slotSize)
-    this.#state = new Int32Array(new SharedArrayBuffer(4 * stateWords(options.slotCount)))
-    this.#slotCount = options.slotCount
+    this.#layout = ringLayout(options.slotCount)
+    this.#state = new Int32Array(new SharedArrayBuffer(4 * this.#layout.words))
+    const control = this.#layout.control
+    this.#state[control + HEAD] = this.#state[control + TAIL] = options.ringStart ?? 0
     // Idle until the first request: the reader wakes us with a message.
-    this.#state[options.slotCount + IDLE] = 1
+    this.#state[control + IDLE] = 1
     const data: DeviceWorkerData = {
       fd: options.fd, slots: this.#slots, slotSize: options.slotSize, slotCount: options.slotCount, state: this.#state.buffer as SharedArrayBuffer
     }
@@ -76,13 +81,12 @@ export class FuseChannel {
    */
   #drain (onRequest: RequestHandler): void {
     const state = this.#state
-    const control = this.#slotCount
-    const ring = this.#slotCount + CONTROL_WORDS
+    const { control, ring, mask } = this.#layout
     for (;;) {
       let tail = Atomics.load(state, control + TAIL)
       while (tail !== Atomics.load(state, control + HEAD)) {
-        const slot = Atomics.load(state, ring + (tail % this.#slotCount))
-        tail++
+        const slot = Atomics.load(state, ring + (tail & mask))
+        tail = next(tail)
         Atomics.store(state, control + TAIL, tail)
         onRequest(Buffer.from(this.#slots, slot * this.#slotSize, this.#slotSize), slot)
       }
@@ -96,7 +100,7 @@ export class FuseChannel {
   /** Hands a slot back to the reader once its request is answered (and its data used). */
   release (slot: number): void {
     Atomics.store(this.#state, slot, SLOT_FREE)
-    const frees = this.#slotCount + FREES
+    const frees = this.#layout.control + FREES
     Atomics.add(this.#state, frees, 1)
     Atomics.notify(this.#state, frees)
   }

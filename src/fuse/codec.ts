@@ -23,25 +23,37 @@ function writeU64 (buf: Buffer, value: number | bigint, at: number): void {
 
 /** struct fuse_in_header */
 export interface InHeader {
-  readonly length: number
-  readonly opcode: number
-  readonly unique: number
-  readonly nodeid: number
-  readonly uid: number
-  readonly gid: number
-  readonly pid: number
+  length: number
+  opcode: number
+  unique: number
+  nodeid: number
+  uid: number
+  gid: number
+  pid: number
 }
 
-export function parseInHeader (buf: Buffer): InHeader {
-  return {
-    length: buf.readUInt32LE(0),
-    opcode: buf.readUInt32LE(4),
-    unique: u64(buf, 8),
-    nodeid: u64(buf, 16),
-    uid: buf.readUInt32LE(24),
-    gid: buf.readUInt32LE(28),
-    pid: buf.readUInt32LE(32)
-  }
+export function emptyInHeader (): InHeader {
+  return { length: 0, opcode: 0, unique: 0, nodeid: 0, uid: 0, gid: 0, pid: 0 }
+}
+
+/**
+ * Decodes the header into `into` (a new object unless given): the dispatcher passes one it
+ * reuses, so a request costs no allocation here.
+ */
+export function parseInHeader (buf: Buffer, into: InHeader = emptyInHeader()): InHeader {
+  into.length = buf.readUInt32LE(0)
+  into.opcode = buf.readUInt32LE(4)
+  into.unique = u64(buf, 8)
+  into.nodeid = u64(buf, 16)
+  into.uid = buf.readUInt32LE(24)
+  into.gid = buf.readUInt32LE(28)
+  into.pid = buf.readUInt32LE(32)
+  return into
+}
+
+/** The unique of the request an INTERRUPT names (struct fuse_interrupt_in). */
+export function parseInterruptIn (buf: Buffer): number {
+  return u64(buf, IN_HEADER)
 }
 
 /** struct fuse_out_header, written into `target`. `error` is 0 or a negative errno. */

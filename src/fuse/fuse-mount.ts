@@ -1,41 +1,58 @@
 /**
- * Mounting an export: open /dev/fuse, mount(8) it over a file (or on a directory), start the
- * device reader, wait for the kernel's INIT. Unmounting is the reverse, in an order that loses
- * nothing: finish what is in flight, FLUSH, unmount, then let go of the device.
+ * Mounting an export: check and pin the target, mount it (root: /dev/fuse and mount(8);
+ * everyone else: fusermount3), start the device reader, wait for the kernel's INIT.
+ * Unmounting is the reverse, in an order that loses nothing: finish what is in flight, FLUSH,
+ * unmount, then let go of the device.
  *
- *   mount()     open /dev/fuse ─► mount -i -t fuse -o fd=3,... ─► reader thread ─► INIT ─► ready
- *   unmount()   in-flight done ─► NBD FLUSH ─► umount (or umount -l when busy) ─► device ends
- *               └─ if the device does not end (files held open after umount -l): abort the
- *                  FUSE connection through fusectl, so nothing waits on us forever
+ *   mount()     pin target ─► mount on /proc/self/fd/N (or fusermount3) ─► check mountinfo
+ *               ─► reader thread ─► INIT ─► first allocation count ─► ready
+ *   unmount()   in-flight done ─► NBD FLUSH ─► umount ─┬─► device ends ─► FLUSH ─► closed
+ *                                                      └─ busy: detach (umount -l) and go on
+ *                                                         serving until the last user closes
+ *
+ * Nothing here aborts the FUSE connection: a loop device or an open file over a busy mount
+ * keeps working until it lets go. Only `nbdts umount --force` aborts.
  */
-import { spawnSync } from 'node:child_process'
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, statSync, writeFileSync } from 'node:fs'
-import { stat } from 'node:fs/promises'
+import { closeSync, openSync } from 'node:fs'
 import path from 'node:path'
 import type { NbdClient } from '../client/nbd-client.ts'
-import { NBD_FLAG } from '../protocol/constants.ts'
-import { IN_HEADER, WRITE_IN } from './abi.ts'
+import { InvalidArgumentError, MountError } from '../errors.ts'
+import { IN_HEADER, S_IFDIR, S_IFREG, WRITE_IN } from './abi.ts'
+import type { AllocationOptions } from './allocation.ts'
 import { FuseChannel } from './channel.ts'
-import { ExportFileSystem, type FuseStats, type Layout, type LogFn } from './filesystem.ts'
-import { isStale, mountFuse, nbdtsMountAt, unmount } from './mount-table.ts'
+import { mountState } from './daemon-check.ts'
+import { ExportFileSystem, type FuseStats } from './file-system.ts'
+import { mountWithFusermount } from './fusermount.ts'
+import { describeHolders } from './holders.ts'
+import type { LogFn } from './log.ts'
+import { parseMountOptions } from './mount-options.ts'
+import { pinMountTarget, type PinnedTarget } from './mount-point.ts'
+import { connectionNumber, mountFuse, nbdtsMountAt, nbdtsMountWithSource, unmount } from './mount-table.ts'
+import { directoryMode, type Layout } from './nodes.ts'
 
 export interface MountExportOptions {
   readonly client: NbdClient
   /** A regular file (the export is mounted over it) or a directory (the export appears in it). */
   readonly path: string
-  /** The export's name inside a directory mount. @default 'disk' */
+  /** The export's name inside a directory mount (nbdfuse's name). @default 'nbd' */
   readonly name?: string
   /** Refuse writes, even if the export allows them. */
   readonly readonly?: boolean
+  /** `-o` mount options (mount-options.ts): allow_other, uid=, gid=, mode=, kernel_cache, ... */
+  readonly options?: readonly string[]
   /** Largest READ/WRITE the kernel sends. @default 1 MiB */
   readonly maxWrite?: number
   /** FUSE requests that can be held at once (device read slots). @default 128 */
   readonly slots?: number
   readonly log?: LogFn
+  /** Pacing of the st_blocks count (tests make it quick). */
+  readonly allocation?: AllocationOptions
+  /** Runs after the target is checked and pinned, before the mount (tests swap it there). */
+  readonly beforeMount?: () => void | Promise<void>
 }
 
+export const DEFAULT_NAME = 'nbd'
 const INIT_TIMEOUT = 10_000
-const FUSECTL = '/sys/fs/fuse/connections'
 
 export class FuseMount {
   readonly path: string
@@ -43,14 +60,14 @@ export class FuseMount {
   readonly file: string
   readonly layout: Layout
   readonly readonly: boolean
+  /** The FUSE connection number (its fusectl directory). */
+  readonly connection: number
   /** Resolves with the reason once the filesystem is gone (unmounted, aborted). */
   readonly closed: Promise<string>
   readonly #channel: FuseChannel
   readonly #fs: ExportFileSystem
   readonly #client: NbdClient
   readonly #log: LogFn
-  /** The FUSE connection number (fusectl), from the mount's device number. */
-  readonly #connection: number
   #unmounting: Promise<void> | null = null
 
   private constructor (args: { path: string, layout: Layout, readonly: boolean, channel: FuseChannel, fs: ExportFileSystem, client: NbdClient, log: LogFn, connection: number }) {
@@ -58,11 +75,11 @@ export class FuseMount {
     this.layout = args.layout
     this.file = args.layout.kind === 'file' ? args.path : path.join(args.path, args.layout.name)
     this.readonly = args.readonly
+    this.connection = args.connection
     this.#channel = args.channel
     this.#fs = args.fs
     this.#client = args.client
     this.#log = args.log
-    this.#connection = args.connection
     let destroyed: (reason: string) => void = () => {}
     const destroy = new Promise<string>((resolve) => { destroyed = resolve })
     args.fs.onDestroy = () => { destroyed('unmounted (DESTROY)') }
@@ -72,54 +89,87 @@ export class FuseMount {
   static async mount (options: MountExportOptions): Promise<FuseMount> {
     const log = options.log ?? (() => {})
     const target = path.resolve(options.path)
+    const opts = parseMountOptions(options.options ?? [])
     await cleanStaleMount(target, log)
-    let kind: 'file' | 'dir'
+    const uid = process.geteuid?.() ?? 0
+    const gid = process.getegid?.() ?? 0
+    let pinned: PinnedTarget
     try {
-      const st = statSync(target)
-      if (st.isDirectory()) kind = 'dir'
-      else if (st.isFile()) kind = 'file'
-      else throw new Error(`${target} is neither a regular file nor a directory`)
+      pinned = pinMountTarget(target, uid)
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        throw new Error(`${target} does not exist: create an empty file (mounted over) or a directory first`)
+        throw new MountError('unsafe-target', `${target} does not exist: create an empty file (mounted over) or a directory first`)
       }
       throw err
     }
-    const layout: Layout = kind === 'file' ? { kind } : { kind, name: options.name ?? 'disk' }
-    const readonly = options.readonly === true || (options.client.info.flags & NBD_FLAG.READ_ONLY) !== 0
+    const kind = pinned.kind
+    const name = options.name ?? DEFAULT_NAME
+    if (kind === 'dir' && (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0'))) {
+      closeSync(pinned.fd)
+      throw new InvalidArgumentError(`--name ${JSON.stringify(name)} is not a file name`)
+    }
+    const layout: Layout = kind === 'file' ? { kind } : { kind, name }
+    const readonly = options.readonly === true || opts.readonly || options.client.isReadOnly
+    const access = { uid: opts.uid ?? uid, gid: opts.gid ?? gid, mode: opts.mode }
+    const bits = opts.mode & (readonly ? ~0o222 : ~0)
+    const rootMode = kind === 'file' ? S_IFREG | bits : S_IFDIR | directoryMode(bits)
+    const kernel = ['default_permissions', ...(opts.allowOther ? ['allow_other'] : []), readonly ? 'ro' : 'rw', 'nosuid', 'nodev', ...opts.kernel]
+    // The source names the daemon; `nbdts umount` checks the claim (daemon-check.ts).
+    const source = `nbdts:${process.pid}`
     const maxWrite = options.maxWrite ?? 1024 * 1024
-    const uid = process.getuid?.() ?? 0
-    const gid = process.getgid?.() ?? 0
 
-    const fd = openSync('/dev/fuse', 'r+')
-    let fs: ExportFileSystem | undefined
-    let channel: FuseChannel | undefined
+    let fd = -1
     let mounted = false
+    let channel: FuseChannel | undefined
+    let fs: ExportFileSystem | undefined
     try {
-      // The source names the daemon, so `nbdts umount` can ask it to shut down cleanly.
-      await mountFuse({ fd, path: target, kind, readonly, uid, gid, source: `nbdts:${process.pid}` })
+      await options.beforeMount?.()
+      if (uid === 0) {
+        fd = openSync('/dev/fuse', 'r+')
+        await mountFuse({ fd, targetFd: pinned.fd, rootMode, uid, gid, source, options: ['subtype=nbdts', ...kernel] })
+      } else {
+        fd = await mountWithFusermount({ path: target, source, options: kernel })
+      }
       mounted = true
+      closeSync(pinned.fd)
+      pinned = { ...pinned, fd: -1 }
+      const entry = nbdtsMountAt(target)
+      if (entry?.source !== source) {
+        // Mounted on the pinned inode, which is no longer at the target: undo it.
+        const elsewhere = nbdtsMountWithSource(source)
+        if (elsewhere !== undefined) await unmount(elsewhere.mountPoint, { lazy: true }).catch(() => {})
+        mounted = false
+        throw new MountError('unsafe-target', `refusing to mount over ${target}: it was moved or replaced while being mounted (the mount was undone)`)
+      }
       channel = new FuseChannel({ fd, slotCount: options.slots ?? 128, slotSize: IN_HEADER + WRITE_IN + maxWrite + 4096 },
         (request, slot) => { fs!.handle(request, slot) })
       channel.onError = (err) => { log('error', `FUSE reply failed: ${err.message}`) }
-      fs = new ExportFileSystem(channel, { client: options.client, layout, readonly, uid, gid, maxWrite, log })
-      // The kernel sends INIT right after mount(2); nothing works until it is answered.
-      const initTimeout = new Promise<never>((_resolve, reject) => {
-        const timer = setTimeout(() => { reject(new Error(`the kernel sent no FUSE INIT within ${INIT_TIMEOUT} ms`)) }, INIT_TIMEOUT)
-        fs!.initialised.finally(() => { clearTimeout(timer) }).catch(() => {})
+      fs = new ExportFileSystem(channel, {
+        client: options.client, layout, readonly, access, maxWrite, keepCache: opts.keepCache, log,
+        ...(options.allocation !== undefined && { allocation: options.allocation })
       })
-      await Promise.race([fs.initialised, initTimeout, channel.ended.then((why) => { throw new Error(`FUSE device closed during mount: ${why}`) })])
-      await fs.refreshAllocation(1000).catch(() => {})
-      // Never a synchronous call on our own mount: it would block the thread that answers it.
-      const dev = (await stat(target)).dev
-      const mount = new FuseMount({ path: target, layout, readonly, channel, fs, client: options.client, log, connection: (dev & 0xff) | ((dev >>> 12) & ~0xff) })
-      log('info', `mounted ${kind === 'file' ? target : mount.file} (${readonly ? 'read-only' : 'read-write'}, ${options.client.size} bytes)`)
+      // The kernel sends INIT right after mount(2); nothing works until it is answered.
+      let timer: NodeJS.Timeout | undefined
+      const initTimeout = new Promise<never>((_resolve, reject) => {
+        timer = setTimeout(() => { reject(new Error(`the kernel sent no FUSE INIT within ${INIT_TIMEOUT} ms`)) }, INIT_TIMEOUT)
+      })
+      try {
+        await Promise.race([fs.initialised, initTimeout, channel.ended.then((why) => { throw new Error(`FUSE device closed during mount: ${why}`) })])
+      } finally {
+        clearTimeout(timer)
+      }
+      await fs.allocation.step(1000, 4096)
+      const mount = new FuseMount({ path: target, layout, readonly, channel, fs, client: options.client, log, connection: connectionNumber(entry) })
+      log('info', `mounted ${mount.file} (${readonly ? 'read-only' : 'read-write'}, ${options.client.sizeBigInt} bytes, ${uid === 0 ? 'mount(8)' : 'fusermount3'}, -o ${kernel.join(',')})`)
       return mount
     } catch (err) {
-      if (mounted) await unmount(target, true).catch(() => {})
+      fs?.close()
+      if (mounted) await unmount(target, { lazy: true }).catch(() => {})
       if (channel !== undefined) channel.close()
-      else closeSync(fd)
+      else if (fd >= 0) closeSync(fd)
       throw err
+    } finally {
+      if (pinned.fd >= 0) closeSync(pinned.fd)
     }
   }
 
@@ -129,7 +179,9 @@ export class FuseMount {
 
   /**
    * Unmounts in an order that loses nothing: requests in flight finish (up to `drainMs`), the
-   * export is flushed, then the filesystem is unmounted (lazily when files are still open).
+   * export is flushed, then the filesystem is unmounted. When it is busy (a loop device, an
+   * open file) it is detached instead, and served until the last user lets go: the promise
+   * settles only then.
    */
   unmount (options: { drainMs?: number } = {}): Promise<void> {
     this.#unmounting ??= this.#unmount(options.drainMs ?? 30_000)
@@ -137,47 +189,31 @@ export class FuseMount {
   }
 
   async #unmount (drainMs: number): Promise<void> {
-    const gone = await settledWithin(this.closed, 0)
-    if (gone === undefined) {
+    if (await settledWithin(this.closed, 0) === undefined) {
       await settledWithin(this.#fs.idle(), drainMs)
       await this.#flush()
       try {
         await unmount(this.path)
       } catch (err) {
-        // Busy (a file is open, a loop device is attached): detach now, serve what remains.
-        this.#log('warn', `umount ${this.path}: ${(err as Error).message}; detaching lazily`)
-        await unmount(this.path, true).catch((e: unknown) => { this.#log('error', `umount -l ${this.path}: ${String(e)}`) })
+        const busy = err instanceof MountError && err.reason === 'busy'
+        this.#log('warn', busy
+          ? `${this.path} is busy (${describeHolders(this.file, this.path)}): detached it; serving until the last user lets go`
+          : `unmounting ${this.path}: ${(err as Error).message}; detaching it`)
+        await unmount(this.path, { lazy: true }).catch((e: unknown) => { this.#log('error', `detaching ${this.path}: ${(e as Error).message}`) })
       }
-      if (await settledWithin(this.closed, 5000) === undefined) {
-        // Still held open after a lazy unmount: abort the connection so nobody hangs on us.
-        this.#log('warn', 'the filesystem is still in use after unmounting; aborting the FUSE connection')
-        this.#abortConnection()
-        await settledWithin(this.closed, 5000)
-      }
+      await this.closed
     }
+    this.#fs.close()
     await this.#flush()
     this.#channel.close()
   }
 
   async #flush (): Promise<void> {
-    if ((this.#client.info.flags & NBD_FLAG.SEND_FLUSH) === 0 || this.#client.state === 'QUIT') return
+    if (!this.#client.canFlush || this.#client.state === 'QUIT') return
     try {
       await this.#client.flush()
     } catch (err) {
       this.#log('warn', `flush before unmount failed: ${(err as Error).message}`)
-    }
-  }
-
-  #abortConnection (): void {
-    try {
-      if (!existsSync(FUSECTL) || readdirSync(FUSECTL).length === 0) {
-        // fusectl's standard place; systemd mounts it on most machines, we do when it has not.
-        mkdirSync(FUSECTL, { recursive: true })
-        spawnSync('mount', ['-t', 'fusectl', 'none', FUSECTL], { stdio: 'ignore' })
-      }
-      writeFileSync(path.join(FUSECTL, String(this.#connection), 'abort'), '1')
-    } catch (err) {
-      this.#log('error', `could not abort FUSE connection ${this.#connection}: ${(err as Error).message}`)
     }
   }
 }
@@ -189,9 +225,9 @@ export class FuseMount {
 export async function cleanStaleMount (target: string, log: LogFn): Promise<void> {
   const existing = nbdtsMountAt(target)
   if (existing === undefined) return
-  if (!isStale(target)) throw new Error(`${target} is already mounted by a running nbdts (unmount it with: nbdts umount ${target})`)
+  if (mountState(existing) !== 'stale') throw new MountError('busy', `${target} is already mounted by a running nbdts (unmount it with: nbdts umount ${target})`)
   log('warn', `${target} holds a stale nbdts mount left by a crashed earlier run; cleaning it up`)
-  await unmount(target, true)
+  await unmount(target, { lazy: true })
 }
 
 /** The value if `promise` settles within `ms`, else undefined. */

@@ -18,6 +18,7 @@ import {
 } from './constants.ts'
 import { chunkTypeName, commandName } from './names.ts'
 import type { ReplyHeader, ReplyMode } from './reply.ts'
+import { printable } from '../util/printable.ts'
 import { decodeString } from './strings.ts'
 
 export type ChunkKind = 'none' | 'offset-data' | 'offset-hole' | 'block-status' | 'error'
@@ -84,6 +85,7 @@ export function classifyChunk (header: ReplyHeader, command: number, requestLeng
 
 export interface ErrorChunk {
   readonly error: number
+  /** For people only, so control characters come escaped (it ends up in error messages and logs). */
   readonly message: string
   readonly offset: bigint | undefined
 }
@@ -96,7 +98,7 @@ export function parseErrorChunk (type: number, payload: Buffer): ErrorChunk {
   if (messageLength > payload.length - fixed) {
     throw new ProtocolError(`${chunkTypeName(type)} message length ${messageLength} runs past its ${payload.length}-byte chunk`)
   }
-  const message = decodeString(payload.subarray(6, 6 + messageLength), `${chunkTypeName(type)} message`)
+  const message = printable(decodeString(payload.subarray(6, 6 + messageLength), `${chunkTypeName(type)} message`))
   const offset = type === NBD_REPLY_TYPE.ERROR_OFFSET ? payload.readBigUInt64BE(6 + messageLength) : undefined
   return { error, message, offset }
 }

@@ -11,6 +11,7 @@ import {
   NBD_OPT, NBD_OPTION_HEADER, NBD_OPTS_MAGIC, NBD_REP, NBD_REP_FLAG_ERROR, NBD_REP_MAGIC
 } from './constants.ts'
 import { optionName, replyName } from './names.ts'
+import { printable } from '../util/printable.ts'
 import { decodeString } from './strings.ts'
 
 /**
@@ -18,6 +19,30 @@ import { decodeString } from './strings.ts'
  * 4 KiB each; anything bigger is a server trying to make us allocate.
  */
 export const MAX_OPTION_REPLY = 64 * 1024
+
+/**
+ * What one option may receive before its final reply, and what a whole handshake may. A
+ * server can answer NBD_OPT_LIST or a meta context query with replies without end; each is
+ * small, but together they would fill the heap. Legitimate servers stay far below these
+ * (thousands of exports, hundreds of dirty bitmaps); the bytes count headers too.
+ */
+export interface ReplyBudget {
+  readonly replies: number
+  readonly bytes: number
+}
+
+const MiB = 1024 * 1024
+
+export const OPTION_REPLY_BUDGET: Readonly<Record<number, ReplyBudget>> = {
+  [NBD_OPT.LIST]: { replies: 4096, bytes: 4 * MiB },
+  [NBD_OPT.LIST_META_CONTEXT]: { replies: 1024, bytes: 1 * MiB },
+  [NBD_OPT.SET_META_CONTEXT]: { replies: 1024, bytes: 1 * MiB },
+  [NBD_OPT.INFO]: { replies: 64, bytes: 1 * MiB },
+  [NBD_OPT.GO]: { replies: 64, bytes: 1 * MiB }
+}
+
+/** Every option reply of one connection's handshake together (listing exports included). */
+export const HANDSHAKE_REPLY_BYTES = 16 * MiB
 
 export function encodeOptionRequest (option: number, data?: Uint8Array): Buffer {
   const length = data?.length ?? 0
@@ -81,9 +106,10 @@ function checkReplyFitsOption (option: number, type: number, length: number): vo
 export interface OptionError {
   readonly type: number
   readonly name: string
+  /** For people only, so control characters come escaped (it ends up in error messages and logs). */
   readonly message: string
 }
 
 export function parseOptionError (type: number, payload: Buffer): OptionError {
-  return { type, name: replyName(type), message: decodeString(payload, `message of ${replyName(type)}`) }
+  return { type, name: replyName(type), message: printable(decodeString(payload, `message of ${replyName(type)}`)) }
 }

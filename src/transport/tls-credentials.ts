@@ -7,8 +7,12 @@
  *          (the URI's userinfo, tls-username, or the login name, as libnbd does)
  *
  * The server is verified unless verification is turned off explicitly. Its name is checked
- * against tls-hostname, or the TCP host; over a Unix socket there is no host to check unless
- * tls-hostname names one (the chain is still verified).
+ * against tls-hostname, or the TCP host. Over a Unix socket there is no host to check unless
+ * tls-hostname names one; the chain must then lead to the directory's own ca-cert.pem, since
+ * the system's CAs vouch for names only, and any certificate they signed would do.
+ *
+ * Errors name the file they are about (the caller gave it) but never tell apart "missing"
+ * from "unreadable", or quote what a file holds: a path may come from someone probing files.
  */
 import { existsSync, readFileSync } from 'node:fs'
 import { userInfo } from 'node:os'
@@ -62,17 +66,20 @@ function loadPsk (file: string, username: string | undefined): TlsCredentials {
   const text = readCredential(file, 'PSK file')
   const identity = username ?? userInfo().username
   let found: Buffer | undefined
-  text.split('\n').forEach((raw, i) => {
+  for (const raw of text.split('\n')) {
     const line = raw.trim()
-    if (line === '' || line.startsWith('#')) return
+    if (line === '' || line.startsWith('#')) continue
     const colon = line.indexOf(':')
     const hex = line.slice(colon + 1)
     if (colon <= 0 || !/^(?:[0-9a-fA-F]{2})+$/.test(hex)) {
-      throw new TlsError(`${file}:${i + 1}: not a "username:hexkey" line`)
+      throw new TlsError(`${file} is not a PSK file (lines of "username:hexkey", as psktool writes them)`)
     }
     if (line.slice(0, colon) === identity) found = Buffer.from(hex, 'hex')
-  })
-  if (found === undefined) throw new TlsError(`username ${identity} was not found in the PSK file ${file}`)
+  }
+  if (found === undefined) {
+    // The login name is ours, not the caller's to learn.
+    throw new TlsError(`username ${username ?? '(the login name)'} was not found in the PSK file ${file}`)
+  }
   return { kind: 'psk', identity, key: found, description: `PSK as ${identity}` }
 }
 
@@ -83,21 +90,26 @@ function loadX509 (settings: TlsSettings, host: string | undefined): TlsCredenti
     const file = path.join(dir, name)
     return existsSync(file) ? file : undefined
   }
-  if (dir !== undefined && !existsSync(dir)) throw new TlsError(`the TLS certificates directory ${dir} does not exist`)
-  const caFile = at('ca-cert.pem') ?? SYSTEM_CA_BUNDLES.find((f) => existsSync(f))
+  if (dir !== undefined && !existsSync(dir)) throw new TlsError(`cannot read the TLS certificates directory ${dir}`)
+  const ownCa = at('ca-cert.pem')
+  const verifyPeer = settings.verifyPeer ?? true
+  const hostname = settings.hostname ?? host
+  if (verifyPeer && ownCa === undefined && hostname === undefined) {
+    throw new TlsError('over a Unix socket, X.509 needs ca-cert.pem in tls-certificates or a tls-hostname: the system\'s CAs vouch for names, and there is no name to check')
+  }
+  const caFile = ownCa ?? SYSTEM_CA_BUNDLES.find((f) => existsSync(f))
   const certFile = at('client-cert.pem')
   const keyFile = at('client-key.pem')
   if ((certFile === undefined) !== (keyFile === undefined)) {
     throw new TlsError(`${dir}: client-cert.pem and client-key.pem go together (found only ${certFile ?? keyFile})`)
   }
-  const verifyPeer = settings.verifyPeer ?? true
   return {
     kind: 'x509',
     ca: caFile === undefined ? undefined : Buffer.from(readCredential(caFile, 'CA certificate')),
     cert: certFile === undefined ? undefined : Buffer.from(readCredential(certFile, 'client certificate')),
     key: keyFile === undefined ? undefined : Buffer.from(readCredential(keyFile, 'client key')),
     verifyPeer,
-    hostname: settings.hostname ?? host,
+    hostname,
     description: `X.509${caFile === undefined ? '' : ` (CA ${caFile})`}${certFile === undefined ? '' : ', with a client certificate'}${verifyPeer ? '' : ', server NOT verified'}`
   }
 }
@@ -105,7 +117,8 @@ function loadX509 (settings: TlsSettings, host: string | undefined): TlsCredenti
 function readCredential (file: string, what: string): string {
   try {
     return readFileSync(file, 'utf8')
-  } catch (err) {
-    throw new TlsError(`cannot read the ${what} ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, { cause: err })
+  } catch {
+    // No errno, not even as the cause: ENOENT against EACCES tells whether a file exists.
+    throw new TlsError(`cannot read the ${what} ${file}`)
   }
 }

@@ -2,6 +2,13 @@
  * The TLS handshake over an open connection, right after the server ACKed NBD_OPT_STARTTLS.
  * TLS 1.2 and 1.3 (the NBD spec's floor); PSK suites named for TLS 1.2, where OpenSSL leaves
  * them off by default (TLS 1.3 derives its PSK suites from the callback).
+ *
+ * A PSK session is authenticated by the PSK and by nothing else. A TLS 1.3 server may ignore
+ * the offered PSK and authenticate with a certificate instead; Node would then check that
+ * certificate against its CA store and call it authorized. So a PSK connection is refused
+ * when the server shows any certificate, and accepted only when the handshake really used the
+ * key: a PSK cipher suite (TLS 1.2), or the PSK resumption path (TLS 1.3, where OpenSSL
+ * reports the external PSK as a resumed session).
  */
 import { checkServerIdentity, connect, type ConnectionOptions, type PeerCertificate, type TLSSocket } from 'node:tls'
 import type { Duplex } from 'node:stream'
@@ -14,6 +21,8 @@ const PSK_CIPHERS = [
   'TLS_AES_256_GCM_SHA384', 'TLS_AES_128_GCM_SHA256', 'TLS_CHACHA20_POLY1305_SHA256'
 ].join(':')
 
+const CERTIFICATE_INSTEAD_OF_PSK = 'the server authenticated with a certificate instead of the PSK'
+
 export function tlsOptions (creds: TlsCredentials, socket: Duplex): ConnectionOptions {
   const base: ConnectionOptions = { socket, minVersion: 'TLSv1.2' }
   if (creds.kind === 'psk') {
@@ -21,8 +30,10 @@ export function tlsOptions (creds: TlsCredentials, socket: Duplex): ConnectionOp
       ...base,
       ciphers: PSK_CIPHERS,
       pskCallback: () => ({ psk: creds.key, identity: creds.identity }),
-      // The PSK authenticates the server: there is no certificate to check.
-      checkServerIdentity: () => undefined
+      // Node hands over the server's certificate ({} when it sent none); under PSK any is refused.
+      checkServerIdentity: (_name: string, cert: PeerCertificate) => showsCertificate(cert)
+        ? new Error(CERTIFICATE_INSTEAD_OF_PSK)
+        : undefined
     }
   }
   const hostname = creds.hostname
@@ -56,6 +67,12 @@ export function startTls (raw: Duplex, creds: TlsCredentials, signal: AbortSigna
     }
     const onSecure = (): void => {
       cleanup()
+      const why = creds.kind === 'psk' ? notPskAuthenticated(socket) : undefined
+      if (why !== undefined) {
+        socket.destroy()
+        reject(new TlsError(`the server did not authenticate with the PSK (${why}): refusing the connection`))
+        return
+      }
       resolve(socket)
     }
     const onError = (err: NodeJS.ErrnoException): void => {
@@ -79,13 +96,29 @@ export function startTls (raw: Duplex, creds: TlsCredentials, signal: AbortSigna
   })
 }
 
+function showsCertificate (cert: PeerCertificate | undefined): boolean {
+  return cert !== undefined && cert !== null && Object.keys(cert).length > 0
+}
+
+/** Why a finished handshake was not authenticated by our PSK, or undefined if it was. */
+export function notPskAuthenticated (socket: TLSSocket): string | undefined {
+  if (showsCertificate(socket.getPeerCertificate())) return 'it sent a certificate'
+  const protocol = socket.getProtocol()
+  const cipher = socket.getCipher()
+  if (protocol === 'TLSv1.3') return socket.isSessionReused() ? undefined : 'TLS 1.3 without the PSK'
+  if (protocol === 'TLSv1.2') return /(^|-)PSK-/.test(cipher.name) ? undefined : `cipher suite ${cipher.name} is not a PSK suite`
+  return `unexpected protocol ${protocol ?? 'none'}`
+}
+
 /** OpenSSL's codes, said in words a user can act on. */
 export function describeTlsFailure (err: NodeJS.ErrnoException, creds: TlsCredentials): TlsError {
   const code = err.code ?? ''
   let why: string
   const dropped = code === 'ECONNRESET' || code === 'EPIPE' || /socket disconnected/.test(err.message)
-  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') why = `the server's certificate is not for ${creds.kind === 'x509' ? creds.hostname ?? '?' : '?'} (set tls-hostname if the name differs)`
-  else if (/CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|VERIFY/.test(code)) why = `the server's certificate could not be verified (${code}); check the CA in ca-cert.pem`
+  const certificateProblem = /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|VERIFY/.test(code)
+  if (creds.kind === 'psk' && (certificateProblem || err.message === CERTIFICATE_INSTEAD_OF_PSK)) why = 'the server authenticated with a certificate instead of the PSK (a server without our key, or someone in the middle)'
+  else if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') why = `the server's certificate is not for ${creds.kind === 'x509' ? creds.hostname ?? '?' : '?'} (set tls-hostname if the name differs)`
+  else if (certificateProblem) why = `the server's certificate could not be verified (${code}); check the CA in ca-cert.pem`
   else if (creds.kind === 'psk' && (dropped || /DECRYPT|BAD_RECORD_MAC|ALERT|PSK|HANDSHAKE/.test(code + err.message))) why = `the PSK handshake failed (wrong key for ${creds.identity}, or an unknown username)`
   else if (/CERTIFICATE_REQUIRED|ALERT_BAD_CERTIFICATE|ALERT_UNKNOWN_CA|ALERT_HANDSHAKE_FAILURE/.test(code)) why = 'the server refused our certificate (or the lack of one)'
   else if (dropped) why = 'the server dropped the connection during the TLS handshake'

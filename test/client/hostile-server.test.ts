@@ -346,6 +346,24 @@ describe('transmission', () => {
     client.destroy()
   })
 
+  test('ERROR_OFFSET inside an earlier data chunk (content first, as the spec orders) fails that READ only', async () => {
+    const server = await serve(async (peer) => {
+      await peer.negotiate()
+      const r = await peer.readRequest()
+      // Part of the data, not DONE; then the error for an offset that data covers.
+      peer.offsetData(r, r.offset, Buffer.alloc(2048, 9), false)
+      const b = Buffer.alloc(14 + 3); b.writeUInt32BE(5, 0); b.writeUInt16BE(3, 4); b.write('bad', 6); b.writeBigUInt64BE(r.offset + 100n, 9)
+      peer.chunk(r.cookie, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE.ERROR_OFFSET, b)
+      const next = await peer.readRequest()
+      peer.offsetData(next, next.offset, Buffer.alloc(4096, 2))
+    })
+    const client = await NbdClient.connect(server.uri(), fast)
+    await rejectsWithCode(client.read(0, 4096), 'NBD_ERR_SERVER', 3000, /EIO: bad \(at offset 100\)/)
+    assert.equal(client.state, 'CONNECTED')
+    assert.deepEqual(await client.read(4096, 4096), Buffer.alloc(4096, 2))
+    client.destroy()
+  })
+
   test('error values outside the NBD set become EINVAL; the connection lives', async () => {
     const server = await serve(async (peer) => {
       await peer.negotiate()

@@ -63,3 +63,13 @@ test('reconfigure without --config, and set, report clearly', async () => {
   assert.equal(await run(control, 'set max-in-flight 3'), 'ok')
   assert.equal(client.maxInFlight, 3)
 })
+
+test('show renders what a server said (a connection\'s last error) with its control characters escaped', async () => {
+  const { control, client } = rig(undefined)
+  Object.assign(client, {
+    connectionInfo: () => [{ connection: 1, state: 'CONNECTING_WAIT', inFlight: 0, queued: 0, lastError: 'EIO: bad\nstate: CONNECTED\x1b[2J', stats: {} }]
+  })
+  const shown = await run(control, 'show connections')
+  assert.match(shown, /^lastError: EIO: bad\\nstate: CONNECTED\\x1b\[2J$/m)
+  assert.equal(shown.split('\n').filter((l) => l.startsWith('state:')).length, 1, 'no forged line')
+})

@@ -96,7 +96,7 @@ test('frames: little-endian u64 length, then UTF-8; lengths checked first', () =
 test('config file: key = value, comments, clear errors with line numbers', () => {
   assert.deepEqual(parseConfigFile('# x\nreconnect-delay = 10s\nmax-in-flight=8\n\nlog-level = debug # loud\ncontrol-timeout = 250ms\n', 'f'),
     { reconnectDelay: 10_000, maxInFlight: 8, logLevel: 'debug', controlTimeout: 250 })
-  assert.throws(() => parseConfigFile('colour = red', 'f'), /f:1: unknown setting "colour"/)
+  assert.throws(() => parseConfigFile('colour = red', 'f'), /f:1: unknown setting \(known: /)
   assert.throws(() => parseConfigFile('\nmax-in-flight = lots', 'f'), /f:2: max-in-flight must be/)
   assert.throws(() => parseConfigFile('just words', 'f'), /f:1: expected "key = value"/)
 })

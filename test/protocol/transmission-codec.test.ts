@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import {
-  NBD_CMD, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE, ReadAssembly, classifyChunk, encodeRequest, parseBlockStatus,
+  NBD_CMD, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE, ReadAssembly, classifyChunk, maxReadChunks, encodeRequest, parseBlockStatus,
   parseErrorChunk, parseOffsetHole, parseReplyHeader, replyHeaderSize, type ReplyHeader
 } from '../../src/protocol/index.ts'
 import '../helpers/assert.ts'
@@ -96,18 +96,57 @@ test('READ reassembly: range, overlap, coverage, DF', () => {
   assert.equal(a.addContent(1100n, 100, 'data'), 100)
   assert.equal(a.addContent(1000n, 100, 'hole'), 0)
   assert.equal(a.complete, false)
-  assert.throws(() => a.addContent(1150n, 10, 'data'), protocolError(/overlaps/))
+  // An overlap with the chunk just before is refused at once.
+  assert.throws(() => a.addContent(1050n, 10, 'data'), protocolError(/overlaps an earlier chunk/))
   assert.throws(() => a.addContent(1250n, 51, 'data'), protocolError(/outside the request/))
   assert.throws(() => a.addContent(999n, 1, 'data'), protocolError(/outside the request/))
   a.addContent(1200n, 100, 'data')
   assert.equal(a.complete, true)
 
+  // Out of order, an overlap with an older chunk is found by the one check at the end, even
+  // when the byte count adds up.
+  const o = new ReadAssembly(0n, 300, false)
+  o.addContent(100n, 100, 'data')
+  o.addContent(0n, 50, 'data')
+  o.addContent(150n, 100, 'data')
+  o.addContent(250n, 50, 'data')
+  assert.equal(o.complete, false)
+  assert.match(o.problem ?? '', /overlaps another/)
+
+  // ERROR_OFFSET must lie inside the request; it may point into content that came first.
   const e = new ReadAssembly(0n, 100, false)
+  e.addContent(0n, 100, 'data')
   e.addErrorOffset(50n)
-  assert.throws(() => e.addContent(0n, 100, 'data'), protocolError(/overlaps/))
   assert.throws(() => e.addErrorOffset(100n), protocolError(/outside/))
 
   const df = new ReadAssembly(0n, 100, true)
   df.addContent(0n, 50, 'data')
   assert.throws(() => df.addContent(50n, 50, 'data'), protocolError(/DF/))
+})
+
+test('READ reassembly: chunks are capped by the request size, and checking them is not quadratic', () => {
+  const length = 1 << 20
+  assert.equal(maxReadChunks(length), 64 + 2048)
+  // Backwards, one byte every other byte: the worst order for an insertion sort.
+  const a = new ReadAssembly(0n, length, false)
+  for (let i = 0; i < maxReadChunks(length); i++) a.addContent(BigInt(length - 2 - 2 * i), 1, 'data')
+  assert.throws(() => { a.addContent(1n, 1, 'data') }, protocolError(/more than 2112 chunks in the reply to a READ of 1048576 bytes/))
+  assert.equal(a.complete, false)
+  // A whole export's worth of 512-byte chunks in reverse order is fine.
+  const b = new ReadAssembly(0n, length, false)
+  for (let at = length - 512; at >= 0; at -= 512) b.addContent(BigInt(at), 512, 'data')
+  assert.equal(b.complete, true)
+  const c = new ReadAssembly(0n, 4096, false)
+  for (let i = 0; i < 64; i++) c.addErrorOffset(BigInt(i))
+  for (let i = 0; i < 8; i++) c.addContent(BigInt(i * 512), 512, 'data')
+  assert.throws(() => { c.addErrorOffset(0n) }, protocolError(/more than 72 chunks/))
+})
+
+test('server error messages come out of the codec with control characters escaped', () => {
+  const m = Buffer.from('disk\nforged line\x1b[2J')
+  const p = Buffer.alloc(6 + m.length)
+  p.writeUInt32BE(5, 0)
+  p.writeUInt16BE(m.length, 4)
+  m.copy(p, 6)
+  assert.equal(parseErrorChunk(NBD_REPLY_TYPE.ERROR, p).message, 'disk\\nforged line\\x1b[2J')
 })

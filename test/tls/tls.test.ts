@@ -9,7 +9,7 @@ import { readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { after, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { NbdClient } from '../../src/index.ts'
+import { NbdClient, type NbdClientOptions } from '../../src/index.ts'
 import { NBD_OPT, NBD_OPTS_MAGIC, NBD_REP } from '../../src/protocol/constants.ts'
 import { rejectsWithCode, within } from '../helpers/assert.ts'
 import { nbdts } from '../helpers/cli.ts'
@@ -47,6 +47,9 @@ async function nbdkit (args: string[], name: string, tcp?: number): Promise<Runn
   return s
 }
 
+/** The tests are the application, and their URIs name their own key files. */
+const connect = (uri: string, options: NbdClientOptions = {}): Promise<NbdClient> => NbdClient.connect(uri, { allowLocalFile: true, ...options })
+
 const pskUri = (s: RunningServer, file = psk, user = 'alice'): string =>
   `nbds+unix://${user}@/?socket=${s.socket}&tls-psk-file=${file}`
 const x509Uri = (s: RunningServer, certs: string, extra = ''): string =>
@@ -62,7 +65,7 @@ async function roundTrip (client: NbdClient): Promise<void> {
 describe('nbdkit', () => {
   test('PSK, TLS required: structured replies and meta contexts are negotiated again over TLS', async () => {
     const s = await nbdkit(['--tls=require', `--tls-psk=${serverPsk}`, 'memory', '16M'], 'psk')
-    const client = await NbdClient.connect(pskUri(s))
+    const client = await connect(pskUri(s))
     assert.equal(client.info.tls, true)
     assert.equal(client.info.mode, 'structured')
     assert.deepEqual(client.metaContexts, ['base:allocation'])
@@ -74,17 +77,17 @@ describe('nbdkit', () => {
 
   test('PSK: a wrong key, and a user the server does not know, are TLS errors within a bound', async () => {
     const s = await nbdkit(['--tls=require', `--tls-psk=${serverPsk}`, 'memory', '16M'], 'psk-bad')
-    await rejectsWithCode(NbdClient.connect(pskUri(s, wrongPsk)), 'NBD_ERR_TLS', 10_000, /PSK/)
-    await rejectsWithCode(NbdClient.connect(pskUri(s, psk, 'bob')), 'NBD_ERR_TLS', 10_000)
+    await rejectsWithCode(connect(pskUri(s, wrongPsk)), 'NBD_ERR_TLS', 10_000, /PSK/)
+    await rejectsWithCode(connect(pskUri(s, psk, 'bob')), 'NBD_ERR_TLS', 10_000)
     // A user missing from our own file is caught before connecting.
-    await rejectsWithCode(NbdClient.connect(pskUri(s, psk, 'carol')), 'NBD_ERR_TLS', 1000, /carol was not found/)
+    await rejectsWithCode(connect(pskUri(s, psk, 'carol')), 'NBD_ERR_TLS', 1000, /carol was not found/)
   })
 
   test('X.509 with a required client certificate, over TCP with the host name checked', async () => {
     const port = await tcpPort()
     await nbdkit(['--tls=require', `--tls-certificates=${pki.dir}`, '--tls-verify-peer', 'memory', '16M'], 'x509', port)
     for (const host of ['localhost', '127.0.0.1']) {
-      const client = await NbdClient.connect(`nbds://${host}:${port}/?tls-certificates=${pki.clientDir}`)
+      const client = await connect(`nbds://${host}:${port}/?tls-certificates=${pki.clientDir}`)
       assert.equal(client.info.tls, true)
       await roundTrip(client)
       await client.close()
@@ -95,25 +98,27 @@ describe('nbdkit', () => {
     const port = await tcpPort()
     await nbdkit(['--tls=require', `--tls-certificates=${pki.dir}`, '--tls-verify-peer', 'memory', '16M'], 'x509-bad', port)
     const uri = (certs: string, extra = ''): string => `nbds://localhost:${port}/?tls-certificates=${certs}${extra}`
-    await rejectsWithCode(NbdClient.connect(uri(other.clientDir)), 'NBD_ERR_TLS', 10_000, /could not be verified/)
-    await rejectsWithCode(NbdClient.connect(uri(pki.clientDir, '&tls-hostname=nbd.example.com')), 'NBD_ERR_TLS', 10_000, /not for nbd\.example\.com/)
+    await rejectsWithCode(connect(uri(other.clientDir)), 'NBD_ERR_TLS', 10_000, /could not be verified/)
+    await rejectsWithCode(connect(uri(pki.clientDir, '&tls-hostname=nbd.example.com')), 'NBD_ERR_TLS', 10_000, /not for nbd\.example\.com/)
     // TLS 1.3 reveals a refused client certificate only after the handshake.
-    await rejectsWithCode(NbdClient.connect(uri(pki.caOnlyDir)), 'NBD_ERR_TLS', 10_000, /client certificate/)
+    await rejectsWithCode(connect(uri(pki.caOnlyDir)), 'NBD_ERR_TLS', 10_000, /client certificate/)
     // Turning verification off is explicit: the wrong name is then accepted.
-    const client = await NbdClient.connect(uri(pki.clientDir, '&tls-hostname=nbd.example.com&tls-verify-peer=0'))
+    const client = await connect(uri(pki.clientDir, '&tls-hostname=nbd.example.com&tls-verify-peer=0'))
     assert.equal(client.info.tls, true)
     await client.close()
   })
 
-  test('a server without TLS: required fails, opportunistic goes on in clear', async () => {
+  test('a server without TLS: required fails (credentials alone require it), opportunistic only when asked', async () => {
     const s = await nbdkit(['--tls=off', 'memory', '16M'], 'plain')
-    await rejectsWithCode(NbdClient.connect(pskUri(s)), 'NBD_ERR_TLS', 5000, /refused NBD_OPT_STARTTLS/)
-    const client = await NbdClient.connect(`nbd+unix:///?socket=${s.socket}&tls-psk-file=${psk}`, { tlsUsername: 'alice' })
+    await rejectsWithCode(connect(pskUri(s)), 'NBD_ERR_TLS', 5000, /refused NBD_OPT_STARTTLS/)
+    // Credentials on an nbd+unix:// URI mean TLS is required, as in QEMU: never a quiet plaintext session.
+    await rejectsWithCode(connect(`nbd+unix:///?socket=${s.socket}&tls-psk-file=${psk}`, { tlsUsername: 'alice' }), 'NBD_ERR_TLS', 5000, /refused NBD_OPT_STARTTLS/)
+    const client = await connect(`nbd+unix:///?socket=${s.socket}&tls-psk-file=${psk}`, { tlsUsername: 'alice', tls: 'on' })
     assert.equal(client.info.tls, false)
     await roundTrip(client)
     await client.close()
     const on = await nbdkit(['--tls=on', `--tls-psk=${serverPsk}`, 'memory', '16M'], 'optional')
-    const secure = await NbdClient.connect(`nbd+unix://alice@/?socket=${on.socket}&tls-psk-file=${psk}`)
+    const secure = await connect(`nbd+unix://alice@/?socket=${on.socket}&tls-psk-file=${psk}`, { tls: 'on' })
     assert.equal(secure.info.tls, true, 'opportunistic TLS is used when offered')
     await secure.close()
   })
@@ -123,7 +128,7 @@ describe('nbdkit', () => {
     writeFileSync(image, Buffer.alloc(0))
     await run('truncate', ['-s', '32M', image])
     const s = await nbdkit(['--tls=require', `--tls-psk=${serverPsk}`, 'file', image], 'tls-reconnect')
-    const client = await NbdClient.connect(pskUri(s), { reconnectDelay: 20_000, maxInFlight: 32 })
+    const client = await connect(pskUri(s), { reconnectDelay: 20_000, maxInFlight: 32 })
     const written = new Map<number, number>()
     let stop = false
     const load = Promise.all(Array.from({ length: 32 }, async (_, w) => {
@@ -161,14 +166,14 @@ describe('qemu-nbd', () => {
     await run('qemu-img', ['create', '-f', 'raw', image, '16M'])
     const q1 = await startQemuNbd(dir, ['--object', `tls-creds-psk,id=tls0,endpoint=server,dir=${path.dirname(serverPsk)}`, '--tls-creds', 'tls0', '-f', 'raw', image], 'qemu-psk')
     servers.push(q1)
-    const a = await NbdClient.connect(pskUri(q1))
+    const a = await connect(pskUri(q1))
     assert.equal(a.info.tls, true)
     await roundTrip(a)
     await a.close()
     await q1.stop()
     const q2 = await startQemuNbd(dir, ['--object', `tls-creds-x509,id=tls0,endpoint=server,dir=${pki.dir},verify-peer=on`, '--tls-creds', 'tls0', '-f', 'raw', image], 'qemu-x509')
     servers.push(q2)
-    const b = await NbdClient.connect(x509Uri(q2, pki.clientDir, '&tls-hostname=localhost'))
+    const b = await connect(x509Uri(q2, pki.clientDir, '&tls-hostname=localhost'))
     assert.equal(b.info.tls, true)
     await roundTrip(b)
     await b.close()
@@ -184,7 +189,7 @@ describe('a scripted server', () => {
       await peer.closed()
     })
     fakes.push(fake)
-    await rejectsWithCode(NbdClient.connect(`nbds+unix:///?socket=${fake.socket}&tls-psk-file=${psk}`, { tlsUsername: 'alice' }), 'NBD_ERR_TLS', 5000, /refused NBD_OPT_STARTTLS/)
+    await rejectsWithCode(connect(`nbds+unix:///?socket=${fake.socket}&tls-psk-file=${psk}`, { tlsUsername: 'alice' }), 'NBD_ERR_TLS', 5000, /refused NBD_OPT_STARTTLS/)
     const sent = Buffer.concat(fake.peers[0]!.received)
     const starttls = Buffer.alloc(16)
     starttls.writeBigUInt64BE(NBD_OPTS_MAGIC, 0)
@@ -206,7 +211,7 @@ describe('a scripted server', () => {
       await peer.closed()
     })
     fakes.push(fake)
-    await rejectsWithCode(NbdClient.connect(`nbds+unix:///?socket=${fake.socket}&tls-psk-file=${psk}`, { tlsUsername: 'alice' }), 'NBD_ERR_TLS', 5000, /plaintext bytes after acknowledging STARTTLS/)
+    await rejectsWithCode(connect(`nbds+unix:///?socket=${fake.socket}&tls-psk-file=${psk}`, { tlsUsername: 'alice' }), 'NBD_ERR_TLS', 5000, /plaintext bytes after acknowledging STARTTLS/)
   })
 
   test('PSK over TLS 1.2 (the PSK suites are named) and over TLS 1.3', async () => {
@@ -229,7 +234,7 @@ describe('a scripted server', () => {
         await peer.closed()
       })
       fakes.push(fake)
-      const client = await NbdClient.connect(`nbds+unix:///?socket=${fake.socket}&tls-psk-file=${psk}`, { tlsUsername: 'alice', structuredReplies: false })
+      const client = await connect(`nbds+unix:///?socket=${fake.socket}&tls-psk-file=${psk}`, { tlsUsername: 'alice', structuredReplies: false })
       assert.ok((await client.read(0, 512)).equals(Buffer.alloc(512, 0x42)))
       assert.equal(client.info.tls, true)
       await client.close()

@@ -28,12 +28,12 @@ export async function optSetMetaContext (ch: OptionChannel, exportName: string, 
 
 /** Lists the contexts the server offers for `exportName` (all of them with no queries). */
 export async function optListMetaContext (ch: OptionChannel, exportName: string, queries: readonly string[]): Promise<string[]> {
-  const names: string[] = []
+  // A Set: one lookup per reply, whatever the server repeats (the replies are capped anyway).
+  const names = new Set<string>()
   const err = await ch.exchange(NBD_OPT.LIST_META_CONTEXT, encodeMetaContextRequest(exportName, queries), (_type, payload) => {
     // The id in LIST replies is reserved and ignored.
-    const { name } = parseMetaContextReply(payload, true)
-    if (!names.includes(name)) names.push(name)
+    names.add(parseMetaContextReply(payload, true).name)
   })
   // A list that ends in an error is discarded.
-  return err === undefined ? names : []
+  return err === undefined ? [...names] : []
 }

@@ -1,13 +1,16 @@
 /**
  * The handshake's view of a connection: send an option, read its replies up to the final one.
  * Options never overlap (the client MUST wait for the final reply before the next option).
+ * Every reply is counted against its option's budget and the handshake's before its payload
+ * is read (OPTION_REPLY_BUDGET): a server cannot make us hold more than that.
  */
 import type { Duplex } from 'node:stream'
-import { HandshakeError } from '../../errors.ts'
+import { HandshakeError, ProtocolError } from '../../errors.ts'
 import { NBD_OPT, NBD_OPTION_REPLY_HEADER, NBD_REP } from '../../protocol/constants.ts'
 import { optionName } from '../../protocol/names.ts'
 import {
-  encodeOptionRequest, isErrorReply, parseOptionError, parseOptionReplyHeader, type OptionError
+  encodeOptionRequest, HANDSHAKE_REPLY_BYTES, isErrorReply, OPTION_REPLY_BUDGET, parseOptionError, parseOptionReplyHeader,
+  type OptionError
 } from '../../protocol/option.ts'
 import type { SocketReader } from '../../transport/socket-reader.ts'
 
@@ -20,6 +23,8 @@ export class OptionChannel {
   bytesWritten = 0
   /** The channel runs over TLS (STARTTLS succeeded). */
   tls = false
+  /** Option reply bytes received so far, headers included, over the whole handshake. */
+  replyBytes = 0
 
   constructor (socket: Duplex, reader: SocketReader) {
     this.socket = socket
@@ -43,8 +48,23 @@ export class OptionChannel {
    */
   async exchange (option: number, data: Buffer | undefined, onReply: (type: number, payload: Buffer) => void): Promise<OptionError | undefined> {
     this.send(encodeOptionRequest(option, data))
+    const budget = OPTION_REPLY_BUDGET[option] ?? { replies: 0, bytes: 0 }
+    let replies = 0
+    let bytes = 0
     for (;;) {
       const header = parseOptionReplyHeader(await this.read(NBD_OPTION_REPLY_HEADER, `reply to ${optionName(option)}`), option)
+      const size = NBD_OPTION_REPLY_HEADER + header.length
+      this.replyBytes += size
+      if (this.replyBytes > HANDSHAKE_REPLY_BYTES) {
+        throw new ProtocolError(`the server sent more than ${HANDSHAKE_REPLY_BYTES} bytes of option replies in one handshake`)
+      }
+      if (!isErrorReply(header.type) && header.type !== NBD_REP.ACK) {
+        replies++
+        bytes += size
+        if (replies > budget.replies || bytes > budget.bytes) {
+          throw new ProtocolError(`the server sent more than ${budget.replies} replies or ${budget.bytes} bytes in answer to ${optionName(option)}`)
+        }
+      }
       const payload = header.length === 0 ? EMPTY : await this.read(header.length, `${optionName(option)} reply data`)
       if (isErrorReply(header.type)) {
         const err = parseOptionError(header.type, payload)

@@ -1,0 +1,141 @@
+/**
+ * The few libc calls Node lacks, through koffi: socketpair(2) and recvmsg(2) with SCM_RIGHTS
+ * (fusermount3 hands the /dev/fuse descriptor back that way), and prctl(2). koffi is loaded on
+ * first use, synchronously, so a machine without it still runs everything that does not need
+ * these calls, and the one that does fails with a clear message.
+ */
+import { createRequire } from 'node:module'
+import { constants } from 'node:os'
+
+/** The parts of koffi used here (its own types would make it a static import). */
+interface Koffi {
+  load: (path: string) => { func: (signature: string) => (...args: unknown[]) => unknown }
+  alloc: (type: string, length: number) => unknown
+  free: (pointer: unknown) => void
+  view: (pointer: unknown, length: number) => ArrayBuffer
+  address: (pointer: unknown) => bigint
+  errno: () => number
+}
+
+interface Libc {
+  readonly koffi: Koffi
+  readonly socketpair: (domain: number, type: number, protocol: number, fds: Int32Array) => number
+  readonly recvmsg: (fd: number, msg: unknown, flags: number) => number
+  readonly close: (fd: number) => number
+  readonly prctl: (option: number, a: number, b: number, c: number, d: number) => number
+}
+
+export class NativeUnavailableError extends Error {
+  readonly code = 'NBDTS_NO_KOFFI'
+}
+
+let libc: Libc | Error | undefined
+
+function load (what: string): Libc {
+  if (libc === undefined) {
+    try {
+      const koffi = createRequire(import.meta.url)('koffi') as Koffi
+      const lib = koffi.load('libc.so.6')
+      libc = {
+        koffi,
+        socketpair: lib.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)') as Libc['socketpair'],
+        recvmsg: lib.func('intptr_t recvmsg(int sockfd, void *msg, int flags)') as Libc['recvmsg'],
+        close: lib.func('int close(int fd)') as Libc['close'],
+        prctl: lib.func('int prctl(int option, unsigned long a, unsigned long b, unsigned long c, unsigned long d)') as Libc['prctl']
+      }
+    } catch (err) {
+      libc = err as Error
+    }
+  }
+  if (libc instanceof Error) {
+    throw new NativeUnavailableError(`${what} needs the koffi package (npm install koffi), which could not be loaded: ${libc.message}`, { cause: libc })
+  }
+  return libc
+}
+
+function errnoError (call: string, errno: number): NodeJS.ErrnoException {
+  const name = Object.entries(constants.errno).find(([, value]) => value === errno)?.[0] ?? `errno ${errno}`
+  const err: NodeJS.ErrnoException = new Error(`${call}: ${name}`)
+  err.code = name
+  err.errno = -errno
+  return err
+}
+
+const AF_UNIX = 1
+export const SOCK_STREAM = 1
+export const SOCK_SEQPACKET = 5
+const SOCK_CLOEXEC = 0o2000000
+
+/** socketpair(AF_UNIX, type | SOCK_CLOEXEC): two connected descriptors. */
+export function socketPair (type: number, what = 'a socket pair'): [number, number] {
+  const c = load(what)
+  const fds = new Int32Array(2)
+  if (c.socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, fds) !== 0) throw errnoError('socketpair', c.koffi.errno())
+  return [fds[0]!, fds[1]!]
+}
+
+export function closeFd (fd: number): void {
+  load('close').close(fd)
+}
+
+const SOL_SOCKET = 1
+const SCM_RIGHTS = 1
+const MSG_CMSG_CLOEXEC = 0x40000000
+const MSGHDR = 56
+const CMSG_SPACE = 24
+const MSG_DONTWAIT = 0x40
+const EINTR = 4
+const EAGAIN = 11
+
+/**
+ * Receives one descriptor passed with SCM_RIGHTS (and the byte that carries it). With
+ * `dontWait`, never blocks (undefined when nothing is there); else blocks until a message
+ * comes. Returns undefined at end of stream (the sender closed without passing one).
+ *
+ *   struct msghdr (x86-64, arm64): name 0, namelen 8, iov 16, iovlen 24, control 32,
+ *   controllen 40, flags 48;  struct cmsghdr: len 0 (size_t), level 8, type 12, data 16
+ */
+export function receiveFd (socket: number, dontWait = false, what = 'receiving a descriptor'): number | undefined {
+  const c = load(what)
+  const k = c.koffi
+  const memory = k.alloc('uint8_t', MSGHDR + 16 + CMSG_SPACE + 8)
+  try {
+    const base = k.address(memory)
+    const view = new DataView(k.view(memory, MSGHDR + 16 + CMSG_SPACE + 8))
+    const iov = MSGHDR
+    const control = MSGHDR + 16
+    const byte = control + CMSG_SPACE
+    view.setBigUint64(iov, base + BigInt(byte), true)
+    view.setBigUint64(iov + 8, 1n, true)
+    view.setBigUint64(16, base + BigInt(iov), true)
+    view.setBigUint64(24, 1n, true)
+    view.setBigUint64(32, base + BigInt(control), true)
+    view.setBigUint64(40, BigInt(CMSG_SPACE), true)
+    let n: number
+    do {
+      n = Number(c.recvmsg(socket, memory, MSG_CMSG_CLOEXEC | (dontWait ? MSG_DONTWAIT : 0)))
+    } while (n < 0 && k.errno() === EINTR)
+    if (n < 0 && dontWait && k.errno() === EAGAIN) return undefined
+    if (n < 0) throw errnoError('recvmsg', k.errno())
+    if (n === 0) return undefined
+    const controlLength = Number(view.getBigUint64(40, true))
+    if (controlLength < 20 || view.getInt32(control + 8, true) !== SOL_SOCKET || view.getInt32(control + 12, true) !== SCM_RIGHTS) {
+      throw new Error('the helper sent no file descriptor')
+    }
+    return view.getInt32(control + 16, true)
+  } finally {
+    k.free(memory)
+  }
+}
+
+const PR_SET_IO_FLUSHER = 57
+
+/**
+ * PR_SET_IO_FLUSHER for the calling thread (and threads it starts later): memory reclaim in
+ * this process does not wait on the I/O it serves itself, so a loop device or filesystem over
+ * our own mount cannot deadlock it. Needs CAP_SYS_RESOURCE.
+ */
+export function setIoFlusher (): void {
+  const c = load('PR_SET_IO_FLUSHER')
+  if (c.prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) !== 0) throw errnoError('prctl(PR_SET_IO_FLUSHER)', c.koffi.errno())
+}
