@@ -129,11 +129,9 @@ describe('the mounted file', () => {
     }
   })
 
-  // The FUSE side aborts the interrupted WRITE's signal and answers EINTR at once; keeping the
-  // aborted write ordered until its reply arrives is the client's (the engine-trust issue).
-  test('a later write to the same offset wins over an interrupted one still on the wire', {
-    todo: 'passes once the client keeps an aborted write ordered until its life on the wire ends'
-  }, async () => {
+  // The FUSE side aborts the interrupted WRITE's signal and answers EINTR at once; the client
+  // keeps the aborted write ordered until its life on the wire ends.
+  test('a later write to the same offset wins over an interrupted one still on the wire', async () => {
     const log = path.join(dir, 'order.log')
     const s = await server('order', ['--filter=log', '--filter=delay', 'memory', '4M', 'delay-write=2', `logfile=${log}`])
     const m = await mounted(s.uri(), 'order.img')

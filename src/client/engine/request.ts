@@ -110,13 +110,13 @@ export class Request implements PayloadSink, ReplyTarget {
   answer (value: CommandResult): void {
     if (this.answered) return
     this.answered = true
-    this.#resolve!(value)
+    this.#resolve?.(value)
   }
 
   fail (err: unknown): void {
     if (this.answered) return
     this.answered = true
-    this.#reject!(err)
+    this.#reject?.(err)
   }
 
   /**
