@@ -114,6 +114,12 @@ export class ReadHook {
       this.#direct = false
       this.#lent = this.#poolBuffer()
     }
+    // Node installs the buffer we return only once its read callback returns cleanly: if
+    // anything queued for that tick throws (any code's nextTick, an unhandled rejection), the
+    // next read still goes into the previous buffer while we read from this one — silently
+    // wrong bytes. Installing it ourselves makes that impossible.
+    const handle = (this.#socket as unknown as { _handle?: UserBufferHandle | null } | null)?._handle
+    handle?.useUserBuffer?.(this.#lent)
     return this.#lent
   }
 

@@ -114,9 +114,13 @@ export class SocketReader {
     return this.#buffered >= n ? this.#takeNow(n) : undefined
   }
 
-  /** Resolves with exactly `n` bytes. `what` names them in the error if the stream ends first. */
+  /**
+   * Resolves with exactly `n` bytes. `what` names them in the error if the stream ends first.
+   * They are the caller's own (a copy): whoever awaits them may look at them after the socket
+   * has read again, when a view of a pool buffer could already hold other bytes.
+   */
   take (n: number, what: string): Promise<Buffer> {
-    if (this.#buffered >= n) return Promise.resolve(this.#takeNow(n))
+    if (this.#buffered >= n) return Promise.resolve(this.#takeOwned(n))
     if (this.#error !== null) return Promise.reject(this.#endedError(what, this.#buffered, n))
     this.#assertIdle()
     return new Promise<Buffer>((resolve, reject) => {
@@ -292,7 +296,7 @@ export class SocketReader {
     if (p.kind === 'take') {
       if (this.#buffered >= p.need) {
         this.#pending = null
-        p.resolve(this.#takeNow(p.need))
+        p.resolve(this.#takeOwned(p.need))
       }
       return
     }
@@ -335,6 +339,13 @@ export class SocketReader {
     const out = Buffer.allocUnsafe(n)
     this.#copyOut({ dest: out }, 0, n)
     return out
+  }
+
+  /** `n` bytes in a buffer of their own (a view only of a chunk that is not pooled). */
+  #takeOwned (n: number): Buffer {
+    const source = this.#sources[0]
+    const bytes = this.#takeNow(n)
+    return source === null || source === undefined ? bytes : Buffer.from(bytes)
   }
 
   #consume (n: number): void {

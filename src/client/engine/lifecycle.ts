@@ -79,8 +79,14 @@ export class Lifecycle {
   }
 
   static #announce (this: void, lifecycle: Lifecycle, change: StateChange): void {
-    if (stateChannel.hasSubscribers) stateChannel.publish({ label: lifecycle.#label, ...change })
-    lifecycle.#deliver(change)
+    try {
+      if (stateChannel.hasSubscribers) stateChannel.publish({ label: lifecycle.#label, ...change })
+      lifecycle.#deliver(change)
+    } catch (err) {
+      // A listener's bug is the listener's: reported as an uncaught exception from a microtask
+      // of its own, so nothing else queued in this tick (the engine's own work) is held up.
+      queueMicrotask(() => { throw err })
+    }
   }
 }
 
