@@ -46,6 +46,8 @@ export class Connector {
   #sleepUntil = 0
   #sleepWake: (() => void) | null = null
   #watcher: FSWatcher | null = null
+  /** The socket file just (re)appeared: the server may need a moment to listen on it. */
+  #justAppeared = false
   #lastError: Error | null = null
   attempts = 0
 
@@ -88,7 +90,7 @@ export class Connector {
   /** Requests started waiting: a long back-off sleep is cut to the dense delay. */
   hurry (): void {
     if (this.#sleepTimer === null) return
-    const dense = backoffDelay(this.#failures, this.#options.backoff, true)
+    const dense = backoffDelay(this.#failures, this.#backoff(), true)
     if (this.#sleepUntil - performance.now() > dense) this.#arm(dense)
   }
 
@@ -157,7 +159,18 @@ export class Connector {
   }
 
   #delay (): number {
-    return backoffDelay(Math.max(1, this.#failures), this.#options.backoff, this.#options.waiting?.() === true)
+    if (this.#justAppeared) {
+      // A socket file bound but not yet listened on refuses us: look again very soon.
+      this.#justAppeared = false
+      return 10
+    }
+    return backoffDelay(Math.max(1, this.#failures), this.#backoff(), this.#options.waiting?.() === true)
+  }
+
+  /** The back-off options, with the dense delay defaulting by transport (see BackoffOptions). */
+  #backoff (): BackoffOptions {
+    const backoff = this.#options.backoff
+    return { ...backoff, waitingMs: backoff?.waitingMs ?? (this.#options.watchPath !== undefined ? 50 : 200) }
   }
 
   /** While sleeping between attempts, a Unix socket file that (re)appears wakes us. */
@@ -167,7 +180,9 @@ export class Connector {
     const base = path.basename(target)
     try {
       this.#watcher = watch(path.dirname(target), { persistent: false }, (_event, name) => {
-        if (name === null || name === base) this.#wakeUp()
+        if (name !== null && name !== base) return
+        this.#justAppeared = true
+        this.#wakeUp()
       })
       this.#watcher.on('error', () => { this.#unwatch() })
     } catch {
