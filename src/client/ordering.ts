@@ -70,11 +70,6 @@ export class Ordering {
     return this.#ranges
   }
 
-  /** Bytes of acknowledged, unflushed writes held for a replay. */
-  get logBytes (): number {
-    return this.#log.bytes
-  }
-
   /**
    * Sends a write-like command through `engine`, in order. `locked`: the caller already holds
    * its range (a read-modify-write holds the widened range across read and write-back) and

@@ -7,13 +7,14 @@
  * least loaded: light traffic stays on one socket, where one wake-up often brings several
  * replies; heavy traffic spreads over all of them. Connections are numbered from 1.
  */
-import { NotSupportedError } from '../errors.ts'
+import { NotSupportedError, ServerChangedError } from '../errors.ts'
 import { NBD_FLAG } from '../protocol/constants.ts'
 import { establish } from '../connector/connection.ts'
 import { ClientStats, type StatsSnapshot } from '../stats/client-stats.ts'
 import { Engine, type Recover } from './engine/engine.ts'
 import type { NbdClientState } from './engine/lifecycle.ts'
 import type { ResolvedOptions } from './options.ts'
+import { checkReconnectedExport } from './reconnect-check.ts'
 
 /** `connections: 'auto'` with a server that allows multi-conn (nbdfuse's and nbdcopy's default too). */
 const AUTO_CONNECTIONS = 4
@@ -78,9 +79,12 @@ export class EnginePool {
       Array.from({ length: connections - 1 }, (_, i) => open(`connection ${i + 2}`)))
     const engines = [first, ...rest.flatMap((r) => r.status === 'fulfilled' ? [r.value] : [])]
     const failed = rest.find((r) => r.status === 'rejected')
-    if (failed !== undefined) {
+    // Every connection must be to the export the first one found (TLS included): the same
+    // identity check as a reconnect.
+    const problem = failed === undefined ? engines.slice(1).map((e) => checkReconnectedExport(first.info, e.info)).find((p) => p !== undefined) : undefined
+    if (failed !== undefined || problem !== undefined) {
       await Promise.all(engines.map((e) => e.close()))
-      throw failed.reason
+      throw failed !== undefined ? failed.reason : new ServerChangedError(`another connection to the server found a different export: ${problem}`)
     }
     return new EnginePool(engines)
   }

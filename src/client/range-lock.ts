@@ -30,10 +30,6 @@ export class RangeLock {
     return this.#held.size
   }
 
-  get waiting (): number {
-    return this.#queue.length
-  }
-
   /** The range if it can be held at once (nothing overlapping is held or waiting), else undefined. */
   tryAcquire (start: bigint, end: bigint): HeldRange | undefined {
     const range = { start, end }

@@ -125,8 +125,6 @@ export interface StatusRange {
   readonly length: number
   /** Bytes of the first block before the caller's offset. */
   readonly skip: number
-  /** The unaligned export tail that no request may reach: [tailStart, size). */
-  readonly tailStart: bigint | undefined
 }
 
 /**
@@ -139,11 +137,10 @@ export function statusRange (start: bigint, length: number, block: bigint, size:
   const first = alignDown(start, block)
   const skip = Number(start - first)
   const reachable = alignDown(size, block)
-  const tailStart = reachable < size ? reachable : undefined
   let end = alignUp(start + BigInt(length), block)
   if (end > reachable) end = reachable
   const want = end > first ? Number(end - first) : 0
-  return { first, length: Math.min(want, max - (max % Number(block))), skip, tailStart }
+  return { first, length: Math.min(want, max - (max % Number(block))), skip }
 }
 
 /** Drops the first `skip` bytes of a status chunk and keeps at most `length` bytes. */

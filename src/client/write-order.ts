@@ -28,11 +28,6 @@ export class WriteOrder {
     granted: (kind) => { this.#enter(kind) }
   })
 
-  /** Write-like requests and flushes admitted and not done on the wire; and who waits. */
-  get active (): { writes: number, flushes: number, waiting: number } {
-    return { writes: this.#writes, flushes: this.#flushes, waiting: this.#queue.length }
-  }
-
   /** Admits at once (returns undefined), or returns the wait. Pair every admission with leave(). */
   enter (kind: OrderKind, signal?: AbortSignal): Promise<void> | undefined {
     if (this.#queue.length === 0 && this.#fits(kind)) {

@@ -29,8 +29,29 @@ export type Establish = (signal: AbortSignal) => Promise<Connection>
 
 /** Connects and negotiates once. Every failure closes the socket it opened. */
 export async function establish (options: EstablishOptions, signal?: AbortSignal): Promise<Connection> {
-  const deadline = linkedSignal([signal], options.handshakeTimeout,
-    () => new TimeoutError(`no complete NBD handshake within ${options.handshakeTimeout} ms`))
+  return await withHandshake(options, signal, `no complete NBD handshake within ${options.handshakeTimeout} ms`, true, async (ch, deadline) => {
+    const info = await negotiate(ch, options, deadline)
+    return { socket: ch.socket, reader: ch.reader, info }
+  })
+}
+
+export interface HandshakeOptions {
+  readonly open: OpenSocket
+  /** Bound on connect + handshake, ms (0 = none). */
+  readonly handshakeTimeout: number
+}
+
+/**
+ * The one handshake driver (establish and listExports): opens the byte stream and runs `body`
+ * on its option channel within one deadline. A server that refused something is left
+ * politely (NBD_OPT_ABORT); a protocol violation or a dead stream gets a hard close. `keep`:
+ * the socket stays open after `body` succeeds (for transmission); otherwise it is closed.
+ */
+export async function withHandshake<T> (
+  options: HandshakeOptions, signal: AbortSignal | undefined, timeoutMessage: string, keep: boolean,
+  body: (ch: OptionChannel, deadline: AbortSignal) => Promise<T>
+): Promise<T> {
+  const deadline = linkedSignal([signal], options.handshakeTimeout, () => new TimeoutError(timeoutMessage))
   let socket: Duplex | undefined
   let ch: OptionChannel | undefined
   const onAbort = (): void => {
@@ -44,11 +65,10 @@ export async function establish (options: EstablishOptions, signal?: AbortSignal
     ch = new OptionChannel(socket, new SocketReader(socket))
     if (deadline.signal.aborted) onAbort()
     try {
-      const info = await negotiate(ch, options, deadline.signal)
-      return { socket: ch.socket, reader: ch.reader, info }
+      const value = await body(ch, deadline.signal)
+      if (!keep) ch.socket.destroy()
+      return value
     } catch (err) {
-      // The server refused something: leave politely. A protocol violation or a dead stream
-      // gets a hard close instead.
       if (err instanceof HandshakeError && !deadline.signal.aborted) await optAbort(ch)
       throw err
     }

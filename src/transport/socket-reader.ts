@@ -46,7 +46,6 @@ type Pending =
   | { kind: 'fill', need: number, resolve: () => void, reject: (err: Error) => void, what: string }
   | { kind: 'into', sink: PayloadSink, at: number, remaining: number, total: number, resolve: () => void, reject: (err: Error) => void, what: string }
 
-const DISCARD: PayloadSink = { dest: null }
 
 export class SocketReader {
   readonly #socket: Duplex
@@ -168,10 +167,6 @@ export class SocketReader {
       this.#pending = { kind: 'into', sink, at: at + copied, remaining: n - copied, total: n, resolve, reject, what }
       this.#updateFlow()
     })
-  }
-
-  skip (n: number, what: string): Promise<void> | undefined {
-    return this.readInto(DISCARD, 0, n, what)
   }
 
   /**

@@ -1,27 +1,3 @@
-import { AbortedError } from '../errors.ts'
-
-/**
- * Races `promise` against `signal`: rejects with AbortedError as soon as the signal fires, and
- * removes its listener either way so long-lived signals do not collect listeners.
- */
-export function raceAbort<T> (promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (signal === undefined) return promise
-  if (signal.aborted) {
-    promise.catch(() => {})
-    return Promise.reject(new AbortedError(signal.reason))
-  }
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => {
-      reject(new AbortedError(signal.reason))
-    }
-    signal.addEventListener('abort', onAbort, { once: true })
-    promise.then(
-      (value) => { signal.removeEventListener('abort', onAbort); resolve(value) },
-      (err: unknown) => { signal.removeEventListener('abort', onAbort); reject(err) }
-    )
-  })
-}
-
 /**
  * A signal that fires when any of `signals` fires, or after `ms` milliseconds (0 = never).
  * `dispose` clears the timer and listeners: call it on every exit so nothing outlives the

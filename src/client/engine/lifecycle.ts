@@ -114,10 +114,6 @@ export class Outage {
     return this.#queue.length
   }
 
-  get active (): boolean {
-    return this.since >= 0
-  }
-
   /**
    * A new outage of `delay` ms. `onDeadline` runs when it passes (the engine goes
    * CONNECTING_NOWAIT); `error` is what expired waiters get.

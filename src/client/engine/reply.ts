@@ -192,8 +192,9 @@ export class Reply {
   verify (): void {
     const req = this.#req
     if (this.serverError !== undefined) return
-    if (req.type === NBD_CMD.READ && this.#structured && !this.#whole && this.#assembly?.complete !== true) {
-      throw new ProtocolError(`READ reply ended with DONE but without data for every byte of ${req.offset}+${req.length}`)
+    if (req.type === NBD_CMD.READ && this.#structured && !this.#whole) {
+      const problem = this.#assembly === undefined ? 'no data' : this.#assembly.problem
+      if (problem !== undefined) throw new ProtocolError(`READ reply for ${req.offset}+${req.length} ended with DONE without data for every byte: ${problem}`)
     }
   }
 

@@ -55,38 +55,55 @@ export interface NegotiateOptions {
   readonly tls?: NegotiateTls | undefined
 }
 
+/** What the greeting said, which the options that follow depend on. */
+export interface Greeting {
+  readonly fixedNewstyle: boolean
+  readonly noZeroes: boolean
+}
+
+/** The export's handshake, whole: the opening (greeting, STARTTLS), then its options. */
 export async function negotiate (ch: OptionChannel, options: NegotiateOptions, signal: AbortSignal): Promise<ExportInfo> {
-  const handshake = await greet(ch)
-  const tls = options.tls
-  if (tls !== undefined && handshake.fixedNewstyle) {
-    if (await optStartTls(ch, tls.mode, tls.credentials, signal)) return await afterTls(ch, options, handshake.noZeroes)
-  } else if (tls?.mode === 'require') {
-    throw new TlsError('TLS is required, but the server is not fixed-newstyle, so it cannot do STARTTLS')
-  }
-  return await negotiateOptions(ch, options, handshake)
+  const greeting = await openHandshake(ch, options.tls, signal)
+  return await afterTls(ch, options.tls, () => negotiateOptions(ch, options, greeting))
 }
 
 /**
- * Under TLS 1.3 a server that rejects our certificate (or wants one we did not send) only says
- * so after the handshake, by closing: the first reply never comes. That is a TLS failure.
+ * What every handshake starts with, whatever it is for (an export, a list): the greeting,
+ * then STARTTLS when TLS is asked for, so that nothing else is ever sent in clear.
  */
-async function afterTls (ch: OptionChannel, options: NegotiateOptions, noZeroes: boolean): Promise<ExportInfo> {
+export async function openHandshake (ch: OptionChannel, tls: NegotiateTls | undefined, signal: AbortSignal): Promise<Greeting> {
+  const greeting = await greet(ch)
+  if (tls !== undefined && greeting.fixedNewstyle) {
+    await optStartTls(ch, tls.mode, tls.credentials, signal)
+  } else if (tls?.mode === 'require') {
+    throw new TlsError('TLS is required, but the server is not fixed-newstyle, so it cannot do STARTTLS')
+  }
+  return greeting
+}
+
+/**
+ * Runs the options after STARTTLS. Under TLS 1.3 a server that rejects our certificate (or
+ * wants one we did not send) only says so after the handshake, by closing: the first reply
+ * never comes. That is a TLS failure.
+ */
+export async function afterTls<T> (ch: OptionChannel, tls: NegotiateTls | undefined, run: () => Promise<T>): Promise<T> {
+  if (!ch.tls) return await run()
   const before = ch.reader.bytesRead
   try {
-    return await negotiateOptions(ch, options, { fixedNewstyle: true, noZeroes })
+    return await run()
   } catch (err) {
     if (err instanceof ConnectionError && ch.reader.bytesRead === before) {
-      throw new TlsError(`the server closed the TLS connection before answering anything: it probably refused our client certificate (or the lack of one) (${options.tls!.credentials.description})`, { cause: err })
+      throw new TlsError(`the server closed the TLS connection before answering anything: it probably refused our client certificate (or the lack of one) (${tls!.credentials.description})`, { cause: err })
     }
     throw err
   }
 }
 
-async function negotiateOptions (ch: OptionChannel, options: NegotiateOptions, handshake: { fixedNewstyle: boolean, noZeroes: boolean }): Promise<ExportInfo> {
+async function negotiateOptions (ch: OptionChannel, options: NegotiateOptions, handshake: Greeting): Promise<ExportInfo> {
   const { exportName } = options
   if (!handshake.fixedNewstyle) {
     const reply = await optExportName(ch, exportName, handshake.noZeroes)
-    return exportInfo(options, 'newstyle', 'simple', new Map(), {
+    return exportInfo(options.exportName, 'newstyle', 'simple', new Map(), {
       size: reply.size, flags: reply.flags, canonicalName: undefined, description: undefined, blockSize: undefined
     })
   }
@@ -103,7 +120,7 @@ async function negotiateOptions (ch: OptionChannel, options: NegotiateOptions, h
     : new Map<number, string>()
 
   const go = await optInfoOrGo(ch, NBD_OPT.GO, exportName)
-  if (go !== 'unsupported') return { ...exportInfo(options, 'newstyle-fixed', mode, contexts, go, ch.tls), availableContexts: available }
+  if (go !== 'unsupported') return { ...exportInfo(exportName, 'newstyle-fixed', mode, contexts, go, ch.tls), availableContexts: available }
 
   if (mode === 'extended') {
     // A server that acked extended headers MUST support GO; EXPORT_NAME is then forbidden.
@@ -111,15 +128,16 @@ async function negotiateOptions (ch: OptionChannel, options: NegotiateOptions, h
   }
   const reply = await optExportName(ch, exportName, handshake.noZeroes)
   return {
-    ...exportInfo(options, 'newstyle-fixed', mode, contexts, {
+    ...exportInfo(exportName, 'newstyle-fixed', mode, contexts, {
       size: reply.size, flags: reply.flags, canonicalName: undefined, description: undefined, blockSize: undefined
     }, ch.tls),
     availableContexts: available
   }
 }
 
-function exportInfo (
-  options: NegotiateOptions,
+/** What the handshake learnt, checked: every export, opened or listed, goes through here. */
+export function exportInfo (
+  exportName: string,
   protocol: ExportInfo['protocol'],
   mode: ReplyMode,
   contexts: Map<number, string>,
@@ -131,7 +149,7 @@ function exportInfo (
     throw new ProtocolError(`export size ${go.size} is above 2^63 - 1`)
   }
   return {
-    exportName: options.exportName,
+    exportName,
     canonicalName: go.canonicalName,
     description: go.description,
     size: go.size,

@@ -4,7 +4,7 @@
  * name and the description. Replies may come in any order (qemu sends NBD_INFO_EXPORT last),
  * may include info we did not ask for, and unknown info types are ignored.
  */
-import { HandshakeError, ProtocolError } from '../../errors.ts'
+import { ProtocolError } from '../../errors.ts'
 import { NBD_INFO, NBD_OPT, NBD_REP } from '../../protocol/constants.ts'
 import { encodeInfoRequest, parseInfoReply, type BlockSizeConstraints } from '../../protocol/info.ts'
 import { optionName } from '../../protocol/names.ts'
@@ -59,11 +59,4 @@ export async function optInfoOrGo (ch: OptionChannel, option: typeof NBD_OPT.GO 
     throw new ProtocolError(`${optionName(option)} succeeded without NBD_INFO_EXPORT`)
   }
   return { ...exported, canonicalName, description, blockSize }
-}
-
-export function assertGoSupported (result: GoResult | 'unsupported'): GoResult {
-  if (result === 'unsupported') {
-    throw new HandshakeError('the server does not support NBD_OPT_GO/NBD_OPT_INFO', { option: 'NBD_OPT_GO', reply: 'NBD_REP_ERR_UNSUP' })
-  }
-  return result
 }
