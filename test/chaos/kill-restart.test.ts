@@ -5,13 +5,14 @@
  * nothing acknowledged may be lost.
  */
 import assert from 'node:assert/strict'
-import { randomBytes, randomInt } from 'node:crypto'
+import { randomInt } from 'node:crypto'
 import { readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { after, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { NbdClient } from '../../src/index.ts'
 import { within } from '../helpers/assert.ts'
+import { writeVerifyLoad } from '../helpers/load.ts'
 import { mountExport } from '../helpers/mounts.ts'
 import { run, startNbdkit, tempDir, type RunningServer } from '../helpers/servers.ts'
 
@@ -41,26 +42,12 @@ describe('kill -9 / restart cycles under load', () => {
     const client = await NbdClient.connect(server.uri(), { maxInFlight: 32, reconnectDelay: 20_000 })
     const model = Buffer.alloc(16 * MiB)
     let stop = false
-    let ops = 0
-    const workers = 32
-    const region = model.length / workers
-    const load = Promise.all(Array.from({ length: workers }, async (_, w) => {
-      while (!stop) {
-        const offset = w * region + randomInt(region - 20_000)
-        const data = randomBytes(1 + randomInt(16_384))
-        await client.write(data, offset)
-        data.copy(model, offset)
-        const back = await client.read(offset, data.length)
-        assert.ok(back.equals(data), `read-back at ${offset}+${data.length}`)
-        if (randomInt(50) === 0) await client.flush()
-        ops++
-      }
-    }))
+    const load = writeVerifyLoad(client, model, () => stop, { workers: 32, maxWrite: 16_384, flushEvery: 50 })
     load.catch(() => {})
     await chaos(server)
     stop = true
-    await within(load, 30_000, 'the load')
-    assert.ok(ops > 200, `the load ran (${ops} write + verify rounds)`)
+    const rounds = await within(load, 30_000, 'the load')
+    assert.ok(rounds > 200, `the load ran (${rounds} write + verify rounds)`)
     assert.ok(client.stats.reconnects >= CYCLES, `reconnected after each crash (${client.stats.reconnects})`)
     assert.equal(client.stats.failedByDelay, 0)
     await client.flush()

@@ -6,24 +6,16 @@
  * vouches for them; aborted requests keep their slots only while their server may still answer.
  */
 import assert from 'node:assert/strict'
-import { chmodSync, readFileSync, writeFileSync } from 'node:fs'
+import { chmodSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
-import { after, describe, test } from 'node:test'
+import { describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { NbdClient } from '../../src/index.ts'
 import { handled, rejectsWithCode, within } from '../helpers/assert.ts'
-import { run, startNbdkit, tempDir, type RunningServer } from '../helpers/servers.ts'
+import { run, testScene, type RunningServer } from '../helpers/servers.ts'
 
-const dir = tempDir()
-const stops: Array<() => Promise<void>> = []
-after(async () => { await Promise.all(stops.map((s) => s())) })
+const { dir, nbdkit } = testScene()
 const fastBackoff = { initialMs: 50, maxMs: 250 }
-
-async function nbdkit (name: string, args: string[]): Promise<RunningServer> {
-  const server = await startNbdkit(dir, args, name)
-  stops.push(() => server.stop('SIGKILL'))
-  return server
-}
 
 /** The log filter's data commands in order, as "Write 0" (sent) and "...Write 0" (finished). */
 function logged (file: string): string[] {
@@ -35,6 +27,13 @@ function logged (file: string): string[] {
     if (m[5] !== undefined) offsets.set(key, Number.parseInt(m[5], 16))
     return [`${m[2] ?? ''}${m[3]} ${offsets.get(key) ?? 0}`]
   })
+}
+
+/** SIGSTOP, and wait until every thread of the server is stopped (state T in /proc). */
+async function stopServer (pid: number): Promise<void> {
+  process.kill(pid, 'SIGSTOP')
+  const stopped = (): boolean => readdirSync(`/proc/${pid}/task`).every((t) => / T /.test(readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8').replace(/^.*\) /, ' ')))
+  for (let i = 0; i < 200 && !stopped(); i++) await sleep(5)
 }
 
 async function contents (server: RunningServer, offset: number, length: number): Promise<Buffer> {
@@ -184,7 +183,7 @@ describe('aborted requests and their slots', () => {
   test('requestTimeout 0: a stopped server keeps aborted requests in their slots; new ones wait, bounded by their own signal', async () => {
     const server = await nbdkit('stopped', ['memory', '1M'])
     const client = await NbdClient.connect(server.uri(), { maxInFlight: 2, requestTimeout: 0 })
-    process.kill(server.pid, 'SIGSTOP')
+    await stopServer(server.pid)
     try {
       const acs = [new AbortController(), new AbortController()]
       const reads = acs.map((ac, i) => handled(client.read(i * 512, 512, { signal: ac.signal })))
@@ -204,7 +203,7 @@ describe('aborted requests and their slots', () => {
   test('requestTimeout 1000: the same stopped server is declared dead; its slots are freed when the drain gives up', async () => {
     const server = await nbdkit('stopped2', ['memory', '1M'])
     const client = await NbdClient.connect(server.uri(), { maxInFlight: 2, requestTimeout: 1000, reconnectDelay: 0, backoff: fastBackoff })
-    process.kill(server.pid, 'SIGSTOP')
+    await stopServer(server.pid)
     let later: Promise<Buffer>
     try {
       const reads = [0, 1].map((i) => handled(client.read(i * 512, 512)))

@@ -6,25 +6,17 @@ import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { readFileSync, truncateSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
-import { after, describe, test } from 'node:test'
+import { describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { NbdClient } from '../../src/index.ts'
 import { NBD_STATE_HOLE } from '../../src/protocol/constants.ts'
 import { handled, rejectsWithCode, within } from '../helpers/assert.ts'
 import { nbdts } from '../helpers/cli.ts'
 import { FakeServer } from '../helpers/fake-server.ts'
-import { startNbdkit, tempDir, type RunningServer } from '../helpers/servers.ts'
+import { testScene } from '../helpers/servers.ts'
 
-const dir = tempDir()
-const stops: Array<() => Promise<void>> = []
-after(async () => { await Promise.all(stops.map((s) => s())) })
+const { dir, nbdkit, defer } = testScene()
 const fastBackoff = { initialMs: 50, maxMs: 250 }
-
-async function nbdkit (name: string, args: string[]): Promise<RunningServer> {
-  const server = await startNbdkit(dir, args, name)
-  stops.push(() => server.stop('SIGKILL'))
-  return server
-}
 
 describe('retries end', () => {
   test('a write slower than requestTimeout on a live server completes once, without reconnects', async () => {
@@ -46,7 +38,7 @@ describe('retries end', () => {
       await peer.readRequest()
       peer.destroy()
     })
-    stops.push(() => server.close())
+    defer(() => server.close())
     const client = await NbdClient.connect(server.uri(), { reconnectDelay: 2000, backoff: fastBackoff })
     const started = Date.now()
     await rejectsWithCode(client.read(0, 512), 'NBD_ERR_RECONNECT_DELAY', 6000)
@@ -61,7 +53,7 @@ describe('retries end', () => {
     // Each connection answers the handshake, then dies on the first request; the server is
     // up again at once, so every reconnect "succeeds" — and must not restart the clock.
     const server = await FakeServer.start(async (peer) => { await peer.negotiate(); await peer.readRequest(); peer.destroy() })
-    stops.push(() => server.close())
+    defer(() => server.close())
     const client = await NbdClient.connect(server.uri(), { reconnectDelay: 1500, backoff: fastBackoff })
     const started = Date.now()
     await rejectsWithCode(client.write(Buffer.alloc(512), 0), 'NBD_ERR_RECONNECT_DELAY', 5000)

@@ -4,7 +4,7 @@
  * a server that shuts down politely (ESHUTDOWN), and the open timeout.
  */
 import assert from 'node:assert/strict'
-import { randomBytes, randomInt } from 'node:crypto'
+import { randomInt } from 'node:crypto'
 import { readFileSync, writeFileSync } from 'node:fs'
 import diagnostics from 'node:diagnostics_channel'
 import path from 'node:path'
@@ -13,6 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { NbdClient, stateChannel, type NbdClientState } from '../../src/index.ts'
 import { liveHandles, rejectsWithCode, within, handled } from '../helpers/assert.ts'
 import { FakeServer } from '../helpers/fake-server.ts'
+import { writeVerifyLoad } from '../helpers/load.ts'
 import { NBD_CMD } from '../../src/protocol/constants.ts'
 import { run, startNbdkit, tcpPort, tempDir, type RunningServer } from '../helpers/servers.ts'
 
@@ -29,27 +30,6 @@ async function fileServer (name: string, size: number, options: { tcp?: number, 
   const server = await startNbdkit(dir, args, name, options.tcp === undefined ? {} : { tcp: options.tcp })
   stops.push(() => server.stop('SIGKILL'))
   return { server, disk }
-}
-
-/**
- * 64 workers, each owning a region: write random bytes, then read them back and compare, over
- * and over until `until()` says stop. A write is only copied into the model once acknowledged.
- */
-function writeVerifyLoad (client: NbdClient, model: Buffer, until: () => boolean): Promise<number> {
-  const workers = 64
-  const region = model.length / workers
-  let ops = 0
-  return Promise.all(Array.from({ length: workers }, async (_, w) => {
-    while (!until()) {
-      const offset = w * region + randomInt(region - 40_000)
-      const data = randomBytes(1 + randomInt(32_768))
-      await client.write(data, offset)
-      data.copy(model, offset)
-      const back = await client.read(offset, data.length)
-      assert.ok(back.equals(data), `read-back at ${offset}+${data.length}`)
-      ops += 2
-    }
-  })).then(() => ops)
 }
 
 describe('reconnect', () => {
@@ -69,8 +49,8 @@ describe('reconnect', () => {
       while (client.state !== 'CONNECTED') await sleep(20)
       await sleep(700)
       stop = true
-      const ops = await within(load, 30_000, 'the load')
-      assert.ok(ops > 500, `load ran (${ops} operations)`)
+      const rounds = await within(load, 30_000, 'the load')
+      assert.ok(rounds > 250, `load ran (${rounds} write + verify rounds)`)
       assert.deepEqual(states, ['CONNECTING_WAIT', 'CONNECTED'])
       const stats = client.stats
       assert.equal(stats.reconnects, 1)

@@ -10,6 +10,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import net from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { after } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 
 const started = new Set<number>()
@@ -185,6 +186,25 @@ export async function startNbdServer (dir: string, exports: Record<string, Recor
       started.delete(pid)
     },
     restart: start
+  }
+}
+
+/**
+ * A test file's scene: a private directory, `nbdkit(name, args)` to start servers there, and
+ * `defer(fn)` for any other cleanup; everything is stopped after the file's last test.
+ */
+export function testScene (): { dir: string, nbdkit: (name: string, args: string[]) => Promise<RunningServer>, defer: (fn: () => Promise<void>) => void } {
+  const dir = tempDir()
+  const cleanups: Array<() => Promise<void>> = []
+  after(async () => { await Promise.all(cleanups.map((c) => c().catch(() => {}))) })
+  return {
+    dir,
+    nbdkit: async (name, args) => {
+      const server = await startNbdkit(dir, args, name)
+      cleanups.push(() => server.stop('SIGKILL'))
+      return server
+    },
+    defer: (fn) => { cleanups.push(fn) }
   }
 }
 
