@@ -108,9 +108,13 @@ export class Ordering {
       release()
       return
     }
+    if (this.#log.limit > 0 && command.length > this.#log.limit / 4) {
+      // Too big to keep a copy of: made durable before its caller hears (a FLUSH sent after it).
+      return this.#flushEarly(true).catch(() => { this.#log.lose() }).finally(release)
+    }
     if (this.#log.record(command.offset, kindOf(command), command.length, command.payload)) {
       release()
-      this.#maybeFlushEarly()
+      if (this.#log.wantsFlush) this.#flushEarly(false).catch(() => {})
       return
     }
     // The ring is full: the caller's answer waits until a FLUSH frees room (payload still valid).
@@ -118,24 +122,34 @@ export class Ordering {
   }
 
   async #recordLater (command: Command): Promise<void> {
-    this.#maybeFlushEarly(true)
     for (let tries = 0; tries < 3; tries++) {
-      await this.#log.room()
+      await this.#flushEarly(tries > 0).catch(() => {})
       if (this.#log.record(command.offset, kindOf(command), command.length, command.payload)) return
-      this.#maybeFlushEarly(true)
     }
     this.#log.lose()
   }
 
-  /** A FLUSH in the background when half the log is taken: it covers what was acknowledged. */
-  #maybeFlushEarly (force = false): void {
-    if (this.#backgroundFlush !== null || this.#flushEngine === null || (!force && !this.#log.wantsFlush)) return
+  /**
+   * A FLUSH in the background (not a barrier: it covers what was acknowledged before it was
+   * sent, and writes go on meanwhile). Joins the one on its way unless `fresh` asks for one
+   * sent from now on (the write it must cover was acknowledged after the other left).
+   */
+  async #flushEarly (fresh: boolean): Promise<void> {
+    if (this.#backgroundFlush !== null) {
+      if (!fresh) return await this.#backgroundFlush
+      await this.#backgroundFlush.catch(() => {})
+      if (this.#backgroundFlush !== null) return await this.#flushEarly(true)
+    }
     const marker = this.#log.flushSent()
-    const engine = this.#flushEngine()
-    this.#backgroundFlush = engine.submit({ type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }, undefined, { beforeSend: this.#atGate }).then(
-      () => { this.#flushDone(marker) },
-      () => { this.#log.flushFailed() }
-    ).finally(() => { this.#backgroundFlush = null })
+    const engine = this.#flushEngine!()
+    const flush = engine.submit({ type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }, undefined, { beforeSend: this.#atGate })
+      .then(() => { this.#flushDone(marker) })
+    this.#backgroundFlush = flush
+    try {
+      await flush
+    } finally {
+      if (this.#backgroundFlush === flush) this.#backgroundFlush = null
+    }
   }
 
   /** FLUSH as a barrier: after every earlier write's life on the wire, before every later one. */
@@ -143,15 +157,10 @@ export class Ordering {
     const entering = this.#order.enter('flush', signal)
     if (entering !== undefined) await entering
     const marker = this.#log.flushSent()
-    try {
-      await engine.submit({ type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }, signal, {
-        beforeSend: this.#atGate,
-        settled: () => { this.#order.leave('flush') }
-      })
-    } catch (err) {
-      this.#log.flushFailed()
-      throw err
-    }
+    await engine.submit({ type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }, signal, {
+      beforeSend: this.#atGate,
+      settled: () => { this.#order.leave('flush') }
+    })
     this.#flushDone(marker)
     // A reconnect while it was on its way (it was then sent again after the replay) counts too.
     if (this.#lost) {

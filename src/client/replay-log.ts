@@ -14,7 +14,8 @@
  *   write granted ─► supersede(range)                   a newer write owns the range now
  *   FLUSH sent ────► marker = flushSent()               covers records up to the marker
  *   FLUSH acked ───► flushDone(marker)                  their space is free again
- *   half full ─────► the client sends a FLUSH early, in the background
+ *   half full ─────► the client sends a FLUSH early, in the background (when full, the
+ *                    acknowledgement waits for it)
  *   reconnect ─────► pieces() replayed before anything else on the new connection
  *
  * Records are kept in acknowledgement order in a ring buffer (no allocation per write, no
@@ -66,12 +67,16 @@ export class ReplayLog {
   #complete: boolean
   /** When the log stopped covering everything: a FLUSH sent after it makes it whole again. */
   #lostGen = -1
-  #spaceWaiters: Array<() => void> = []
 
   /** `limit`: bytes of write payload kept at most (0 keeps nothing). */
   constructor (limit: number) {
     this.#limit = limit
     this.#complete = limit > 0
+  }
+
+  /** The ring's size in bytes. */
+  get limit (): number {
+    return this.#limit
   }
 
   /** Every acknowledged, unflushed write is in the log. */
@@ -105,7 +110,7 @@ export class ReplayLog {
 
   /**
    * Records an acknowledged write (a copy of `data`), zero or trim. Returns false when the ring
-   * has no room: wait for room() (a FLUSH frees it) and try again, or give up with lose().
+   * has no room: a FLUSH frees it (try again after one), or give up with lose().
    */
   record (start: bigint, kind: PieceKind, length: number, data?: Uint8Array): boolean {
     if (!this.#complete) {
@@ -131,17 +136,11 @@ export class ReplayLog {
     return true
   }
 
-  /** Resolves once a FLUSH has freed room (or the log gave up). */
-  room (): Promise<void> {
-    return new Promise((resolve) => { this.#spaceWaiters.push(resolve) })
-  }
-
   /** A write could not be kept: from now on the log no longer covers everything. */
   lose (): void {
     this.#ackedGen = this.#gen
     this.#complete = false
     this.#lostGen = this.#gen
-    this.#wakeSpaceWaiters()
   }
 
   /** A FLUSH is being sent; returns its marker for flushDone(). */
@@ -169,12 +168,6 @@ export class ReplayLog {
         this.#first = 0
       }
     }
-    this.#wakeSpaceWaiters()
-  }
-
-  /** A failed FLUSH: what waits for room is told to give up (the server is in trouble). */
-  flushFailed (): void {
-    this.#wakeSpaceWaiters()
   }
 
   /** The newest content of every range written since the last FLUSH, oldest record first. */
@@ -182,12 +175,6 @@ export class ReplayLog {
     const out: Piece[] = []
     for (let i = this.#first; i < this.#records.length; i++) out.push(...this.#records[i]!.pieces)
     return out
-  }
-
-  #wakeSpaceWaiters (): void {
-    const waiters = this.#spaceWaiters
-    this.#spaceWaiters = []
-    for (const wake of waiters) wake()
   }
 
   /**
