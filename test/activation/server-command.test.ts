@@ -14,8 +14,10 @@ import { run, tempDir } from '../helpers/servers.ts'
 
 const dir = tempDir()
 
+/** Running: a zombie (exited, not yet reaped by whatever init this machine has) is not. */
 function alive (pid: number): boolean {
-  try { process.kill(pid, 0); return true } catch { return false }
+  try { process.kill(pid, 0) } catch { return false }
+  try { return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8')) } catch { return false }
 }
 
 describe('startServerCommand', () => {

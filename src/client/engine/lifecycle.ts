@@ -129,10 +129,18 @@ export class Outage {
     this.#timer.unref()
   }
 
-  /** Waits for the next connection, until the request's own deadline at the latest. */
+  /**
+   * Waits for the next connection, until the request's own deadline at the latest. One that
+   * first failed in this outage has the outage's deadline, which the outage's own timer keeps
+   * (the state turns NOWAIT, then its waiters fail); only one that failed before, in an earlier
+   * outage, needs a timer of its own.
+   */
   wait (req: Request): Promise<void> {
-    if (req.firstFailureAt < 0) req.firstFailureAt = this.since
-    return this.#queue.wait(req, req.signal, Math.min(this.deadline, req.firstFailureAt + (this.deadline - this.since)))
+    if (req.firstFailureAt < 0 || req.firstFailureAt >= this.since) {
+      if (req.firstFailureAt < 0) req.firstFailureAt = this.since
+      return this.#queue.wait(req, req.signal)
+    }
+    return this.#queue.wait(req, req.signal, req.firstFailureAt + (this.deadline - this.since))
   }
 
   /** A connection is ready: every waiter goes. */
