@@ -37,3 +37,28 @@ export async function * allocation (client: NbdClient, offset: number, length: n
     yield { offset: Number(e.offset), length: e.length, flags: e.flags }
   }
 }
+
+/** A connection's state change; `connection` counts from 1, as connectionInfo() does. */
+export interface ConnectionChange {
+  readonly connection: number
+  readonly from: string
+  readonly to: string
+  readonly reason: string
+}
+
+/**
+ * Calls `listener` on every connection's state change; returns what stops it. (Today's event
+ * counts connections from 0; the engine rewrite makes it 1-based: drop the `+ 1` then.)
+ */
+export function onConnectionChange (client: NbdClient, listener: (change: ConnectionChange) => void): () => void {
+  const handler = (c: { connection: number, from: string, to: string, reason: string }): void => {
+    listener({ connection: c.connection + 1, from: c.from, to: c.to, reason: c.reason })
+  }
+  client.on('state', handler)
+  return () => { client.off('state', handler) }
+}
+
+/** Per connection, as `show mount FILE connections` shows it (with `tls` once the client reports it). */
+export function connectionTable (client: NbdClient): ReadonlyArray<Record<string, unknown>> {
+  return client.connectionInfo()
+}
