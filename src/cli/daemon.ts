@@ -85,7 +85,7 @@ export async function serveDaemon (options: DaemonProcessOptions): Promise<numbe
       }
       stopSignal = signal
       log('info', `${signal}: unmounting`)
-      void daemon?.shutdown('lazy', `interrupted by ${signal}`)
+      void daemon?.shutdown('lazy', signal)
     },
     reconfigure: (signal) => {
       if (options.config === undefined) log('info', `${signal}: no --config file to re-read`)
@@ -96,7 +96,7 @@ export async function serveDaemon (options: DaemonProcessOptions): Promise<numbe
       }
     },
     report: (signal) => {
-      for (const m of daemon?.mounts.values() ?? []) log('info', `${signal}: ${m.file}: ${m.state}; client ${JSON.stringify(m.client?.stats ?? {})}; fuse ${JSON.stringify(m.mount?.stats ?? {})}`)
+      for (const m of daemon?.mounts.values() ?? []) log('info', `${signal}: client ${JSON.stringify(m.client?.stats ?? {})}; fuse ${JSON.stringify(m.mount?.stats ?? {})}; mount ${m.file} (${m.state})`)
     }
   })
   // A foreground daemon whose terminal went away must not die of a failed log write.
@@ -105,7 +105,7 @@ export async function serveDaemon (options: DaemonProcessOptions): Promise<numbe
     setIoFlusher()
     log('debug', 'PR_SET_IO_FLUSHER set: memory reclaim here does not wait on the I/O we serve')
   } catch (err) {
-    log(process.geteuid?.() === 0 ? 'warn' : 'info', `PR_SET_IO_FLUSHER not set (${(err as Error).message}): a loop device over a mount may deadlock under memory pressure`)
+    log(process.geteuid?.() === 0 ? 'warn' : 'info', `PR_SET_IO_FLUSHER not set (${(err as Error).message}): a loop device over ${options.mount === undefined ? 'one of its mounts' : 'this mount'} may deadlock under memory pressure`)
   }
 
   let pidfile: Pidfile | undefined
@@ -122,7 +122,7 @@ export async function serveDaemon (options: DaemonProcessOptions): Promise<numbe
       ...(options.mount !== undefined && { mounts: [options.mount], exitWhenEmpty: true })
     })
     log('info', `control socket: ${options.controlSocket}`)
-    if (stopSignal !== undefined) void daemon.shutdown('lazy', `interrupted by ${stopSignal}`)
+    if (stopSignal !== undefined) void daemon.shutdown('lazy', stopSignal)
     await daemon.startMounts()
     if (options.mount !== undefined) {
       const runtime = daemon.mounts.get(options.mount.file)
@@ -145,8 +145,7 @@ export async function serveDaemon (options: DaemonProcessOptions): Promise<numbe
     if (options.readyFd === undefined) throw err
     return 1
   }
-  const why = await daemon.stopped
-  log('info', `stopped: ${why}`)
+  await daemon.stopped
   pidfile?.release()
   untrap()
   return 0

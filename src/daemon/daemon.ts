@@ -17,7 +17,7 @@ import type http from 'node:http'
 import path from 'node:path'
 import { ConfigLock, ControlServer } from '../control/index.ts'
 import type { TeardownMode } from '../control/grammar.ts'
-import type { DaemonSettings, MountSettings } from '../control/words.ts'
+import { describeMountSettings, type DaemonSettings, type MountSettings } from '../control/words.ts'
 import { describeError, InvalidArgumentError, MountError } from '../errors.ts'
 import type { LogFn } from '../fuse/log.ts'
 import { holdersOf } from '../fuse/holders.ts'
@@ -179,7 +179,7 @@ export class Daemon {
       if (this.mounts.get(file) === runtime) this.mounts.delete(file)
       if (!this.mounts.has(file)) this.metrics.forget(file)
       this.notifier.status(this.summary())
-      if (this.#options.exitWhenEmpty === true && this.mounts.size === 0) void this.shutdown('lazy', 'the mount is gone')
+      if (this.#options.exitWhenEmpty === true && this.mounts.size === 0) void this.shutdown('lazy', runtime.goneReason)
     }
     void runtime.started.then(() => {
       if (this.#options.exitWhenEmpty === true && runtime.state === 'failed') void this.shutdown('lazy', `the mount failed: ${runtime.lastError ?? ''}`)
@@ -281,7 +281,10 @@ export class Daemon {
       const runtime = this.mounts.get(change.file)!
       if (change.adopt) runtime.origin = 'config'
       runtime.applyLive(change.own, change.settings)
-      if (change.changed.length > 0) this.#log('info', `${change.file}: ${change.changed.join(', ')} applied`)
+      if (change.changed.length > 0) {
+        const now = describeMountSettings(change.settings)
+        this.#log('info', `${change.file}: ${JSON.stringify(Object.fromEntries(change.changed.map((key) => [key, now[key]])))} applied`)
+      }
     }
     const ok = `ok at ${new Date().toISOString()}: ${plan.add.length} added, ${plan.remove.length} removed, ${plan.replace.length} remounted, ${plan.live.length} changed, ${plan.untouched.length} untouched`
     this.lastReconfigure = { text: ok, public: ok }
@@ -313,7 +316,7 @@ export class Daemon {
   }
 
   async #shutdown (mode: TeardownMode, why: string): Promise<void> {
-    this.#log('info', `shutting down (${mode}): ${why}`)
+    this.#log('info', `shutting down: ${why}${mode === 'refuse' ? '' : ` (${mode})`}`)
     this.notifier.stopping(`stopping: ${why}`)
     const results = await Promise.allSettled([...this.mounts.values()].map((m) => m.remove(mode)))
     const refused = results.filter((r) => r.status === 'rejected')
@@ -324,7 +327,7 @@ export class Daemon {
       return
     }
     await this.#closeServers()
-    this.#log('info', 'stopped')
+    this.#log('info', `stopped; ${why}`)
     this.#markStopped(why)
   }
 

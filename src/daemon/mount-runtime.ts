@@ -57,6 +57,9 @@ export class MountRuntime {
   readonly gone: Promise<void>
   /** Called once, when gone. */
   onGone: (() => void) | null = null
+  /** Why it went: 'unmounted' (from outside), 'removed', or the failure. */
+  goneReason = 'removed'
+
   #client: NbdClient | undefined
   #mount: FuseMount | undefined
   readonly #abort = new AbortController()
@@ -133,6 +136,7 @@ export class MountRuntime {
   /** The FUSE side ended without our asking (nbdts umount, umount(8), an abort). */
   #closedFromOutside (why: string): void {
     if (this.state !== 'up') return
+    this.goneReason = why
     this.#log('info', `unmounted from outside (${why}); flushing and letting go`)
     this.#removing ??= this.#teardown('refuse')
   }
@@ -164,8 +168,9 @@ export class MountRuntime {
       }
     }
     await this.#closeClient()
+    if (this.state === 'failed') this.goneReason = this.lastError ?? 'failed'
     this.state = 'removing'
-    this.#log('info', 'gone')
+    this.#log('info', `gone; client ${JSON.stringify(this.#client?.stats ?? {})}; fuse ${JSON.stringify(mount?.stats ?? {})}`)
     this.onGone?.()
     this.#markGone()
   }
