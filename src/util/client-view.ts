@@ -1,10 +1,12 @@
 /**
  * The few NbdClient calls whose shapes are changing (the size as a number, map()'s arguments and
- * extent shape), in one place for streams and copy: when the client's API moves, only this file
- * does.
+ * extent shape, the state event's connection number, connectionInfo()'s entries), in one place
+ * for streams, copy and the daemon: when the client's API moves, only this file does.
  *
  *   exportSize(client)            the size as a number (exact: refuses an export past 2^53)
  *   allocation(client, o, n, s)   base:allocation extents of [o, o+n) with number offsets
+ *   onConnectionChange(client, f) each connection's state changes, connections counted from 1
+ *   connectionTable(client)       per connection, for `show mount FILE connections`
  */
 import type { NbdClient } from '../client/nbd-client.ts'
 import { InvalidArgumentError } from '../errors.ts'
