@@ -109,6 +109,7 @@ export class MountRuntime {
         signal: this.#abort.signal
       })
       this.#client = client
+      this.#log('info', `connected to ${this.uri}: ${client.sizeBigInt} bytes, ${client.info.mode} replies${client.info.tls ? ', TLS' : ''}`)
       this.#untrack = onConnectionChange(client, (c) => {
         const expected = c.to === 'CONNECTED' || c.reason.startsWith('client closed')
         this.#log(expected ? 'info' : 'warn', `connection ${c.connection}: ${c.from} → ${c.to} (${c.reason})`)

@@ -15,12 +15,14 @@ import { startDaemon } from '../helpers/daemon.ts'
 import { startNbdkit, tempDir } from '../helpers/servers.ts'
 
 const dir = tempDir()
-const session = `nbdts-watch-${process.pid}`
+const session = 'watch'
+// A tmux server of our own, on a socket in our directory (removed with it).
+const tmuxSocket = path.join(dir, 'tmux.sock')
 const cleanups: Array<() => Promise<void> | void> = []
 after(async () => { for (const c of cleanups.reverse()) await c() })
 
 const tmux = (...args: string[]): { status: number | null, stdout: string } => {
-  const r = spawnSync('tmux', ['-u', '-L', session, ...args], { encoding: 'utf8' })
+  const r = spawnSync('tmux', ['-u', '-S', tmuxSocket, ...args], { encoding: 'utf8' })
   return { status: r.status, stdout: r.stdout }
 }
 
