@@ -28,6 +28,7 @@ declare -A NEED=(
   [mkfs.ext4]=e2fsprogs
   [losetup]=mount
   [setpriv]=util-linux
+  [tmux]=tmux
 )
 missing=()
 for cmd in "${!NEED[@]}"; do

@@ -12,9 +12,11 @@ import { closeSync, existsSync, readdirSync, statSync } from 'node:fs'
 import { homedir } from 'node:os'
 import path from 'node:path'
 import readline from 'node:readline'
-import { complete, ControlConnection, controlRequest } from '../control/index.ts'
+import { complete, ControlConnection, controlRequest, joinWords } from '../control/index.ts'
 import { openOwnFile, readFileNoFollow, rewrite } from '../util/safe-file.ts'
-import { CONTROL_DIR, defaultControlSocket } from './mount.ts'
+import { controlDir, daemonSocket } from './daemon.ts'
+import { defaultControlSocket } from './mount.ts'
+import { watch } from './watch.ts'
 
 export interface CtlOptions {
   readonly socket?: string
@@ -28,24 +30,29 @@ export interface CtlIo {
   readonly err: (text: string) => void
 }
 
-/** --socket, else --mount's default socket, else the only socket in /run/nbdts. */
+/**
+ * --socket; else --mount FILE's own socket (a standalone mount), or the daemon's when FILE has
+ * none; else the daemon's socket when it is there; else the only socket in the control
+ * directory.
+ */
 export function resolveSocket (options: CtlOptions): string {
   if (options.socket !== undefined) return path.resolve(options.socket)
-  if (options.mount !== undefined) return defaultControlSocket(options.mount)
-  const sockets = existsSync(CONTROL_DIR) ? readdirSync(CONTROL_DIR).filter((f) => f.endsWith('.sock')) : []
-  if (sockets.length === 1) return path.join(CONTROL_DIR, sockets[0]!)
-  if (sockets.length === 0) throw new Error(`no control socket in ${CONTROL_DIR}: is a mount running? (or give --socket PATH)`)
+  if (options.mount !== undefined) {
+    const own = defaultControlSocket(options.mount)
+    return existsSync(own) || !existsSync(daemonSocket()) ? own : daemonSocket()
+  }
+  if (existsSync(daemonSocket())) return daemonSocket()
+  const dir = controlDir()
+  const sockets = existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith('.sock')) : []
+  if (sockets.length === 1) return path.join(dir, sockets[0]!)
+  if (sockets.length === 0) throw new Error(`no control socket in ${dir}: is nbdts daemon or a mount running? (or give --socket PATH)`)
   throw new Error(`several mounts are running (${sockets.join(', ')}): choose one with --socket PATH or --mount FILE`)
-}
-
-/** Words back into one command line; words with blanks are quoted again. */
-export function joinWords (words: readonly string[]): string {
-  return words.map((w) => /\s/.test(w) ? `"${w}"` : w).join(' ')
 }
 
 export async function runCtl (words: readonly string[], options: CtlOptions, io: CtlIo): Promise<number> {
   const socket = resolveSocket(options)
   if (options.interactive === true) return await interactive(socket, options.timeout, io)
+  if (words.length === 1 && words[0] === 'watch') return await watch(socket, options.timeout)
   if (words.length === 0) throw new Error('no command given (try: nbdts ctl help, or nbdts ctl -k for interactive use)')
   const reply = await controlRequest(socket, joinWords(words), options.timeout)
   if (reply.ok) {
@@ -92,9 +99,20 @@ export function saveHistory (file: string | undefined, lines: readonly string[])
   }
 }
 
+/** The daemon's mount files, for completion (none when it cannot say). */
+async function mountFiles (connection: ControlConnection, timeout: number): Promise<string[]> {
+  try {
+    const reply = await connection.request('show mounts json', timeout)
+    return reply.ok ? (JSON.parse(reply.text) as Array<{ file: string }>).map((m) => m.file) : []
+  } catch {
+    return []
+  }
+}
+
 async function interactive (socket: string, timeout: number, io: CtlIo): Promise<number> {
   const historyPath = historyFile()
   const history = loadHistory(historyPath)
+  let files: string[] = []
   const rl = readline.createInterface({
     input: process.stdin,
     output: process.stdout,
@@ -103,7 +121,7 @@ async function interactive (socket: string, timeout: number, io: CtlIo): Promise
     historySize: HISTORY_LINES,
     completer: (line: string): [string[], string] => {
       const word = line.split(/\s+/).pop() ?? ''
-      return [complete(line).map((c) => c + ' '), word]
+      return [complete(line, files).map((c) => c + ' '), word]
     }
   })
   let connection: ControlConnection | null = null
@@ -118,6 +136,7 @@ async function interactive (socket: string, timeout: number, io: CtlIo): Promise
         const reply = await connection.request(line, timeout)
         if (reply.ok) io.out(reply.text)
         else io.err(`fail: ${reply.text}`)
+        if (/^(add|del) /.test(line) || files.length === 0) files = await mountFiles(connection, timeout)
       } catch (err) {
         // Timeouts and lost connections are said plainly; the next command reconnects.
         io.err(`error: ${(err as Error).message}`)

@@ -12,6 +12,7 @@ import { runInfo } from './info.ts'
 import { LOG_LEVELS, type LogLevel } from './logger.ts'
 import { runMount, runUmount } from './mount.ts'
 import { runCtl } from './ctl.ts'
+import { runDaemon } from './daemon.ts'
 import { addCopyCommand, normalizeCopyArgv } from './copy.ts'
 import { extractServerCommands, withNbdTarget, type ServerCommands } from './server-command.ts'
 import { addTlsOptions, type TlsFlags } from './tls-options.ts'
@@ -57,26 +58,43 @@ export function buildProgram (commands: ServerCommands = []): Command {
     .addOption(new Option('--open-timeout <duration>', 'keep retrying the first connect this long').default(0, '0: one attempt').argParser(parseDuration))
     .addOption(new Option('--max-in-flight <n>', 'NBD requests in flight per connection').default(64).argParser(parseCount))
     .addOption(new Option('--connections <n|auto>', 'NBD connections; auto: 4 when the server allows multi-conn, else 1').default('auto').argParser(parseConnections))
-    .option('--foreground', 'stay in the foreground instead of detaching once the mount is ready')
+    .option('--foreground', 'stay in the foreground instead of detaching once the mount is ready (a process of its own)')
+    .option('--standalone', 'a process of its own even when an nbdts daemon is running (which would otherwise take the mount)')
     .option('--pidfile <path>', 'write the daemon\'s pid here once the mount is ready')
     .option('--control-socket <path>', 'serve the control socket here')
     .addOption(new Option('--log-level <level>', 'log detail').choices(LOG_LEVELS).default('info'))
     .option('--log-file <path>', 'log here (a detached daemon logs nowhere otherwise)')
     .option('--name <name>', 'the export\'s file name when FILE is a directory (as nbdfuse)', 'nbd')
-    .option('--config <file>', 'settings file (key = value lines), re-read by "nbdts ctl reconfigure"')
+    .option('--config <file>', 'the daemon config (TOML): its [daemon] and [defaults] sections apply, re-read by "nbdts ctl reconfigure"')
     .addOption(new Option('--control-timeout <duration>', 'deadline of one control socket request').default(4000, '4s').argParser(parseDuration))
     .addOption(new Option('--ready-fd <fd>').argParser(parseCount).hideHelp())
-    .action(async function (this: Command, uri: string, file: string, options: { readonly?: boolean, options: string[], reconnectDelay: number, openTimeout: number, maxInFlight: number, connections: number | 'auto', foreground?: boolean, pidfile?: string, controlSocket?: string, logLevel: LogLevel, logFile?: string, name: string, readyFd?: number, config?: string, controlTimeout: number } & TlsFlags) {
+    .action(async function (this: Command, uri: string, file: string, options: { readonly?: boolean, options: string[], reconnectDelay: number, openTimeout: number, maxInFlight: number, connections: number | 'auto', foreground?: boolean, standalone?: boolean, pidfile?: string, controlSocket?: string, logLevel: LogLevel, logFile?: string, name: string, readyFd?: number, config?: string, controlTimeout: number } & TlsFlags) {
       const explicit = new Set(Object.keys(options).filter((key) => this.getOptionValueSource(key) === 'cli'))
       process.exitCode = await runMount(uri, file, { ...options, explicit }, { out })
     })
 
   addCopyCommand(program, commands, out)
 
+  program.command('daemon')
+    .description('one daemon for many mounts, managed with nbdts ctl (add mount, del mount, show mounts, reconfigure...) and a config file')
+    .option('--control-socket <path>', 'serve the control socket here (default: $NBDTS_DAEMON_SOCKET, else /run/nbdts/nbdts.sock)')
+    .option('--config <file>', 'the config (TOML: [daemon], [defaults], one [[mount]] per mount), re-read by reconfigure and SIGHUP')
+    .option('--foreground', 'stay in the foreground (systemd Type=notify, tests) instead of detaching once every mount is up or failed')
+    .option('--pidfile <path>', 'write the daemon\'s pid here once its mounts are up')
+    .addOption(new Option('--log-level <level>', 'log detail').choices(LOG_LEVELS).default('info'))
+    .option('--log-file <path>', 'log here (a detached daemon logs nowhere otherwise)')
+    .addOption(new Option('--control-timeout <duration>', 'deadline of one control socket request').default(4000, '4s').argParser(parseDuration))
+    .option('--metrics-listen <host:port>', 'serve the metrics (Prometheus text format) over HTTP at /metrics, e.g. 127.0.0.1:9617')
+    .addOption(new Option('--ready-fd <fd>').argParser(parseCount).hideHelp())
+    .action(async function (this: Command, options: { controlSocket?: string, config?: string, foreground?: boolean, pidfile?: string, logLevel: LogLevel, logFile?: string, controlTimeout: number, metricsListen?: string, readyFd?: number }) {
+      const explicit = new Set(Object.keys(options).filter((key) => this.getOptionValueSource(key) === 'cli'))
+      process.exitCode = await runDaemon({ ...options, explicit }, { out })
+    })
+
   program.command('ctl')
     .description('talk to a running mount through its control socket (one command, or -k for interactive)')
-    .argument('[command...]', 'the command, e.g.: show stats, set reconnect-delay 60s, help')
-    .option('--socket <path>', 'the control socket (default: the only one in /run/nbdts)')
+    .argument('[command...]', 'the command, e.g.: show mounts, add mount URI FILE, set mount FILE reconnect-delay 60s, help; or watch (a live view)')
+    .option('--socket <path>', 'the control socket (default: the daemon\'s, else the only one in /run/nbdts)')
     .option('--mount <file>', 'the mount whose default control socket to use')
     .addOption(new Option('--timeout <ms>', 'the server\'s deadline; ctl waits 500 ms more').default(4000).argParser(parseCount))
     .option('-k, --interactive', 'interactive mode, with history and completion')
@@ -127,7 +145,7 @@ if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathS
     process.exitCode = code
     // A mount daemon's reader thread may still sit in a read() of /dev/fuse; it has nothing
     // left to do once we get here.
-    if (process.argv[2] === 'mount') process.exit(code)
+    if (process.argv[2] === 'mount' || process.argv[2] === 'daemon') process.exit(code)
   }, (err: unknown) => {
     process.stderr.write(`nbdts: ${describeError(err)}\n`)
     process.exitCode = 1

@@ -1,43 +1,37 @@
 /**
  * `nbdts mount URI FILE` and `nbdts umount FILE`.
  *
- * By default mount detaches like a daemon, but only once the mount is ready: the parent starts
- * the daemon with a pipe on fd 3 and waits for it to say "ready" (or why it failed), so a
- * script that runs `nbdts mount` can use FILE as soon as the command returns. --foreground
- * keeps it attached (systemd, tests); --pidfile is written only when the mount is ready.
+ * How a mount relates to `nbdts daemon`: when a daemon answers on its socket
+ * ($NBDTS_DAEMON_SOCKET, else nbdts.sock in the control directory), `nbdts mount` hands the
+ * mount to it (`add mount`, then waits until it is up) unless --standalone, --foreground or an
+ * option that only a process of its own can have (--pidfile, --control-socket, --config,
+ * --log-file) is given. Otherwise it starts its own daemon with that one mount (cli/daemon.ts),
+ * which detaches once the mount is ready and stops when it is gone.
  *
- *   parent ──spawn(--foreground --ready-fd 3)──► daemon: connect ─► mount ─► pidfile ─► "ready"
- *      └── waits for one line on fd 3, prints it, exits 0 (or 1 with the daemon's error)
- *
- * Signals (as multipathd): SIGHUP re-reads --config (like `ctl reconfigure`); SIGUSR1 and
- * SIGUSR2 log the counters (and keep Node's SIGUSR1 inspector from opening a debug port);
- * SIGPIPE is ignored; SIGINT, SIGTERM, SIGQUIT and the other signals whose default is to die
- * finish in-flight I/O, FLUSH and unmount (detaching a busy mount and serving it until its
- * last user lets go), so no signal leaves a dead mount behind. Only SIGKILL can.
+ *   nbdts mount ──► daemon answers? ──yes──► add mount URI FILE ... ─► show mount FILE until up
+ *                        └──no──► its own daemon: spawn(--foreground --ready-fd 3) ─► "ready"
  *
  * `nbdts umount` unmounts itself (umount(8), or fusermount3 -u): the kernel refuses a busy
  * mount atomically, and then nothing has changed. Once unmounted, the daemon sees its device
- * end, flushes and exits; umount waits for that when the mount's source names a daemon that
- * checks out (daemon-check.ts) and never signals anyone.
+ * end, flushes and lets go (a standalone one exits); umount waits for that when the mount's
+ * source names a daemon that checks out (daemon-check.ts), and never signals anyone.
  */
-import { spawn } from 'node:child_process'
-import { closeSync, lstatSync, mkdirSync, statSync, writeSync } from 'node:fs'
+import { statSync } from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { NbdClient } from '../client/nbd-client.ts'
-import { describeError, MountError } from '../errors.ts'
-import { ConfigLock, ControlServer, DaemonControl, parseConfigFile, readConfigFile, type Settings } from '../control/index.ts'
+import { ControlConnection, controlRequest, joinWords } from '../control/index.ts'
+import { MountError } from '../errors.ts'
 import { mountState, processExists, verifyDaemon } from '../fuse/daemon-check.ts'
-import { FuseMount, cleanStaleMount } from '../fuse/fuse-mount.ts'
+import { cleanStaleMount } from '../fuse/fuse-mount.ts'
 import { describeHolders } from '../fuse/holders.ts'
 import { parseMountOptions } from '../fuse/mount-options.ts'
 import { nbdtsMountAt, unmount } from '../fuse/mount-table.ts'
 import { parseNbdUri } from '../protocol/uri.ts'
-import { Pidfile } from '../util/safe-file.ts'
-import { setIoFlusher } from '../util/libc.ts'
-import { createLogger, type LogLevel } from './logger.ts'
-import { trapSignals } from './signals.ts'
-import { tlsArgs, tlsClientOptions, type TlsFlags } from './tls-options.ts'
+import type { MountSettings } from '../control/words.ts'
+import { controlDir, daemonSocket, serveDaemon } from './daemon.ts'
+import { detach } from './detach.ts'
+import type { LogLevel } from './logger.ts'
+import { tlsArgs, type TlsFlags } from './tls-options.ts'
 
 export interface MountOptions extends TlsFlags {
   readonly readonly?: boolean
@@ -48,6 +42,7 @@ export interface MountOptions extends TlsFlags {
   readonly maxInFlight: number
   readonly connections: number | 'auto'
   readonly foreground?: boolean
+  readonly standalone?: boolean
   readonly pidfile?: string
   readonly controlSocket?: string
   readonly logLevel: LogLevel
@@ -63,50 +58,34 @@ export interface MountOptions extends TlsFlags {
   readonly explicit: ReadonlySet<string>
 }
 
-/** Where root's mounts keep their control sockets unless --control-socket says otherwise. */
-export const CONTROL_DIR = '/run/nbdts'
-
-/** Root's CONTROL_DIR; for other users $XDG_RUNTIME_DIR/nbdts, else /tmp/nbdts-UID. */
-export function controlDir (): string {
-  const uid = process.geteuid?.() ?? 0
-  if (uid === 0) return CONTROL_DIR
-  const runtime = process.env.XDG_RUNTIME_DIR
-  return runtime !== undefined && runtime !== '' ? path.join(runtime, 'nbdts') : `/tmp/nbdts-${uid}`
-}
+export { CONTROL_DIR, controlDir } from './daemon.ts'
 
 export function defaultControlSocket (target: string): string {
   const name = path.resolve(target).slice(1).replace(/\//g, '-').replace(/[^A-Za-z0-9_.-]/g, '_')
   return path.join(controlDir(), `${name}.sock`)
 }
 
-/**
- * A user's control directory must be theirs alone: in /tmp, another user could have made it
- * first and would then own the socket's neighbourhood.
- */
-function ensurePrivateDir (dir: string): void {
-  mkdirSync(dir, { recursive: true, mode: 0o700 })
-  const st = lstatSync(dir)
-  const uid = process.geteuid?.() ?? 0
-  if (!st.isDirectory() || st.uid !== uid || (st.mode & 0o077) !== 0) {
-    throw new Error(`${dir} is not a private directory of uid ${uid} (owner ${st.uid}, mode ${(st.mode & 0o7777).toString(8)}): remove it, or give --control-socket`)
-  }
-}
-
-/** Settings: defaults and command line, with the config file between them. */
-function initialSettings (options: MountOptions): Settings {
-  const settings: Settings = {
-    reconnectDelay: options.reconnectDelay,
-    openTimeout: options.openTimeout,
-    maxInFlight: options.maxInFlight,
-    logLevel: options.logLevel,
-    controlTimeout: options.controlTimeout
-  }
-  if (options.config === undefined) return settings
-  const fromFile = parseConfigFile(readConfigFile(options.config), options.config)
-  for (const [key, value] of Object.entries(fromFile) as Array<[keyof Settings, never]>) {
-    if (!options.explicit.has(key)) settings[key] = value
-  }
-  return settings
+/** The mount's settings as given on the command line (the rest comes from defaults and the config). */
+function ownSettings (options: MountOptions): MountSettings {
+  const given = (key: string): boolean => options.explicit.has(key)
+  const resolved = (file: string | undefined): string | undefined => file === undefined ? undefined : path.resolve(file)
+  const own: MountSettings = {}
+  if (options.readonly === true) own.readonly = true
+  if (given('name')) own.name = options.name
+  if ((options.options ?? []).length > 0) own.options = [...options.options!]
+  if (given('connections')) own.connections = options.connections
+  if (given('reconnectDelay')) own.reconnectDelay = options.reconnectDelay
+  if (given('openTimeout')) own.openTimeout = options.openTimeout
+  if (given('maxInFlight')) own.maxInFlight = options.maxInFlight
+  if (options.tls !== undefined) own.tls = options.tls
+  const certificates = resolved(options.tlsCertificates)
+  if (certificates !== undefined) own.tlsCertificates = certificates
+  const psk = resolved(options.tlsPskFile)
+  if (psk !== undefined) own.tlsPskFile = psk
+  if (options.tlsUsername !== undefined) own.tlsUsername = options.tlsUsername
+  if (options.tlsHostname !== undefined) own.tlsHostname = options.tlsHostname
+  if (options.tlsVerifyPeer === false) own.tlsVerifyPeer = false
+  return own
 }
 
 export interface Io {
@@ -118,12 +97,85 @@ export async function runMount (uri: string, file: string, options: MountOptions
   // Checked here, so a bad -o is a usage error before anything starts.
   parseMountOptions(options.options ?? [])
   const target = path.resolve(file)
-  if (options.foreground === true) return await serve(uri, target, options)
-  return await detach(uri, target, options, io)
+  const ownProcess = options.standalone === true || options.foreground === true || options.pidfile !== undefined ||
+    options.controlSocket !== undefined || options.config !== undefined || options.logFile !== undefined
+  if (!ownProcess) {
+    const daemon = await connectDaemon()
+    if (daemon !== undefined) return await mountThroughDaemon(daemon, uri, target, options, io)
+  }
+  if (options.foreground === true) {
+    return await serveDaemon({
+      controlSocket: options.controlSocket ?? defaultControlSocket(target),
+      defaultSocket: options.controlSocket === undefined,
+      config: options.config,
+      pidfile: options.pidfile,
+      logFile: options.logFile,
+      logLevel: options.logLevel,
+      settings: {
+        ...(options.explicit.has('logLevel') && { logLevel: options.logLevel }),
+        ...(options.explicit.has('controlTimeout') && { controlTimeout: options.controlTimeout })
+      },
+      readyFd: options.readyFd,
+      mount: { uri, file: target, own: ownSettings(options) }
+    })
+  }
+  return await detachMount(uri, target, options, io)
 }
 
-/** Starts the daemon and waits for it to be ready. */
-async function detach (uri: string, target: string, options: MountOptions, io: Io): Promise<number> {
+/** The running daemon's connection, or undefined when none answers on its socket. */
+async function connectDaemon (): Promise<ControlConnection | undefined> {
+  try {
+    return await ControlConnection.connect(daemonSocket(), 2000)
+  } catch {
+    return undefined
+  }
+}
+
+/** `add mount` on the daemon, then wait (as a standalone mount does) until it is up or failed. */
+async function mountThroughDaemon (daemon: ControlConnection, uri: string, target: string, options: MountOptions, io: Io): Promise<number> {
+  try {
+    const words = ['add', 'mount', uri, target]
+    for (const [key, value] of Object.entries(ownSettingWords(ownSettings(options)))) words.push(key, value)
+    const added = await daemon.request(joinWords(words))
+    if (!added.ok) throw new Error(`the daemon on ${daemonSocket()} refused: ${added.text}`)
+    const deadline = Date.now() + options.openTimeout + 60_000
+    for (;;) {
+      const reply = await daemon.request(joinWords(['show', 'mount', target, 'status', 'json']))
+      const status = reply.ok ? JSON.parse(reply.text) as { state: string, export?: string, error?: string } : { state: 'gone', error: reply.text }
+      if (status.state === 'up') {
+        io.out(`mounted ${uri} at ${status.export ?? target} (by the nbdts daemon on ${daemonSocket()})`)
+        return 0
+      }
+      if (status.state !== 'starting') throw new Error(status.error ?? `the mount is ${status.state}`)
+      if (Date.now() > deadline) throw new Error(`the daemon is still starting ${target}; see nbdts ctl show mount ${target}`)
+      await sleep(50)
+    }
+  } finally {
+    daemon.close()
+  }
+}
+
+/** MountSettings as `add mount` words. */
+function ownSettingWords (own: MountSettings): Record<string, string> {
+  const words: Record<string, string> = {}
+  if (own.readonly !== undefined) words.readonly = own.readonly ? 'yes' : 'no'
+  if (own.name !== undefined) words.name = own.name
+  if (own.options !== undefined) words.options = own.options.join(',')
+  if (own.connections !== undefined) words.connections = String(own.connections)
+  if (own.reconnectDelay !== undefined) words['reconnect-delay'] = `${own.reconnectDelay}ms`
+  if (own.openTimeout !== undefined) words['open-timeout'] = `${own.openTimeout}ms`
+  if (own.maxInFlight !== undefined) words['max-in-flight'] = String(own.maxInFlight)
+  if (own.tls !== undefined) words.tls = own.tls
+  if (own.tlsCertificates !== undefined) words['tls-certificates'] = own.tlsCertificates
+  if (own.tlsPskFile !== undefined) words['tls-psk-file'] = own.tlsPskFile
+  if (own.tlsUsername !== undefined) words['tls-username'] = own.tlsUsername
+  if (own.tlsHostname !== undefined) words['tls-hostname'] = own.tlsHostname
+  if (own.tlsVerifyPeer !== undefined) words['tls-verify-peer'] = own.tlsVerifyPeer ? 'yes' : 'no'
+  return words
+}
+
+/** Starts the mount's own daemon and waits for it to be ready. */
+async function detachMount (uri: string, target: string, options: MountOptions, io: Io): Promise<number> {
   try {
     statSync(target)
   } catch (err) {
@@ -135,8 +187,7 @@ async function detach (uri: string, target: string, options: MountOptions, io: I
   // Said here, where the user sees it, not only in the daemon's log.
   await cleanStaleMount(target, (_level, message) => { process.stderr.write(`nbdts: ${message}\n`) })
   // Pass on only what was given, so the config file keeps its say in the daemon too.
-  const args = [process.argv[1]!, 'mount', uri, target, '--foreground', '--ready-fd', '3',
-    '--connections', String(options.connections), '--name', options.name, ...tlsArgs(options)]
+  const args = ['mount', uri, target, '--standalone', '--connections', String(options.connections), '--name', options.name, ...tlsArgs(options)]
   const given = (key: string): boolean => options.explicit.has(key)
   if (given('reconnectDelay')) args.push('--reconnect-delay', `${options.reconnectDelay}ms`)
   if (given('openTimeout')) args.push('--open-timeout', `${options.openTimeout}ms`)
@@ -149,137 +200,8 @@ async function detach (uri: string, target: string, options: MountOptions, io: I
   if (options.controlSocket !== undefined) args.push('--control-socket', path.resolve(options.controlSocket))
   if (options.logFile !== undefined) args.push('--log-file', path.resolve(options.logFile))
   if (options.config !== undefined) args.push('--config', path.resolve(options.config))
-  const child = spawn(process.execPath, [...process.execArgv, ...args], { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'pipe'] })
-  const answer = await new Promise<string>((resolve) => {
-    let text = ''
-    const pipe = child.stdio[3] as NodeJS.ReadableStream
-    pipe.setEncoding('utf8')
-    pipe.on('data', (d: string) => {
-      text += d
-      if (text.includes('\n')) resolve(text.slice(0, text.indexOf('\n')))
-    })
-    pipe.on('error', () => {})
-    child.once('exit', (code, signal) => { resolve(`error the mount daemon exited before it was ready (${code ?? signal})`) })
-  })
-  ;(child.stdio[3] as NodeJS.ReadableStream & { destroy: () => void }).destroy()
-  child.unref()
-  if (answer.startsWith('ready ')) {
-    const [, pid, exportFile] = answer.split(' ')
-    io.out(`mounted ${uri} at ${exportFile ?? target} (daemon pid ${pid})`)
-    return 0
-  }
-  throw new Error(answer.replace(/^error /, ''))
-}
-
-/** The daemon itself (also what --foreground runs). */
-async function serve (uri: string, target: string, options: MountOptions): Promise<number> {
-  const settings = initialSettings(options)
-  const log = createLogger(settings.logLevel, options.logFile)
-  const ready = (line: string): void => {
-    if (options.readyFd === undefined) return
-    try {
-      writeSync(options.readyFd, `${line}\n`)
-      closeSync(options.readyFd)
-    } catch { /* the parent is gone */ }
-  }
-  let stopping: ((why: string) => void) | undefined
-  const stopped = new Promise<string>((resolve) => { stopping = resolve })
-  const abort = new AbortController()
-  let client: NbdClient | undefined
-  let mount: FuseMount | undefined
-  let control: ControlServer | undefined
-  let pidfile: Pidfile | undefined
-  let daemon: DaemonControl | undefined
-  let stopSignal: string | undefined
-  const untrap = trapSignals({
-    stop: (signal) => {
-      if (stopSignal !== undefined) {
-        log('info', `${signal}: already shutting down (since ${stopSignal}); a detached busy mount ends when its last user lets go (SIGKILL ends it now, failing their I/O)`)
-        return
-      }
-      stopSignal = signal
-      log('info', `${signal}: unmounting`)
-      abort.abort(new Error(`interrupted by ${signal}`))
-      stopping?.(signal)
-    },
-    reconfigure: (signal) => {
-      if (options.config === undefined) log('info', `${signal}: no --config file to re-read`)
-      else if (daemon === undefined) log('info', `${signal}: not mounted yet; the config is read at start`)
-      else {
-        log('info', `${signal}: re-reading ${options.config}`)
-        daemon.scheduleReconfigure()
-      }
-    },
-    report: (signal) => { log('info', `${signal}: client ${JSON.stringify(client?.stats ?? {})}; fuse ${JSON.stringify(mount?.stats ?? {})}`) }
-  })
-  // A foreground daemon whose terminal went away must not die of a failed log write.
-  process.stderr.on('error', () => {})
-  try {
-    setIoFlusher()
-    log('debug', 'PR_SET_IO_FLUSHER set: memory reclaim here does not wait on the I/O we serve')
-  } catch (err) {
-    log(process.geteuid?.() === 0 ? 'warn' : 'info', `PR_SET_IO_FLUSHER not set (${(err as Error).message}): a loop device over this mount may deadlock under memory pressure`)
-  }
-
-  try {
-    // Taken first: a live daemon's pidfile refuses the start before anything is touched.
-    pidfile = options.pidfile === undefined ? undefined : Pidfile.acquire(options.pidfile)
-    await cleanStaleMount(target, log)
-    client = await NbdClient.connect(uri, {
-      reconnectDelay: settings.reconnectDelay,
-      openTimeout: settings.openTimeout,
-      maxInFlight: settings.maxInFlight,
-      connections: options.connections,
-      ...tlsClientOptions(options),
-      signal: abort.signal
-    })
-    client.on('state', (c) => {
-      const expected = c.to === 'CONNECTED' || c.reason.startsWith('client closed')
-      log(expected ? 'info' : 'warn', `connection ${c.connection + 1}: ${c.from} → ${c.to} (${c.reason})`)
-    })
-    log('info', `connected to ${uri}: ${client.size} bytes, ${client.info.mode} replies`)
-    mount = await FuseMount.mount({ client, path: target, name: options.name, readonly: options.readonly === true, options: options.options ?? [], log })
-    const lock = new ConfigLock()
-    daemon = new DaemonControl({
-      uri,
-      client,
-      mount,
-      settings,
-      setLogLevel: (level) => { log.level = level },
-      configFile: options.config,
-      requestShutdown: (why) => { stopping?.(why) },
-      log
-    }, lock)
-    const socketPath = options.controlSocket ?? defaultControlSocket(target)
-    if (options.controlSocket === undefined && process.geteuid?.() !== 0) ensurePrivateDir(path.dirname(socketPath))
-    control = await ControlServer.listen({ path: socketPath, run: daemon.run, lock, timeoutMs: settings.controlTimeout, log })
-    daemon.server = control
-    log('info', `control socket: ${socketPath}`)
-    pidfile?.write()
-    ready(`ready ${process.pid} ${mount.file}`)
-    log('info', `ready: ${mount.file}`)
-  } catch (err) {
-    const message = describeError(err)
-    log('error', message)
-    ready(`error ${message}`)
-    await control?.close().catch(() => {})
-    await mount?.unmount().catch(() => {})
-    await client?.close().catch(() => {})
-    pidfile?.release()
-    untrap()
-    if (options.readyFd === undefined) throw err
-    return 1
-  }
-
-  const why = await Promise.race([stopped, mount.closed])
-  log('info', `shutting down: ${why}`)
-  // The control socket stays while a busy mount is served after detaching.
-  await mount.unmount()
-  await control.close().catch((err: unknown) => { log('warn', `control socket: ${describeError(err)}`) })
-  await client.close().catch((err: unknown) => { log('warn', `disconnect: ${describeError(err)}`) })
-  pidfile?.release()
-  log('info', `stopped; client ${JSON.stringify(client.stats)}; fuse ${JSON.stringify(mount.stats)}`)
-  untrap()
+  const [pid, exportFile] = await detach(args)
+  io.out(`mounted ${uri} at ${exportFile ?? target} (daemon pid ${pid})`)
   return 0
 }
 
@@ -322,7 +244,7 @@ export async function runUmount (file: string, options: UmountOptions, io: Io): 
   }
   const who = 'pid' in daemon ? `the daemon (pid ${daemon.pid})` : 'its daemon'
   if (options.lazy === true) {
-    io.out(`${target}: detached; ${who} serves it until the last user lets go, then flushes and exits`)
+    io.out(`${target}: detached; ${who} serves it until the last user lets go, then flushes${'pid' in daemon && isMultiMount(daemon.args) ? ' and lets it go' : ' and exits'}`)
     return 0
   }
   if ('problem' in daemon) {
@@ -331,6 +253,20 @@ export async function runUmount (file: string, options: UmountOptions, io: Io): 
   }
   const timeoutMs = options.timeoutMs ?? 60_000
   const deadline = Date.now() + timeoutMs
+  const done = `${target}: unmounted${forced ? ' (forced: its I/O was aborted)' : ''}`
+  if (isMultiMount(daemon.args)) {
+    // An nbdts daemon serves other mounts too: it does not exit, it lets this one go.
+    const socket = socketOf(daemon.args)
+    while (await daemonHolds(socket, target)) {
+      if (Date.now() > deadline) {
+        io.out(`${target}: unmounted; ${who} is still finishing it (flushing) after ${timeoutMs} ms`)
+        return 0
+      }
+      await sleep(20)
+    }
+    io.out(done)
+    return 0
+  }
   while (processExists(daemon.pid)) {
     if (Date.now() > deadline) {
       io.out(`${target}: unmounted; ${who} is still finishing (flushing) after ${timeoutMs} ms`)
@@ -338,6 +274,27 @@ export async function runUmount (file: string, options: UmountOptions, io: Io): 
     }
     await sleep(20)
   }
-  io.out(`${target}: unmounted${forced ? ' (forced: its I/O was aborted)' : ''}`)
+  io.out(done)
   return 0
+}
+
+/** `nbdts daemon` (many mounts) rather than a standalone `nbdts mount`. */
+function isMultiMount (args: readonly string[]): boolean {
+  return args.includes('daemon') && !args.includes('mount')
+}
+
+/** The daemon's control socket: its --control-socket (detach always passes it), else ours by default. */
+function socketOf (args: readonly string[]): string {
+  const at = args.indexOf('--control-socket')
+  return at >= 0 && args[at + 1] !== undefined ? args[at + 1]! : daemonSocket()
+}
+
+/** Whether the daemon on `socket` still lists `target` (false when it cannot be asked). */
+async function daemonHolds (socket: string, target: string): Promise<boolean> {
+  try {
+    const reply = await controlRequest(socket, joinWords(['show', 'mount', target, 'status', 'json']), 2000)
+    return reply.ok
+  } catch {
+    return false
+  }
 }

@@ -4,7 +4,7 @@
  * must not decide what `nbdts umount` waits for, and nothing is ever signalled on its word.
  *
  *   the process runs as the mount's owner (the kernel's user_id=, which a user cannot forge)
- *   its command line is an nbdts mount
+ *   its command line is an nbdts mount or an nbdts daemon (which holds many mounts)
  *   it holds /dev/fuse open
  *
  * A process passing all three is one the mount's owner started to serve a FUSE mount, so
@@ -13,7 +13,8 @@
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs'
 import { daemonPid, isStale, mountOwner, type MountEntry } from './mount-table.ts'
 
-export type DaemonCheck = { readonly pid: number } | { readonly problem: string }
+/** `args`: the daemon's command line (an `nbdts daemon` serves other mounts too). */
+export type DaemonCheck = { readonly pid: number, readonly args: readonly string[] } | { readonly problem: string }
 
 export function verifyDaemon (entry: MountEntry): DaemonCheck {
   const pid = daemonPid(entry)
@@ -32,7 +33,7 @@ export function verifyDaemon (entry: MountEntry): DaemonCheck {
   if (uids === null || Number(uids[2]) !== owner) {
     return { problem: `process ${pid} runs as uid ${uids?.[2] ?? '?'}, not as the mount's owner (uid ${owner})` }
   }
-  if (!args.includes('mount') || !args.some((a) => /(^|\/)(nbdts|main\.[jt]s)$/.test(a))) {
+  if (!(args.includes('mount') || args.includes('daemon')) || !args.some((a) => /(^|\/)(nbdts|main\.[jt]s)$/.test(a))) {
     return { problem: `process ${pid} is not an nbdts mount daemon` }
   }
   let fds: string[]
@@ -49,7 +50,7 @@ export function verifyDaemon (entry: MountEntry): DaemonCheck {
     }
   })
   if (!holdsDevice) return { problem: `process ${pid} does not hold /dev/fuse` }
-  return { pid }
+  return { pid, args }
 }
 
 /**

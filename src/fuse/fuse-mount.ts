@@ -180,15 +180,20 @@ export class FuseMount {
   /**
    * Unmounts in an order that loses nothing: requests in flight finish (up to `drainMs`), the
    * export is flushed, then the filesystem is unmounted. When it is busy (a loop device, an
-   * open file) it is detached instead, and served until the last user lets go: the promise
-   * settles only then.
+   * open file) it is detached instead (`busy: 'detach'`, the default), and served until the
+   * last user lets go: the promise settles only then. `busy: 'refuse'` rejects with a
+   * MountError ('busy') naming the holders and leaves the mount as it was (unmount may be
+   * called again); `busy: 'force'` aborts its I/O, as `nbdts umount --force` does.
    */
-  unmount (options: { drainMs?: number } = {}): Promise<void> {
-    this.#unmounting ??= this.#unmount(options.drainMs ?? 30_000)
-    return this.#unmounting
+  unmount (options: { drainMs?: number, busy?: 'detach' | 'refuse' | 'force' } = {}): Promise<void> {
+    this.#unmounting ??= this.#unmount(options.drainMs ?? 30_000, options.busy ?? 'detach')
+    const unmounting = this.#unmounting
+    // A refused unmount changed nothing: the next call tries again.
+    unmounting.catch(() => { if (this.#unmounting === unmounting) this.#unmounting = null })
+    return unmounting
   }
 
-  async #unmount (drainMs: number): Promise<void> {
+  async #unmount (drainMs: number, onBusy: 'detach' | 'refuse' | 'force'): Promise<void> {
     if (await settledWithin(this.closed, 0) === undefined) {
       await settledWithin(this.#fs.idle(), drainMs)
       await this.#flush()
@@ -196,10 +201,12 @@ export class FuseMount {
         await unmount(this.path)
       } catch (err) {
         const busy = err instanceof MountError && err.reason === 'busy'
+        if (busy && onBusy === 'refuse') throw new MountError('busy', `${this.path} is busy (${describeHolders(this.file, this.path)}), so it stays mounted`)
+        const force = busy && onBusy === 'force'
         this.#log('warn', busy
-          ? `${this.path} is busy (${describeHolders(this.file, this.path)}): detached it; serving until the last user lets go`
+          ? `${this.path} is busy (${describeHolders(this.file, this.path)}): ${force ? 'aborting its I/O (forced)' : 'detached it; serving until the last user lets go'}`
           : `unmounting ${this.path}: ${(err as Error).message}; detaching it`)
-        await unmount(this.path, { lazy: true }).catch((e: unknown) => { this.#log('error', `detaching ${this.path}: ${(e as Error).message}`) })
+        await unmount(this.path, { lazy: true, force }).catch((e: unknown) => { this.#log('error', `detaching ${this.path}: ${(e as Error).message}`) })
       }
       await this.closed
     }

@@ -1,6 +1,7 @@
 /**
  * The few libc calls Node lacks, through koffi: socketpair(2) and recvmsg(2) with SCM_RIGHTS
- * (fusermount3 hands the /dev/fuse descriptor back that way), and prctl(2). koffi is loaded on
+ * (fusermount3 hands the /dev/fuse descriptor back that way), prctl(2), and a Unix datagram
+ * socket with sendto(2) (systemd's notification socket; Node has no datagram Unix sockets). koffi is loaded on
  * first use, synchronously, so a machine without it still runs everything that does not need
  * these calls, and the one that does fails with a clear message.
  */
@@ -23,6 +24,8 @@ interface Libc {
   readonly recvmsg: (fd: number, msg: unknown, flags: number) => number
   readonly close: (fd: number) => number
   readonly prctl: (option: number, a: number, b: number, c: number, d: number) => number
+  readonly socket: (domain: number, type: number, protocol: number) => number
+  readonly sendto: (fd: number, data: Buffer, length: number, flags: number, address: Buffer, addressLength: number) => number
 }
 
 export class NativeUnavailableError extends Error {
@@ -41,7 +44,9 @@ function load (what: string): Libc {
         socketpair: lib.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)') as Libc['socketpair'],
         recvmsg: lib.func('intptr_t recvmsg(int sockfd, void *msg, int flags)') as Libc['recvmsg'],
         close: lib.func('int close(int fd)') as Libc['close'],
-        prctl: lib.func('int prctl(int option, unsigned long a, unsigned long b, unsigned long c, unsigned long d)') as Libc['prctl']
+        prctl: lib.func('int prctl(int option, unsigned long a, unsigned long b, unsigned long c, unsigned long d)') as Libc['prctl'],
+        socket: lib.func('int socket(int domain, int type, int protocol)') as Libc['socket'],
+        sendto: lib.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)') as Libc['sendto']
       }
     } catch (err) {
       libc = err as Error
@@ -63,6 +68,7 @@ function errnoError (call: string, errno: number): NodeJS.ErrnoException {
 
 const AF_UNIX = 1
 export const SOCK_STREAM = 1
+const SOCK_DGRAM = 2
 export const SOCK_SEQPACKET = 5
 const SOCK_CLOEXEC = 0o2000000
 
@@ -138,4 +144,37 @@ const PR_SET_IO_FLUSHER = 57
 export function setIoFlusher (): void {
   const c = load('PR_SET_IO_FLUSHER')
   if (c.prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) !== 0) throw errnoError('prctl(PR_SET_IO_FLUSHER)', c.koffi.errno())
+}
+
+const MSG_NOSIGNAL = 0x4000
+/** sizeof(struct sockaddr_un): sun_family (2 bytes), then sun_path[108]. */
+const SOCKADDR_UN = 110
+
+/**
+ * An unbound AF_UNIX datagram socket, to send from (close it with closeFd). A path starting
+ * with "@" names an abstract socket, as systemd writes NOTIFY_SOCKET.
+ */
+export function datagramSocket (what = 'a datagram socket'): number {
+  const c = load(what)
+  const fd = c.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)
+  if (fd < 0) throw errnoError('socket', c.koffi.errno())
+  return fd
+}
+
+/** sendto(2) one datagram to the Unix socket at `target`. */
+export function sendDatagram (fd: number, target: string, message: Buffer): void {
+  const c = load('sendto')
+  const abstract = target.startsWith('@')
+  const name = Buffer.from(abstract ? `\0${target.slice(1)}` : target)
+  if (name.length > SOCKADDR_UN - 3) throw new Error(`socket path too long (${name.length} bytes)`)
+  const address = Buffer.alloc(SOCKADDR_UN)
+  address.writeUInt16LE(AF_UNIX, 0)
+  name.copy(address, 2)
+  // A path name counts its terminating NUL; an abstract name is exactly its bytes.
+  const length = 2 + name.length + (abstract ? 0 : 1)
+  let n: number
+  do {
+    n = Number(c.sendto(fd, message, message.length, MSG_NOSIGNAL, address, length))
+  } while (n < 0 && c.koffi.errno() === EINTR)
+  if (n < 0) throw errnoError('sendto', c.koffi.errno())
 }

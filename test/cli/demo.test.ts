@@ -20,7 +20,7 @@ test('npm run demo mounts, uses ext4 on the mount, reads back intact and tears d
   assert.match(out, /random\.bin: 48 MiB, sha256 \S+ matches what was written/)
   assert.match(out, /hello\.txt: hello from nbdts/)
   assert.match(out, /e2fsck -fn/)
-  assert.match(out, /state: CONNECTED/)
+  assert.match(out, /connections: CONNECTED/)
   assert.match(out, /unmounted/)
   const dirs = demoDirs().filter((d) => !before.has(d))
   assert.deepEqual(dirs, [], 'the demo directory is removed')

@@ -38,7 +38,8 @@ describe('nbdts ctl', () => {
     const status = await ctl(socket, 'show', 'status')
     assert.equal(status.code, 0, status.stderr)
     assert.match(status.stdout, new RegExp(`file: ${file}`))
-    assert.match(status.stdout, /state: CONNECTED/)
+    assert.match(status.stdout, /state: up\n/)
+    assert.match(status.stdout, /connections: CONNECTED/)
     const stats = JSON.parse((await ctl(socket, 'show', 'stats', 'json')).stdout) as { client: { requests: { blockStatus: number } }, fuse: { requests: Record<string, number> } }
     assert.ok(stats.fuse.requests.init === 1)
     assert.equal((await ctl(socket, 'set', 'reconnect-delay', '1s')).stdout.trim(), 'ok')
@@ -52,13 +53,13 @@ describe('nbdts ctl', () => {
     // disconnect: I/O waits for the reconnect delay, then fails; reconnect brings it back.
     assert.equal((await ctl(socket, 'disconnect')).code, 0)
     await sleep(200)
-    assert.match((await ctl(socket, 'show', 'status')).stdout, /state: CONNECTING_WAIT/)
+    assert.match((await ctl(socket, 'show', 'status')).stdout, /connections: CONNECTING_WAIT/)
     const started = Date.now()
     const failed = await run('dd', [`if=${file}`, 'of=/dev/null', 'bs=4096', 'count=1', 'iflag=direct']).then(() => 'ok', (e: Error) => e.message)
     assert.match(failed, /Input\/output error/)
     assert.ok(Date.now() - started >= 500, 'I/O waited for the reconnect delay')
     assert.equal((await ctl(socket, 'reconnect')).code, 0)
-    for (let i = 0; i < 100 && !/state: CONNECTED/.test((await ctl(socket, 'show', 'status')).stdout); i++) await sleep(50)
+    for (let i = 0; i < 100 && !/connections: CONNECTED/.test((await ctl(socket, 'show', 'status')).stdout); i++) await sleep(50)
     await run('dd', [`if=${file}`, 'of=/dev/null', 'bs=4096', 'count=1', 'iflag=direct'])
     const bad = await ctl(socket, 'set', 'max-in-flight', 'lots')
     assert.equal(bad.code, 1)
@@ -84,7 +85,7 @@ describe('nbdts ctl', () => {
     const client = pathToFileURL(path.join(pkg, 'dist/control/client.js')).href
     writeFileSync(script, `
 import { ControlConnection } from ${JSON.stringify(client)}
-const words = ['help','show','reconnect','disconnect','reconfigure','shutdown','set','status','stats','config','json','max-in-flight','log-level','reconnect-delay','open-timeout','debug','1','2s','list']
+const words = ['help','show','reconnect','disconnect','reconfigure','shutdown','set','status','stats','config','json','max-in-flight','log-level','reconnect-delay','open-timeout','debug','1','2s','list','add','del','mount','mounts','lazy','force','persist']
 const c = await ControlConnection.connect(${JSON.stringify(socket)})
 const fixed = ['reconnect','disconnect','reconfigure','shutdown','set max-in-flight 1','set log-level debug','set reconnect-delay 1','set open-timeout 1']
 const out = { fixed: [], fuzzRefused: 0, fuzzAccepted: [] }
@@ -113,21 +114,21 @@ console.log(JSON.stringify(out))
 
   test('reconfigure re-reads --config without dropping the mount', async () => {
     const config = path.join(dir, 'nbdts.conf')
-    writeFileSync(config, 'reconnect-delay = 3s\nlog-level = info\n')
+    writeFileSync(config, '[defaults]\nreconnect-delay = "3s"\n[daemon]\nlog-level = "info"\n')
     const { socket, file } = await setup('reconf', ['--config', config])
     assert.match((await ctl(socket, 'show', 'config')).stdout, /reconnect-delay: 3000ms/, 'read at start')
-    writeFileSync(config, '# changed\nreconnect-delay = 9s\nmax-in-flight = 5\nlog-level = debug\ncontrol-timeout = 2s\n')
+    writeFileSync(config, '# changed\n[defaults]\nreconnect-delay = "9s"\nmax-in-flight = 5\n[daemon]\nlog-level = "debug"\ncontrol-timeout = "2s"\n')
     const replies = await Promise.all(Array.from({ length: 10 }, () => ctl(socket, 'reconfigure')))
     assert.ok(replies.every((r) => r.stdout.trim() === 'ok'))
     for (let i = 0; i < 50 && !/max-in-flight: 5/.test((await ctl(socket, 'show', 'config')).stdout); i++) await sleep(50)
     const shown = (await ctl(socket, 'show', 'config', 'json')).stdout
-    const values = JSON.parse(shown) as Record<string, string | number>
-    assert.equal(values['reconnect-delay'], '9000ms')
+    const values = JSON.parse(shown) as Record<string, string | number> & { mount: Array<Record<string, string | number>> }
+    assert.equal(values.mount[0]!['reconnect-delay'], '9000ms')
     assert.equal(values['log-level'], 'debug')
     assert.equal(values['control-timeout'], '2000ms')
     // Ten separate processes arrive too far apart to be coalesced reliably; the unit test holds the lock.
     assert.ok(Number(values.reconfigures) >= 1 && Number(values.reconfigures) <= 10)
-    writeFileSync(config, 'max-in-flight = many\n')
+    writeFileSync(config, '[defaults]\nmax-in-flight = "many"\n')
     await ctl(socket, 'reconfigure')
     await sleep(200)
     assert.match((await ctl(socket, 'show', 'config')).stdout, /last-reconfigure: failed .*max-in-flight must be/)

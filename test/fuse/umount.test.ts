@@ -117,7 +117,7 @@ describe('nbdts umount and the daemon\'s signals', () => {
   test('PR_SET_IO_FLUSHER at start; SIGHUP re-reads --config; SIGUSR1, SIGUSR2 and SIGPIPE leave it serving; SIGQUIT and SIGINT unmount cleanly', async () => {
     const s = await server('signals', ['memory', '4M'])
     const config = path.join(dir, 'signals.conf')
-    writeFileSync(config, 'reconnect-delay = 10s\n')
+    writeFileSync(config, '[defaults]\nreconnect-delay = "10s"\n')
     const m = await mounted(s.uri(), 'signals.img', ['--config', config])
     // PR_SET_IO_FLUSHER at daemon start: its main thread and the device reader started after
     // have the flags; where root lacks CAP_SYS_RESOURCE (containers), the log says so.
@@ -139,9 +139,9 @@ describe('nbdts umount and the daemon\'s signals', () => {
       for (let i = 0; i < 250 && !pattern.test(m.logText()); i++) await sleep(20)
       assert.match(m.logText(), pattern)
     }
-    writeFileSync(config, 'reconnect-delay = 45s\n')
+    writeFileSync(config, '[defaults]\nreconnect-delay = "45s"\n')
     process.kill(m.pid, 'SIGHUP')
-    await logged(/SIGHUP: re-reading .*\n.*reconfigured from .*"reconnect-delay":"45000ms"/)
+    await logged(/SIGHUP: re-reading [^\n]*\n[\s\S]*"reconnect-delay":"45000ms"} applied[\s\S]*reconfigured from .*1 changed/)
     serving()
     for (const signal of ['SIGUSR1', 'SIGUSR2', 'SIGPIPE'] as const) {
       process.kill(m.pid, signal)

@@ -8,7 +8,7 @@ import { chmodSync, chownSync, linkSync, readFileSync, renameSync, statSync, sym
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { after, test } from 'node:test'
-import { readConfigFile } from '../../src/control/settings.ts'
+import { readConfigFile } from '../../src/daemon/config-file.ts'
 import { Pidfile } from '../../src/util/safe-file.ts'
 import { within } from '../helpers/assert.ts'
 import { assertUntouched, NOBODY, NOGROUP, scene } from './scene.ts'

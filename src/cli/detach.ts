@@ -1,0 +1,43 @@
+/**
+ * Detaching like a daemon, but only once ready: the parent starts the same command again with
+ * `--foreground --ready-fd 3` and a pipe on fd 3, and waits for one line on it: "ready ..." or
+ * "error REASON". So `nbdts mount` and `nbdts daemon` return when their mounts can be used,
+ * with the daemon's first error as theirs.
+ *
+ *   parent ──spawn(ARGS --foreground --ready-fd 3)──► daemon: ... ─► "ready PID DETAIL"
+ *      └── reads one line, exits 0 (or throws the daemon's error)
+ */
+import { spawn } from 'node:child_process'
+import { closeSync, writeSync } from 'node:fs'
+
+/** Runs this program again with `args` (a subcommand and its options), detached; resolves with the words after "ready". */
+export async function detach (args: readonly string[]): Promise<string[]> {
+  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, ...args, '--foreground', '--ready-fd', '3'],
+    { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'pipe'] })
+  const answer = await new Promise<string>((resolve) => {
+    let text = ''
+    const pipe = child.stdio[3] as NodeJS.ReadableStream
+    pipe.setEncoding('utf8')
+    pipe.on('data', (d: string) => {
+      text += d
+      if (text.includes('\n')) resolve(text.slice(0, text.indexOf('\n')))
+    })
+    pipe.on('error', () => {})
+    child.once('exit', (code, signal) => { resolve(`error the daemon exited before it was ready (${code ?? signal})`) })
+  })
+  ;(child.stdio[3] as NodeJS.ReadableStream & { destroy: () => void }).destroy()
+  child.unref()
+  if (answer.startsWith('ready ')) return answer.slice(6).split(' ')
+  throw new Error(answer.replace(/^error /, ''))
+}
+
+/** The daemon's side: says one line on the ready descriptor (if it has one), then closes it. */
+export function readyReporter (fd: number | undefined): (line: string) => void {
+  return (line) => {
+    if (fd === undefined) return
+    try {
+      writeSync(fd, `${line}\n`)
+      closeSync(fd)
+    } catch { /* the parent is gone */ }
+  }
+}

@@ -1,0 +1,207 @@
+/**
+ * One mount inside the daemon: its client, its FUSE mount, its counters, and its life.
+ *
+ *              connect + mount ok                remove(mode)             unmounted, flushed,
+ *   STARTING ───────────────────► UP ──────────────────────────► REMOVING ──► client closed ──► (gone)
+ *      │ failed (reason kept)      │ ▲ busy and mode = refuse:        │
+ *      ▼                           │ └── back to UP, reason kept ─────┘
+ *   FAILED ── remove() ──► (gone)  └── unmounted from outside (nbdts umount, umount) ──► flushed ──► (gone)
+ *
+ * Everything here runs in the background of the control socket: the registry starts a remove
+ * and answers; `gone` settles when it is over. A remove during STARTING aborts the connect.
+ */
+import { NbdClient } from '../client/nbd-client.ts'
+import type { TeardownMode } from '../control/grammar.ts'
+import { describeMountSettings, type MountSettings } from '../control/words.ts'
+import { describeError, MountError } from '../errors.ts'
+import { FuseMount } from '../fuse/fuse-mount.ts'
+import type { LogFn } from '../fuse/log.ts'
+import { onConnectionChange } from '../util/client-view.ts'
+import type { ResolvedMountSettings } from './config.ts'
+import { LatencyWindow, RateSampler } from './io-stats.ts'
+import { timedClient, type TimedCommand } from './timed-client.ts'
+
+export type MountState = 'starting' | 'up' | 'failed' | 'removing'
+/** Where a mount came from: the config file, `add mount` on the control socket, `nbdts mount`. */
+export type MountOrigin = 'config' | 'ctl' | 'command line'
+
+export interface MountRuntimeOptions {
+  readonly uri: string
+  readonly file: string
+  /** What was given for this mount itself (a section, add mount's words, flags). */
+  readonly own: MountSettings
+  readonly settings: ResolvedMountSettings
+  readonly origin: MountOrigin
+  readonly log: LogFn
+  /** Each timed request, for the metrics' histogram (seconds). */
+  readonly observe?: (command: TimedCommand, seconds: number, ok: boolean) => void
+}
+
+export class MountRuntime {
+  readonly uri: string
+  readonly file: string
+  origin: MountOrigin
+  own: MountSettings
+  settings: ResolvedMountSettings
+  state: MountState = 'starting'
+  /** Why it failed, or why the last remove was refused. */
+  lastError: string | undefined
+  readonly startedAt = Date.now()
+  readonly latency = new LatencyWindow()
+  readonly rates = new RateSampler()
+  /** Timed requests that failed. */
+  failedRequests = 0
+  /** Settles once starting is over (up or failed); never rejects. */
+  readonly started: Promise<void>
+  /** Settles once the mount is gone for good; never rejects. */
+  readonly gone: Promise<void>
+  /** Called once, when gone. */
+  onGone: (() => void) | null = null
+  /** Why it went: 'unmounted' (from outside), 'removed', or the failure. */
+  goneReason = 'removed'
+
+  #client: NbdClient | undefined
+  #mount: FuseMount | undefined
+  readonly #abort = new AbortController()
+  readonly #log: LogFn
+  readonly #observe: MountRuntimeOptions['observe']
+  #markGone!: () => void
+  #removing: Promise<void> | null = null
+  #untrack: (() => void) | undefined
+
+  constructor (options: MountRuntimeOptions) {
+    this.uri = options.uri
+    this.file = options.file
+    this.origin = options.origin
+    this.own = options.own
+    this.settings = options.settings
+    this.#observe = options.observe
+    const file = options.file
+    this.#log = (level, message) => { options.log(level, message.startsWith(file) ? message : `${file}: ${message}`) }
+    this.gone = new Promise((resolve) => { this.#markGone = resolve })
+    this.started = this.#start()
+  }
+
+  get client (): NbdClient | undefined {
+    return this.#client
+  }
+
+  get mount (): FuseMount | undefined {
+    return this.#mount
+  }
+
+  async #start (): Promise<void> {
+    const s = this.settings
+    try {
+      const client = await NbdClient.connect(this.uri, {
+        reconnectDelay: s.reconnectDelay,
+        openTimeout: s.openTimeout,
+        maxInFlight: s.maxInFlight,
+        connections: s.connections,
+        // Only root may add a mount, and the URI is root's own: it may name local files.
+        allowLocalFile: true,
+        ...(s.tls !== undefined && { tls: s.tls }),
+        ...(s.tlsCertificates !== undefined && { tlsCertificates: s.tlsCertificates }),
+        ...(s.tlsPskFile !== undefined && { tlsPskFile: s.tlsPskFile }),
+        ...(s.tlsUsername !== undefined && { tlsUsername: s.tlsUsername }),
+        ...(s.tlsHostname !== undefined && { tlsHostname: s.tlsHostname }),
+        ...(s.tlsVerifyPeer === false && { tlsVerifyPeer: false }),
+        signal: this.#abort.signal
+      })
+      this.#client = client
+      this.#log('info', `connected to ${this.uri}: ${client.sizeBigInt} bytes, ${client.info.mode} replies${client.info.tls ? ', TLS' : ''}`)
+      this.#untrack = onConnectionChange(client, (c) => {
+        const expected = c.to === 'CONNECTED' || c.reason.startsWith('client closed')
+        this.#log(expected ? 'info' : 'warn', `connection ${c.connection}: ${c.from} → ${c.to} (${c.reason})`)
+      })
+      this.#abort.signal.throwIfAborted()
+      const timed = timedClient(client, (command, ms, ok) => {
+        this.latency.record(ms)
+        if (!ok) this.failedRequests++
+        this.#observe?.(command, ms / 1000, ok)
+      })
+      this.#mount = await FuseMount.mount({ client: timed, path: this.file, name: s.name, readonly: s.readonly, options: s.options, log: this.#log })
+      this.state = 'up'
+      this.lastError = undefined
+      this.#log('info', `up: ${this.uri} (${JSON.stringify(describeMountSettings(s))})`)
+      void this.#mount.closed.then((why) => { this.#closedFromOutside(why) })
+      if (this.#abort.signal.aborted) this.state = 'removing'
+    } catch (err) {
+      this.lastError = describeError(err)
+      this.state = 'failed'
+      this.#log('error', `failed: ${this.lastError}`)
+      await this.#closeClient()
+    }
+  }
+
+  /** The FUSE side ended without our asking (nbdts umount, umount(8), an abort). */
+  #closedFromOutside (why: string): void {
+    if (this.state !== 'up') return
+    this.goneReason = why
+    this.#log('info', `unmounted from outside (${why}); flushing and letting go`)
+    this.#removing ??= this.#teardown('refuse')
+  }
+
+  /**
+   * Drains, flushes and unmounts (the FUSE side's order), then closes the client. A busy
+   * mount: `refuse` rejects with a MountError naming the holders and leaves it UP; `lazy`
+   * detaches it and serves it until its last user lets go; `force` aborts its I/O.
+   */
+  remove (mode: TeardownMode): Promise<void> {
+    this.#removing ??= this.#teardown(mode)
+    return this.#removing
+  }
+
+  async #teardown (mode: TeardownMode): Promise<void> {
+    if (this.state === 'starting') this.#abort.abort(new Error('removed while starting'))
+    await this.started
+    const mount = this.#mount
+    if (this.state !== 'failed' && mount !== undefined) {
+      this.state = 'removing'
+      try {
+        await mount.unmount({ busy: mode === 'refuse' ? 'refuse' : mode === 'lazy' ? 'detach' : 'force', ...(mode === 'force' && { drainMs: 0 }) })
+      } catch (err) {
+        this.state = 'up'
+        this.lastError = describeError(err)
+        this.#removing = null
+        this.#log('warn', this.lastError)
+        throw err
+      }
+    }
+    await this.#closeClient()
+    if (this.state === 'failed') this.goneReason = this.lastError ?? 'failed'
+    this.state = 'removing'
+    this.#log('info', `gone; client ${JSON.stringify(this.#client?.stats ?? {})}; fuse ${JSON.stringify(mount?.stats ?? {})}`)
+    this.onGone?.()
+    this.#markGone()
+  }
+
+  async #closeClient (): Promise<void> {
+    this.#untrack?.()
+    const client = this.#client
+    if (client === undefined) return
+    await client.close().catch((err: unknown) => { this.#log('warn', `disconnect: ${describeError(err)}`) })
+  }
+
+  /** Applies what `set` (or a reconfigure) changed that a running mount can take. */
+  applyLive (own: MountSettings, settings: ResolvedMountSettings): void {
+    this.own = own
+    this.settings = settings
+    const client = this.#client
+    if (client === undefined) return
+    client.reconnectDelay = settings.reconnectDelay
+    client.maxInFlight = settings.maxInFlight
+  }
+
+  /** For the connection commands: the client of an UP mount. */
+  requireClient (): NbdClient {
+    if (this.state !== 'up' || this.#client === undefined) throw new MountError('not-mounted', `${this.file} is ${this.state}${this.lastError === undefined ? '' : ` (${this.lastError})`}`)
+    return this.#client
+  }
+
+  /** Once a second: rates and the latency window move on. */
+  tick (now: number): void {
+    this.latency.tick()
+    if (this.#client !== undefined) this.rates.sample(this.#client.stats, now)
+  }
+}

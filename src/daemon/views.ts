@@ -1,0 +1,173 @@
+/**
+ * What `show` answers, as data (`json`) and as text: the mounts table, one mount's topics, the
+ * daemon. Everything here reads counters and states; nothing waits on a mount.
+ *
+ * What clients that are not root see: where each mount is and how it is doing, but not how it
+ * authenticates. URIs lose their user and query (`nbds://host/export?…`: the query may name
+ * key files, the user part a PSK identity), TLS settings show as "(hidden)", and a failed
+ * reconfigure shows only the file and line (config-file.ts).
+ */
+import { describeMountSettings } from '../control/words.ts'
+import { humanSize } from '../util/json.ts'
+import { printable } from '../util/printable.ts'
+import { connectionTable } from '../util/client-view.ts'
+import type { Daemon } from './daemon.ts'
+import type { MountRuntime } from './mount-runtime.ts'
+
+export function redactUri (uri: string): string {
+  const query = uri.indexOf('?')
+  const base = query < 0 ? uri : uri.slice(0, query)
+  return base.replace(/^([a-z+]+:\/\/)[^/@]*@/i, '$1') + (query < 0 ? '' : '?…')
+}
+
+const SHORT_STATE: Readonly<Record<string, string>> = { CONNECTED: 'ok', CONNECTING_WAIT: 'wait', CONNECTING_NOWAIT: 'nowait', QUIT: 'quit' }
+
+export interface MountRow {
+  readonly file: string
+  readonly uri: string
+  readonly state: string
+  readonly connections: readonly string[]
+  readonly size: number | null
+  readonly iops: number
+  readonly mibps: number
+  readonly p99ms: number | null
+  readonly inFlight: number
+  readonly origin: string
+  readonly error?: string
+}
+
+function round (n: number, digits: number): number {
+  const f = 10 ** digits
+  return Math.round(n * f) / f
+}
+
+export function mountRow (m: MountRuntime, privileged: boolean): MountRow {
+  const client = m.client
+  const stats = client?.stats
+  const p99 = m.latency.percentile(0.99)
+  const size = client?.sizeBigInt
+  return {
+    file: m.file,
+    uri: privileged ? m.uri : redactUri(m.uri),
+    state: m.state,
+    connections: client?.states ?? [],
+    size: size === undefined ? null : Number(size),
+    iops: round(m.rates.rates.iops, 1),
+    mibps: round(m.rates.rates.mibps, 2),
+    p99ms: p99 === undefined ? null : round(p99, 3),
+    inFlight: stats?.inFlight ?? 0,
+    origin: m.origin,
+    ...(m.lastError !== undefined && { error: m.lastError })
+  }
+}
+
+function latencyText (ms: number | null): string {
+  if (ms === null) return '-'
+  return ms < 1 ? `${Math.round(ms * 1000)}us` : ms < 1000 ? `${round(ms, 1)}ms` : `${round(ms / 1000, 2)}s`
+}
+
+/** The `show mounts` table: one line per mount, columns padded to fit. */
+export function mountsTable (rows: readonly MountRow[]): string {
+  const header = ['FILE', 'URI', 'STATE', 'CONNECTIONS', 'SIZE', 'IOPS', 'MiB/s', 'P99', 'IN FLIGHT']
+  const lines = rows.map((r) => [
+    r.file, r.uri, r.state,
+    r.connections.length === 0 ? '-' : r.connections.map((s) => SHORT_STATE[s] ?? s).join(','),
+    r.size === null ? '-' : humanSize(r.size),
+    r.iops.toFixed(0), r.mibps.toFixed(1), latencyText(r.p99ms), String(r.inFlight)
+  ].map((cell) => printable(cell)))
+  const all = [header, ...lines]
+  const widths = header.map((_h, i) => Math.max(...all.map((cells) => cells[i]!.length)))
+  const text = all.map((cells) => cells.map((cell, i) => i === cells.length - 1 ? cell : cell.padEnd(widths[i]!)).join('  ').trimEnd())
+  const errors = rows.filter((r) => r.error !== undefined).map((r) => `${printable(r.file)}: ${printable(r.error!)}`)
+  return [...text, ...(errors.length === 0 ? [] : ['', ...errors])].join('\n')
+}
+
+function hideTls (settings: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {}
+  for (const [key, value] of Object.entries(settings)) out[key] = key.startsWith('tls') ? '(hidden)' : value
+  return out
+}
+
+/** `show mount FILE TOPIC`. */
+export function mountTopic (m: MountRuntime, topic: string, privileged: boolean): unknown {
+  const client = m.client
+  const mount = m.mount
+  switch (topic) {
+    case 'status':
+      return {
+        file: m.file,
+        export: mount?.file,
+        uri: privileged ? m.uri : redactUri(m.uri),
+        state: m.state,
+        ...(m.lastError !== undefined && { error: m.lastError }),
+        origin: m.origin,
+        access: mount === undefined ? undefined : mount.readonly ? 'read-only' : 'read-write',
+        exportSize: client?.sizeBigInt,
+        exportSizeHuman: client === undefined ? undefined : humanSize(client.sizeBigInt),
+        connections: client?.states.join(' '),
+        protocol: client === undefined ? undefined : `${client.info.protocol}, ${client.info.mode} replies, ${client.info.tls ? 'with' : 'without'} TLS`,
+        uptimeSeconds: Math.round((Date.now() - m.startedAt) / 1000)
+      }
+    case 'stats':
+      return {
+        rates: m.rates.rates,
+        latencyMs: { p50: m.latency.percentile(0.5) ?? null, p90: m.latency.percentile(0.9) ?? null, p99: m.latency.percentile(0.99) ?? null },
+        client: client?.stats,
+        fuse: mount?.stats
+      }
+    case 'config': {
+      const settings = describeMountSettings(m.settings)
+      return { uri: privileged ? m.uri : redactUri(m.uri), file: m.file, origin: m.origin, ...(privileged ? settings : hideTls(settings)) }
+    }
+    case 'connections':
+      return client === undefined ? [] : connectionTable(client)
+    case 'requests':
+      return { fuseInFlight: mount?.stats.inFlight ?? 0, nbd: client?.requestsInFlight() ?? [] }
+  }
+  return undefined
+}
+
+/** `show daemon` (and the head of `show status` and `show config`). */
+export function daemonInfo (d: Daemon, privileged: boolean): Record<string, unknown> {
+  return {
+    pid: process.pid,
+    uptimeSeconds: Math.round((Date.now() - d.startedAt) / 1000),
+    'control-socket': d.controlSocket,
+    'config-file': d.configFile ?? '(none)',
+    'metrics-listen': d.metricsListen === undefined ? '(none)' : `${d.metricsListen.host}:${d.metricsListen.port}`,
+    'log-level': d.settings.logLevel,
+    'control-timeout': `${d.settings.controlTimeout}ms`,
+    reconfigures: d.reconfigures,
+    'last-reconfigure': privileged ? d.lastReconfigure.text : d.lastReconfigure.public,
+    mounts: d.summary()
+  }
+}
+
+export function daemonConfig (d: Daemon, privileged: boolean): Record<string, unknown> {
+  const defaults = describeMountSettings(d.config.defaults)
+  return {
+    ...daemonInfo(d, privileged),
+    defaults: privileged ? defaults : hideTls(defaults),
+    mount: [...d.mounts.values()].map((m) => mountTopic(m, 'config', privileged))
+  }
+}
+
+/**
+ * A readable rendering: "key: value" lines; arrays as one block per element. Values may quote
+ * the server (error messages): control characters are escaped, so one value stays one line.
+ */
+export function render (data: unknown, indent = ''): string {
+  if (Array.isArray(data)) {
+    if (data.length === 0) return `${indent}(none)`
+    if (data.every((item) => typeof item !== 'object' || item === null)) return `${indent}${data.map((item) => printable(String(item))).join(', ')}`
+    return data.map((item) => render(item, indent)).join('\n\n')
+  }
+  if (typeof data !== 'object' || data === null) return `${indent}${printable(String(data))}`
+  return Object.entries(data).filter(([, value]) => value !== undefined).map(([key, value]) => {
+    if (typeof value === 'object' && value !== null && !(Array.isArray(value) && value.every((v) => typeof v !== 'object'))) {
+      return `${indent}${key}:\n${render(value, indent + '  ')}`
+    }
+    if (Array.isArray(value)) return `${indent}${key}: ${value.length === 0 ? '(none)' : value.map((v) => printable(String(v))).join(', ')}`
+    return `${indent}${key}: ${printable(typeof value === 'bigint' ? value.toString() : String(value))}`
+  }).join('\n')
+}
