@@ -5,7 +5,7 @@
  *   lane: which connection a request goes on (worker i uses lane i % connections), so each
  *         connection gets its share of the requests in flight, as nbdcopy's threads do.
  */
-import type { AllocationExtent } from '../util/client-view.ts'
+import type { Extent } from '../client/index.ts'
 
 export interface CopySource {
   /** How the user named it, for messages. */
@@ -23,7 +23,7 @@ export interface CopySource {
   /** Fills `buffer` from the stream; returns bytes read, short only at EOF (0 = EOF). */
   readNext?: (buffer: Buffer, signal: AbortSignal) => Promise<number>
   /** Extents of [offset, offset + length), when the source knows them (NBD base:allocation). */
-  extents?: (offset: number, length: number, signal: AbortSignal) => AsyncIterable<AllocationExtent>
+  extents?: (offset: number, length: number, signal: AbortSignal) => AsyncIterable<Extent>
   /** Reconnects so far (NBD). */
   reconnects?: () => number
   close: () => Promise<void>

@@ -12,7 +12,6 @@ import { NbdClient } from '../client/nbd-client.ts'
 import type { NbdClientOptions } from '../client/options.ts'
 import { NotSupportedError } from '../errors.ts'
 import type { OpenSocket } from '../transport/open-socket.ts'
-import { allocation, exportSize, hasAllocation } from '../util/client-view.ts'
 import type { CopyDestination, CopySource } from './endpoint.ts'
 
 export interface NbdEndpointOptions {
@@ -75,14 +74,14 @@ function preferred (client: NbdClient): number | undefined {
 export async function nbdSource (options: NbdEndpointOptions): Promise<CopySource> {
   const clients = await connectAll(options)
   const first = clients[0]!
-  const withExtents = options.extents && hasAllocation(first)
+  const withExtents = options.extents && first.metaContexts.includes('base:allocation')
   return {
     name: options.name,
-    size: exportSize(first),
+    size: first.size,
     connections: clients.length,
     preferredBlockSize: preferred(first),
     readInto: (buffer, offset, lane, signal) => clients[lane % clients.length]!.readInto(buffer, offset, { signal }),
-    ...(withExtents && { extents: (offset: number, length: number, signal: AbortSignal) => allocation(first, offset, length, signal) }),
+    ...(withExtents && { extents: (offset: number, length: number, signal: AbortSignal) => first.map(offset, length, { signal }) }),
     reconnects: reconnects(clients),
     close: () => closeAll(clients)
   }
@@ -98,7 +97,7 @@ export async function nbdDestination (options: NbdEndpointOptions): Promise<Copy
   const pick = (lane: number): NbdClient => clients[lane % clients.length]!
   return {
     name: options.name,
-    size: exportSize(first),
+    size: first.size,
     connections: clients.length,
     preferredBlockSize: preferred(first),
     seekable: true,

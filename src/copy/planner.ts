@@ -9,7 +9,8 @@
  * most MAX_ZERO, whatever flags told us they read as zeroes. Without extents (no
  * BLOCK_STATUS, a file, --no-extents) everything is data and zero detection finds the rest.
  */
-import { STATE_ZERO, type AllocationExtent } from '../util/client-view.ts'
+import type { Extent } from '../client/index.ts'
+import { NBD_STATE_ZERO } from '../protocol/constants.ts'
 
 export interface Piece {
   readonly offset: number
@@ -22,7 +23,7 @@ export interface Piece {
 export const MAX_ZERO = 1 << 30
 
 /** Pieces of [start, end): from `extents` (in order, covering the range) or all data. */
-export async function * planPieces (extents: AsyncIterable<AllocationExtent> | undefined, start: number, end: number, size: number): AsyncGenerator<Piece> {
+export async function * planPieces (extents: AsyncIterable<Extent> | undefined, start: number, end: number, size: number): AsyncGenerator<Piece> {
   if (extents === undefined) {
     yield * dataPieces(start, end, size)
     return
@@ -33,7 +34,7 @@ export async function * planPieces (extents: AsyncIterable<AllocationExtent> | u
     const from = Math.max(e.offset, start)
     const to = Math.min(e.offset + e.length, end)
     if (to <= from) continue
-    if ((e.flags & STATE_ZERO) !== 0) {
+    if ((e.flags & NBD_STATE_ZERO) !== 0) {
       if (zeroFrom < 0) zeroFrom = from
     } else {
       if (zeroFrom >= 0) yield * zeroPieces(zeroFrom, from)

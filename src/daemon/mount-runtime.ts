@@ -10,13 +10,12 @@
  * Everything here runs in the background of the control socket: the registry starts a remove
  * and answers; `gone` settles when it is over. A remove during STARTING aborts the connect.
  */
-import { NbdClient } from '../client/nbd-client.ts'
+import { NbdClient, type ClientStateChange } from '../client/nbd-client.ts'
 import type { TeardownMode } from '../control/grammar.ts'
 import { describeMountSettings, type MountSettings } from '../control/words.ts'
 import { describeError, MountError } from '../errors.ts'
 import { FuseMount } from '../fuse/fuse-mount.ts'
 import type { LogFn } from '../fuse/log.ts'
-import { onConnectionChange } from '../util/client-view.ts'
 import type { ResolvedMountSettings } from './config.ts'
 import { LatencyWindow, RateSampler } from './io-stats.ts'
 import { timedClient, type TimedCommand } from './timed-client.ts'
@@ -110,10 +109,12 @@ export class MountRuntime {
       })
       this.#client = client
       this.#log('info', `connected to ${this.uri}: ${client.sizeBigInt} bytes, ${client.info.mode} replies${client.info.tls ? ', TLS' : ''}`)
-      this.#untrack = onConnectionChange(client, (c) => {
+      const onState = (c: ClientStateChange): void => {
         const expected = c.to === 'CONNECTED' || c.reason.startsWith('client closed')
-        this.#log(expected ? 'info' : 'warn', `connection ${c.connection}: ${c.from} → ${c.to} (${c.reason})`)
-      })
+        this.#log(expected ? 'info' : 'warn', `connection ${c.connection} of ${c.connections}: ${c.from} → ${c.to} (${c.reason})`)
+      }
+      client.on('state', onState)
+      this.#untrack = () => { client.off('state', onState) }
       this.#abort.signal.throwIfAborted()
       const timed = timedClient(client, (command, ms, ok) => {
         this.latency.record(ms)

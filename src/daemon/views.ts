@@ -10,7 +10,6 @@
 import { describeMountSettings } from '../control/words.ts'
 import { humanSize } from '../util/json.ts'
 import { printable } from '../util/printable.ts'
-import { connectionTable } from '../util/client-view.ts'
 import type { Daemon } from './daemon.ts'
 import type { MountRuntime } from './mount-runtime.ts'
 
@@ -120,7 +119,7 @@ export function mountTopic (m: MountRuntime, topic: string, privileged: boolean)
       return { uri: privileged ? m.uri : redactUri(m.uri), file: m.file, origin: m.origin, ...(privileged ? settings : hideTls(settings)) }
     }
     case 'connections':
-      return client === undefined ? [] : connectionTable(client)
+      return client === undefined ? [] : client.connectionInfo()
     case 'requests':
       return { fuseInFlight: mount?.stats.inFlight ?? 0, nbd: client?.requestsInFlight() ?? [] }
   }

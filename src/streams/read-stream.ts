@@ -15,7 +15,6 @@ import { Readable } from 'node:stream'
 import type { NbdClient } from '../client/nbd-client.ts'
 import { InvalidArgumentError } from '../errors.ts'
 import { planPieces, type Piece } from '../copy/planner.ts'
-import { allocation, exportSize, hasAllocation } from '../util/client-view.ts'
 
 export interface ReadStreamOptions {
   /** First byte. @default 0 */
@@ -81,13 +80,13 @@ class NbdReadStream extends Readable {
     this.#client = client
     this.#sparse = sparse
     this.#depth = positive(options.readAhead ?? 4, 'readAhead')
-    const size = exportSize(client)
+    const size = client.size
     const start = options.start ?? 0
     const end = options.end === undefined ? size : options.end + 1
     if (!Number.isSafeInteger(start) || start < 0 || !Number.isSafeInteger(end) || end < start || end > size) {
       throw new InvalidArgumentError(`read stream range start=${start} end=${options.end} does not fit the export (${size} bytes)`)
     }
-    const extents = sparse && hasAllocation(client) ? allocation(client, start, end - start, this.#abort.signal) : undefined
+    const extents = sparse && client.metaContexts.includes('base:allocation') ? client.map(start, end - start, { signal: this.#abort.signal }) : undefined
     this.#pieces = planPieces(extents, start, end, chunk)
   }
 

@@ -17,7 +17,6 @@
 import { Writable } from 'node:stream'
 import type { NbdClient } from '../client/nbd-client.ts'
 import { InvalidArgumentError } from '../errors.ts'
-import { exportSize } from '../util/client-view.ts'
 import type { SparseChunk } from './read-stream.ts'
 
 export interface WriteStreamOptions {
@@ -69,7 +68,7 @@ class NbdWriteStream extends Writable {
     super({ objectMode: sparse, highWaterMark: sparse ? 4 : chunk, ...(options.signal !== undefined && { signal: options.signal }) })
     this.#client = client
     this.#options = options
-    this.#size = exportSize(client)
+    this.#size = client.size
     this.#chunk = chunk
     this.#requests = options.requests ?? 4
     if (!Number.isSafeInteger(this.#requests) || this.#requests < 1) throw new InvalidArgumentError(`requests must be a positive integer, not ${this.#requests}`)
