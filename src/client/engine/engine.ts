@@ -65,6 +65,8 @@ export interface EngineOptions {
   readonly watchPath?: string
   /** Runs on every connection after the first, before it takes requests. */
   readonly recover?: Recover
+  /** A connection over a path of several failed (see Connection.path). */
+  readonly pathFailed?: (path: number, reason: string) => void
 }
 
 export class Engine extends EventEmitter<{ state: [StateChange] }> {
@@ -104,6 +106,8 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
   get contexts (): ReadonlyMap<number, string> { return this.#connections.active?.conn.info.contexts ?? new Map() }
   /** The active connection runs over TLS (undefined while there is none). */
   get tls (): boolean | undefined { return this.#connections.active?.tls }
+  /** With several paths: the one the active connection runs over (0-based). */
+  get path (): number | undefined { return this.#connections.active?.conn.path }
   get maxInFlight (): number { return this.#admission.max }
   set maxInFlight (n: number) { this.#admission.max = n }
   /** Requests waiting for a slot. */
