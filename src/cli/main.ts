@@ -67,10 +67,19 @@ export function buildProgram (commands: ServerCommands = []): Command {
     .option('--name <name>', 'the export\'s file name when FILE is a directory (as nbdfuse)', 'nbd')
     .option('--config <file>', 'the daemon config (TOML): its [daemon] and [defaults] sections apply, re-read by "nbdts ctl reconfigure"')
     .addOption(new Option('--control-timeout <duration>', 'deadline of one control socket request').default(4000, '4s').argParser(parseDuration))
+    .addOption(new Option('--path <uri>', 'multipath: another URI of the same export, repeatable (URI is path 1)').argParser(collect).default([], ''))
+    .addOption(new Option('--path-selector <policy>', 'multipath: failover (one active path) or round-robin (every path; needs multi-conn)').choices(['failover', 'round-robin']))
+    .option('--failback <policy>', 'multipath: back to path 1 once ready: immediate, manual, or after a delay (e.g. 30s)')
+    .option('--polling-interval <duration>', 'multipath: how often every path is checked (default 5s)')
+    .option('--no-path-retry <duration>', 'multipath.conf\'s name for --reconnect-delay: how long I/O waits with every path down')
+    .option('--path-identity <identity>', 'multipath: what must match on every path besides size and capabilities: export, description, or OFFSET+LENGTH bytes')
     .addOption(new Option('--ready-fd <fd>').argParser(parseCount).hideHelp())
-    .action(async function (this: Command, uri: string, file: string, options: { readonly?: boolean, options: string[], reconnectDelay: number, openTimeout: number, maxInFlight: number, connections: number | 'auto', foreground?: boolean, standalone?: boolean, pidfile?: string, controlSocket?: string, logLevel: LogLevel, logFile?: string, name: string, readyFd?: number, config?: string, controlTimeout: number } & TlsFlags) {
+    .action(async function (this: Command, uri: string, file: string, options: { readonly?: boolean, options: string[], reconnectDelay: number, openTimeout: number, maxInFlight: number, connections: number | 'auto', foreground?: boolean, standalone?: boolean, pidfile?: string, controlSocket?: string, logLevel: LogLevel, logFile?: string, name: string, readyFd?: number, config?: string, controlTimeout: number, path: string[], pathSelector?: string, failback?: string, pollingInterval?: string, pathRetry?: string | boolean, pathIdentity?: string } & TlsFlags) {
       const explicit = new Set(Object.keys(options).filter((key) => this.getOptionValueSource(key) === 'cli'))
-      process.exitCode = await runMount(uri, file, { ...options, explicit }, { out })
+      // Commander reads --no-path-retry as the negation of "path-retry" (true when absent): it
+      // is multipath.conf's name, with a value.
+      const { pathRetry, ...rest } = options
+      process.exitCode = await runMount(uri, file, { ...rest, ...(typeof pathRetry === 'string' && { noPathRetry: pathRetry }), explicit }, { out })
     })
 
   addCopyCommand(program, commands, out)

@@ -27,7 +27,7 @@ import { describeHolders } from '../fuse/holders.ts'
 import { parseMountOptions } from '../fuse/mount-options.ts'
 import { nbdtsMountAt, unmount } from '../fuse/mount-table.ts'
 import { parseNbdUri } from '../protocol/uri.ts'
-import type { MountSettings } from '../control/words.ts'
+import { describeMountSettings, setMountKey, type MountSettings } from '../control/words.ts'
 import { controlDir, daemonSocket, serveDaemon } from './daemon.ts'
 import { detach } from './detach.ts'
 import type { LogLevel } from './logger.ts'
@@ -56,7 +56,20 @@ export interface MountOptions extends TlsFlags {
   readonly controlTimeout: number
   /** Option names given on the command line (they win over the config file). */
   readonly explicit: ReadonlySet<string>
+  /** Multipath: the other URIs, and the policy words (as the config file takes them). */
+  readonly path?: readonly string[]
+  readonly pathSelector?: string
+  readonly failback?: string
+  readonly pollingInterval?: string
+  readonly noPathRetry?: string
+  readonly pathIdentity?: string
 }
+
+/** The multipath flags, as the settings words they are everywhere (words.ts parses them). */
+const MULTIPATH_FLAGS = [
+  ['pathSelector', 'path-selector'], ['failback', 'failback'], ['pollingInterval', 'polling-interval'],
+  ['noPathRetry', 'no-path-retry'], ['pathIdentity', 'path-identity']
+] as const
 
 export { CONTROL_DIR, controlDir } from './daemon.ts'
 
@@ -85,6 +98,11 @@ function ownSettings (options: MountOptions): MountSettings {
   if (options.tlsUsername !== undefined) own.tlsUsername = options.tlsUsername
   if (options.tlsHostname !== undefined) own.tlsHostname = options.tlsHostname
   if (options.tlsVerifyPeer === false) own.tlsVerifyPeer = false
+  if ((options.path ?? []).length > 0) own.paths = [...options.path!]
+  for (const [flag, key] of MULTIPATH_FLAGS) {
+    const word = options[flag]
+    if (word !== undefined) setMountKey(own, key, word)
+  }
   return own
 }
 
@@ -135,7 +153,7 @@ async function connectDaemon (): Promise<ControlConnection | undefined> {
 async function mountThroughDaemon (daemon: ControlConnection, uri: string, target: string, options: MountOptions, io: Io): Promise<number> {
   try {
     const words = ['add', 'mount', uri, target]
-    for (const [key, value] of Object.entries(ownSettingWords(ownSettings(options)))) words.push(key, value)
+    for (const [key, value] of ownSettingWords(ownSettings(options))) words.push(key, value)
     const added = await daemon.request(joinWords(words))
     if (!added.ok) throw new Error(`the daemon on ${daemonSocket()} refused: ${added.text}`)
     const deadline = Date.now() + options.openTimeout + 60_000
@@ -155,8 +173,8 @@ async function mountThroughDaemon (daemon: ControlConnection, uri: string, targe
   }
 }
 
-/** MountSettings as `add mount` words. */
-function ownSettingWords (own: MountSettings): Record<string, string> {
+/** MountSettings as `add mount` words (a key may come more than once: paths). */
+function ownSettingWords (own: MountSettings): Array<[string, string]> {
   const words: Record<string, string> = {}
   if (own.readonly !== undefined) words.readonly = own.readonly ? 'yes' : 'no'
   if (own.name !== undefined) words.name = own.name
@@ -171,7 +189,11 @@ function ownSettingWords (own: MountSettings): Record<string, string> {
   if (own.tlsUsername !== undefined) words['tls-username'] = own.tlsUsername
   if (own.tlsHostname !== undefined) words['tls-hostname'] = own.tlsHostname
   if (own.tlsVerifyPeer !== undefined) words['tls-verify-peer'] = own.tlsVerifyPeer ? 'yes' : 'no'
-  return words
+  const described = describeMountSettings(own)
+  for (const key of ['path-selector', 'failback', 'polling-interval', 'path-identity'] as const) {
+    if (described[key] !== undefined) words[key] = String(described[key])
+  }
+  return [...Object.entries(words), ...(own.paths ?? []).map((p): [string, string] => ['paths', p])]
 }
 
 /** Starts the mount's own daemon and waits for it to be ready. */
@@ -196,6 +218,11 @@ async function detachMount (uri: string, target: string, options: MountOptions, 
   if (given('controlTimeout')) args.push('--control-timeout', `${options.controlTimeout}ms`)
   if (options.readonly === true) args.push('--readonly')
   for (const o of options.options ?? []) args.push('-o', o)
+  for (const p of options.path ?? []) args.push('--path', p)
+  for (const [flag] of MULTIPATH_FLAGS) {
+    const word = options[flag]
+    if (word !== undefined) args.push(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`, word)
+  }
   if (options.pidfile !== undefined) args.push('--pidfile', path.resolve(options.pidfile))
   if (options.controlSocket !== undefined) args.push('--control-socket', path.resolve(options.controlSocket))
   if (options.logFile !== undefined) args.push('--log-file', path.resolve(options.logFile))

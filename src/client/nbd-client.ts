@@ -27,7 +27,7 @@ import { blockStatus, cache, walk, type BlockStatus, type Extent } from './statu
 import { Writes } from './writes.ts'
 import { createReadStream, createWriteStream, type ReadStreamOptions, type WriteStreamOptions } from '../streams/index.ts'
 import type { Multipath } from '../multipath/open-paths.ts'
-import type { PathChange, PathStatus } from '../multipath/index.ts'
+import type { Failback, PathChange, PathStatus } from '../multipath/index.ts'
 
 export type { BlockStatus, Extent, Offset }
 
@@ -323,6 +323,10 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: 
     m.paths.reinstate(path)
     void m.checker.check(path - 1)
   }
+
+  /** The failback policy (settable at run time): 'immediate', 'manual', or a delay in ms. */
+  get failback (): Failback { return this.#multipath().paths.failback }
+  set failback (policy: Failback) { this.#multipath().paths.failback = policy }
 
   /** `switch path N`: make a ready path the active one (failover): connections move there softly. */
   switchPath (path: number): void { this.#multipath().paths.switchTo(path) }

@@ -11,6 +11,7 @@
  * and answers; `gone` settles when it is over. A remove during STARTING aborts the connect.
  */
 import { NbdClient, type ClientStateChange } from '../client/nbd-client.ts'
+import type { PathChange } from '../multipath/index.ts'
 import type { TeardownMode } from '../control/grammar.ts'
 import { describeMountSettings, type MountSettings } from '../control/words.ts'
 import { describeError, MountError } from '../errors.ts'
@@ -105,6 +106,13 @@ export class MountRuntime {
         ...(s.tlsUsername !== undefined && { tlsUsername: s.tlsUsername }),
         ...(s.tlsHostname !== undefined && { tlsHostname: s.tlsHostname }),
         ...(s.tlsVerifyPeer === false && { tlsVerifyPeer: false }),
+        ...(s.paths !== undefined && s.paths.length > 0 && {
+          paths: s.paths,
+          ...(s.pathSelector !== undefined && { pathSelector: s.pathSelector }),
+          ...(s.failback !== undefined && { failback: s.failback }),
+          ...(s.pollingInterval !== undefined && { pollingInterval: s.pollingInterval }),
+          ...(s.pathIdentity !== undefined && { pathIdentity: s.pathIdentity })
+        }),
         signal: this.#abort.signal
       })
       this.#client = client
@@ -113,8 +121,12 @@ export class MountRuntime {
         const expected = c.to === 'CONNECTED' || c.reason.startsWith('client closed')
         this.#log(expected ? 'info' : 'warn', `connection ${c.connection} of ${c.connections}: ${c.from} → ${c.to} (${c.reason})`)
       }
+      const onPath = (c: PathChange): void => {
+        this.#log(c.to === 'ready' ? 'info' : 'warn', `path ${c.path}: ${c.from} → ${c.to} (${c.reason})`)
+      }
       client.on('state', onState)
-      this.#untrack = () => { client.off('state', onState) }
+      client.on('path', onPath)
+      this.#untrack = () => { client.off('state', onState); client.off('path', onPath) }
       this.#abort.signal.throwIfAborted()
       const timed = timedClient(client, (command, ms, ok) => {
         this.latency.record(ms)
@@ -192,6 +204,7 @@ export class MountRuntime {
     if (client === undefined) return
     client.reconnectDelay = settings.reconnectDelay
     client.maxInFlight = settings.maxInFlight
+    if (settings.failback !== undefined && client.paths().length > 0) client.failback = settings.failback
   }
 
   /** For the connection commands: the client of an UP mount. */
