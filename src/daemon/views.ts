@@ -140,7 +140,9 @@ export interface PathRow {
   readonly role: 'active' | 'standby'
   readonly connections: number
   readonly checker: string
+  readonly checkedAt: string | undefined
   readonly lastFailure: string | undefined
+  readonly lastFailureAt: string | undefined
 }
 
 /** A mount's paths (multipath): one row each; a mount with one path has its URI as path 1. */
@@ -153,15 +155,26 @@ export function pathRows (m: MountRuntime, privileged: boolean): PathRow[] {
     state: p.state,
     role: p.active ? 'active' : 'standby',
     connections: p.connections,
-    checker: p.checkedAt === undefined ? p.checker : `${p.checker} (${p.checkedAt})`,
-    lastFailure: p.lastFailure === undefined ? undefined : `${p.lastFailure.reason} (${p.lastFailure.at})`
+    checker: p.checker,
+    checkedAt: p.checkedAt,
+    lastFailure: p.lastFailure?.reason,
+    lastFailureAt: p.lastFailure?.at
   }))
+}
+
+/** "4s ago", "3m ago": the table's times, read at a glance (json keeps the timestamps). */
+function ago (iso: string | undefined, now: number): string {
+  if (iso === undefined) return ''
+  const s = Math.max(0, Math.round((now - Date.parse(iso)) / 1000))
+  return s < 120 ? `${s}s ago` : s < 7200 ? `${Math.round(s / 60)}m ago` : `${Math.round(s / 3600)}h ago`
 }
 
 /** The `show paths` table: every path of every mount with several. */
 export function pathsTable (rows: readonly PathRow[]): string {
   const header = ['FILE', 'PATH', 'URI', 'STATE', 'ROLE', 'CONNECTIONS', 'CHECKER', 'LAST FAILURE']
-  const lines = rows.map((r) => [r.file, String(r.path), r.uri, r.state, r.role, String(r.connections), r.checker, r.lastFailure ?? '-'].map((c) => printable(c)))
+  const now = Date.now()
+  const lines = rows.map((r) => [r.file, String(r.path), r.uri, r.state, r.role, String(r.connections), r.checker,
+    r.lastFailure === undefined ? '-' : `${ago(r.lastFailureAt, now)}: ${r.lastFailure}`].map((c) => printable(c)))
   const all = [header, ...lines]
   const widths = header.map((_h, i) => Math.max(...all.map((cells) => cells[i]!.length)))
   return all.map((cells) => cells.map((cell, i) => i === cells.length - 1 ? cell : cell.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n')

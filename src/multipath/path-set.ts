@@ -141,6 +141,8 @@ export class PathSet extends EventEmitter<{ change: [PathChange], switch: [numbe
   disable (path: number): void {
     const e = this.#entry(path)
     e.lastFailure = { at: Date.now(), reason: 'failed by the administrator' }
+    e.checker = 'not checked while disabled'
+    e.checkedAt = undefined
     this.#set(e, 'disabled', 'fail path')
     if (this.selector === 'failover' && e.index === this.#active) this.#failOver()
   }
@@ -149,6 +151,7 @@ export class PathSet extends EventEmitter<{ change: [PathChange], switch: [numbe
   reinstate (path: number): void {
     const e = this.#entry(path)
     if (e.state !== 'disabled') return
+    e.checker = 'reinstated: waiting for the checker'
     this.#set(e, 'failed', 'reinstated: waiting for the checker')
   }
 

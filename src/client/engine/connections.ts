@@ -353,6 +353,8 @@ export class Connections {
     this.#held = false
     const link = this.active
     if (link !== null && this.#lifecycle.state === 'CONNECTED') {
+      // Closed on purpose (a path switch, an admin): not a failed attempt, so no back-off.
+      link.healthy = true
       this.drain(link, 'reconnect requested', false)
       return
     }
