@@ -14,7 +14,7 @@ import { runMount, runUmount } from './mount.ts'
 import { runCtl } from './ctl.ts'
 import { runDaemon } from './daemon.ts'
 import { addCopyCommand, normalizeCopyArgv } from './copy.ts'
-import { extractServerCommands, withNbdTarget, type ServerCommands } from './server-command.ts'
+import { extractServerCommands, serverCommandOf, withNbdTarget, type ServerCommands } from './server-command.ts'
 import { addTlsOptions, type TlsFlags } from './tls-options.ts'
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
@@ -49,7 +49,7 @@ export function buildProgram (commands: ServerCommands = []): Command {
   addTlsOptions(program.command('mount'))
     .description('expose an export as a local file through FUSE (FILE: a file to mount over, or a directory); ' +
       'only you may open it unless -o allow_other (and uid=, gid=, mode=) say otherwise; users other than root mount through fusermount3')
-    .argument('<uri>', 'NBD URI')
+    .argument('<uri>', 'NBD URI, or [ CMD ... ]: a server run for this mount alone (socket activation), stopped when it ends')
     .argument('<file>', 'an existing regular file (mounted over) or a directory (the export appears as DIR/nbd)')
     .option('--readonly', 'refuse writes')
     .addOption(new Option('-o, --options <list>', 'FUSE mount options, comma-separated, repeatable: allow_other, uid=N, gid=N, mode=0644, ' +
@@ -79,7 +79,8 @@ export function buildProgram (commands: ServerCommands = []): Command {
       // Commander reads --no-path-retry as the negation of "path-retry" (true when absent): it
       // is multipath.conf's name, with a value.
       const { pathRetry, ...rest } = options
-      process.exitCode = await runMount(uri, file, { ...rest, ...(typeof pathRetry === 'string' && { noPathRetry: pathRetry }), explicit }, { out })
+      const command = serverCommandOf(uri, commands)
+      process.exitCode = await runMount(command ?? uri, file, { ...rest, ...(typeof pathRetry === 'string' && { noPathRetry: pathRetry }), explicit }, { out })
     })
 
   addCopyCommand(program, commands, out)

@@ -20,7 +20,8 @@ import { statSync } from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ControlConnection, controlRequest, joinWords } from '../control/index.ts'
-import { MountError } from '../errors.ts'
+import { startServerCommand, type ServerCommand } from '../activation/index.ts'
+import { InvalidArgumentError, MountError } from '../errors.ts'
 import { mountState, processExists, verifyDaemon } from '../fuse/daemon-check.ts'
 import { cleanStaleMount } from '../fuse/fuse-mount.ts'
 import { describeHolders } from '../fuse/holders.ts'
@@ -110,34 +111,50 @@ export interface Io {
   readonly out: (text: string) => void
 }
 
-export async function runMount (uri: string, file: string, options: MountOptions, io: Io): Promise<number> {
-  parseNbdUri(uri)
+/**
+ * `source`: a URI, or `[ CMD ... ]`'s words: a server for this mount alone, as nbdfuse runs one.
+ * Such a mount always has a process of its own (the server is its child, in a session of its
+ * own, stopped once the mount has flushed), never a running daemon's: it would run the command
+ * as itself, outlive the shell that asked, and own a server nobody configured.
+ */
+export async function runMount (source: string | readonly string[], file: string, options: MountOptions, io: Io): Promise<number> {
+  if (typeof source === 'string') parseNbdUri(source)
+  else if ((options.path ?? []).length > 0) throw new InvalidArgumentError('--path needs a URI as path 1, not [ CMD ]: a server run for one mount is no shared storage')
   // Checked here, so a bad -o is a usage error before anything starts.
   parseMountOptions(options.options ?? [])
   const target = path.resolve(file)
   const ownProcess = options.standalone === true || options.foreground === true || options.pidfile !== undefined ||
     options.controlSocket !== undefined || options.config !== undefined || options.logFile !== undefined
-  if (!ownProcess) {
+  if (typeof source === 'string' && !ownProcess) {
     const daemon = await connectDaemon()
-    if (daemon !== undefined) return await mountThroughDaemon(daemon, uri, target, options, io)
+    if (daemon !== undefined) return await mountThroughDaemon(daemon, source, target, options, io)
   }
-  if (options.foreground === true) {
-    return await serveDaemon({
-      controlSocket: options.controlSocket ?? defaultControlSocket(target),
-      defaultSocket: options.controlSocket === undefined,
-      config: options.config,
-      pidfile: options.pidfile,
-      logFile: options.logFile,
-      logLevel: options.logLevel,
-      settings: {
-        ...(options.explicit.has('logLevel') && { logLevel: options.logLevel }),
-        ...(options.explicit.has('controlTimeout') && { controlTimeout: options.controlTimeout })
-      },
-      readyFd: options.readyFd,
-      mount: { uri, file: target, own: ownSettings(options) }
-    })
+  if (options.foreground !== true) return await detachMount(source, target, options, io)
+  if (typeof source === 'string') return await serveMount(source, target, options, undefined)
+  const server = await startServerCommand(source, { ownSession: true })
+  try {
+    return await serveMount(server.uri, target, options, server)
+  } finally {
+    await server.stop()
   }
-  return await detachMount(uri, target, options, io)
+}
+
+/** The mount's own daemon, in this process. */
+async function serveMount (uri: string, target: string, options: MountOptions, server: ServerCommand | undefined): Promise<number> {
+  return await serveDaemon({
+    controlSocket: options.controlSocket ?? defaultControlSocket(target),
+    defaultSocket: options.controlSocket === undefined,
+    config: options.config,
+    pidfile: options.pidfile,
+    logFile: options.logFile,
+    logLevel: options.logLevel,
+    settings: {
+      ...(options.explicit.has('logLevel') && { logLevel: options.logLevel }),
+      ...(options.explicit.has('controlTimeout') && { controlTimeout: options.controlTimeout })
+    },
+    readyFd: options.readyFd,
+    mount: { uri, file: target, own: ownSettings(options), ...(server !== undefined && { server }) }
+  })
 }
 
 /** The running daemon's connection, or undefined when none answers on its socket. */
@@ -197,7 +214,7 @@ function ownSettingWords (own: MountSettings): Array<[string, string]> {
 }
 
 /** Starts the mount's own daemon and waits for it to be ready. */
-async function detachMount (uri: string, target: string, options: MountOptions, io: Io): Promise<number> {
+async function detachMount (source: string | readonly string[], target: string, options: MountOptions, io: Io): Promise<number> {
   try {
     statSync(target)
   } catch (err) {
@@ -209,7 +226,8 @@ async function detachMount (uri: string, target: string, options: MountOptions, 
   // Said here, where the user sees it, not only in the daemon's log.
   await cleanStaleMount(target, (_level, message) => { process.stderr.write(`nbdts: ${message}\n`) })
   // Pass on only what was given, so the config file keeps its say in the daemon too.
-  const args = ['mount', uri, target, '--standalone', '--connections', String(options.connections), '--name', options.name, ...tlsArgs(options)]
+  const what = typeof source === 'string' ? [source] : ['[', ...source, ']']
+  const args = ['mount', ...what, target, '--standalone', '--connections', String(options.connections), '--name', options.name, ...tlsArgs(options)]
   const given = (key: string): boolean => options.explicit.has(key)
   if (given('reconnectDelay')) args.push('--reconnect-delay', `${options.reconnectDelay}ms`)
   if (given('openTimeout')) args.push('--open-timeout', `${options.openTimeout}ms`)
@@ -228,7 +246,7 @@ async function detachMount (uri: string, target: string, options: MountOptions, 
   if (options.logFile !== undefined) args.push('--log-file', path.resolve(options.logFile))
   if (options.config !== undefined) args.push('--config', path.resolve(options.config))
   const [pid, exportFile] = await detach(args)
-  io.out(`mounted ${uri} at ${exportFile ?? target} (daemon pid ${pid})`)
+  io.out(`mounted ${typeof source === 'string' ? source : `[ ${source.join(' ')} ]`} at ${exportFile ?? target} (daemon pid ${pid})`)
   return 0
 }
 
