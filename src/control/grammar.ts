@@ -294,7 +294,7 @@ export function complete (line: string, files: readonly string[] = []): string[]
     else if (w[1] !== 'mount' && w[1] !== 'metrics' && n === 2) candidates = ['json']
   } else if (verb === 'add') {
     if (n === 1) candidates = ['mount']
-    else if (n >= 4 && n % 2 === 0) candidates = [...MOUNT_KEY_WORDS.filter((k) => !w.includes(k)), 'persist']
+    else if (n >= 4 && n % 2 === 0) candidates = [...MOUNT_KEY_WORDS.filter((k) => k === 'paths' || !w.includes(k)), 'persist']
     else if (n >= 5 && n % 2 === 1) candidates = valuesOf(w[n - 1]!)
   } else if (verb === 'del' || verb === 'disconnect' || verb === 'reconnect') {
     if (n === 1) candidates = ['mount']
@@ -305,6 +305,10 @@ export function complete (line: string, files: readonly string[] = []): string[]
     else if (w[1] === 'mount' && n === 2) candidates = files
     else if (w[1] === 'mount' && n === 3) candidates = LIVE_MOUNT_KEYS
     else if (w[1] !== 'mount' && n === 2) candidates = valuesOf(w[1]!)
+  } else if (verb === 'fail' || verb === 'reinstate' || verb === 'switch') {
+    if (n === 1) candidates = ['path']
+    else if (n === 3) candidates = ['mount']
+    else if (n === 4 && w[3] === 'mount') candidates = files
   } else if (verb === 'shutdown' && n === 1) candidates = TEARDOWN_MODES
   return candidates.filter((c) => c.startsWith(current))
 }

@@ -12,8 +12,10 @@
  *     └► its engine reconnects at once: to the active path (failover) or its own (round-robin,
  *        else any ready one); requests in flight and queued are sent there, after the replay
  *        of acknowledged writes, with every ordering rule of the engine kept
- *   the active path changes (failover, failback, switch path) ─► every connection elsewhere
- *     reconnects softly: what is on its wire finishes there, new requests go to the new path
+ *   the active path changes (failover, failback, switch path), a path is ready again, or a
+ *     connection comes up ─► every connection away from its path (the active one; in
+ *     round-robin its own) reconnects softly: what is on its wire finishes there, new
+ *     requests go to the new path
  */
 import { ConnectionError, ServerChangedError, describeError } from '../errors.ts'
 import { NBD_CMD, NBD_FLAG } from '../protocol/constants.ts'
@@ -130,16 +132,21 @@ export async function openMultipath (resolved: ResolvedOptions, mp: ResolvedPath
     throw err
   }
 
-  // The active path changed: every connection elsewhere moves, softly.
-  paths.on('switch', (index) => {
-    for (const e of engines) if (e.state === 'CONNECTED' && e.path !== index) e.reconnect()
-  })
-  // Round-robin: a connection whose own path is ready again goes back to it (unless manual).
-  paths.on('change', (change) => {
-    if (mp.selector !== 'round-robin' || change.to !== 'ready' || paths.failback === 'manual') return
-    const index = change.path - 1
-    engines.forEach((e, k) => { if (k % n === index && e.state === 'CONNECTED' && e.path !== index) e.reconnect() })
-  })
+  // Where connection k belongs: the active path (failover), or its own one (round-robin,
+  // unless failback is manual). Checked whenever that can change, and whenever a connection
+  // comes up: one that was choosing its path while the active one changed lands on the old
+  // path, and is moved too (a switch only moves connections that are up at the time).
+  const home = (k: number): number | undefined => mp.selector === 'failover' ? paths.active : paths.failback === 'manual' ? undefined : k % n
+  const converge = (): void => {
+    engines.forEach((e, k) => {
+      const want = home(k)
+      // Softly: what is on its wire finishes there, new requests go to the new path.
+      if (want !== undefined && e.state === 'CONNECTED' && e.path !== want && paths.usable(want)) e.reconnect()
+    })
+  }
+  paths.on('switch', converge)
+  paths.on('change', (change) => { if (change.to === 'ready') converge() })
+  for (const e of engines) e.on('state', (change) => { if (change.to === 'CONNECTED') converge() })
   checker.start()
 
   const flushEngines = (): Engine[] => {

@@ -87,6 +87,12 @@ export class PathSet extends EventEmitter<{ change: [PathChange], switch: [numbe
     return this.#active
   }
 
+  /** Ready, and it showed the right export: a connection may be moved there. */
+  usable (index: number): boolean {
+    const e = this.#entries[index]
+    return e !== undefined && e.state === 'ready' && e.verified
+  }
+
   set linkCounter (count: (index: number) => number) {
     this.#linksOn = count
   }
