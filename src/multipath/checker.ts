@@ -1,9 +1,14 @@
 /**
- * The path checker (multipathd's checker loop): every `interval` ms each path is looked at.
- * A path that carries a live connection is ready by that fact (a separate probe connection
- * could wait forever on a server that takes one client at a time); any other path, standby or
- * failed, gets a probe: a connection of its own, the identity check, one small READ, and
- * NBD_CMD_DISC. Probes of one path never overlap, and each is bounded.
+ * The path checker (multipathd's checker loop): every `interval` ms each path is looked at,
+ * active and standby alike.
+ *
+ *   a path that carries connections ─► one small READ on one of them, now (outside the queue):
+ *                                      no answer within the bound ─► failed (I/O moves away)
+ *   any other path (standby, failed) ─► a probe: a connection of its own, the identity check,
+ *                                      one small READ, NBD_CMD_DISC
+ *
+ * A path in use is not probed over a second connection: a server that takes one client at a
+ * time would never answer it. Checks of one path never overlap, and each is bounded.
  */
 import { ServerChangedError } from '../errors.ts'
 import type { PathSet } from './path-set.ts'
@@ -13,8 +18,8 @@ export interface CheckerOptions {
   readonly interval: number
   /** Resolves with what to show as the checker's result; rejects with why the path failed. */
   readonly probe: (index: number) => Promise<string>
-  /** Live connections over the path. */
-  readonly linksOn: (index: number) => number
+  /** The same for a path in use, on one of its live connections; undefined when it has none. */
+  readonly checkInUse: (index: number) => Promise<string> | undefined
 }
 
 export class PathChecker {
@@ -42,16 +47,12 @@ export class PathChecker {
   }
 
   async check (index: number): Promise<void> {
-    const { paths, probe, linksOn } = this.#options
+    const { paths, probe, checkInUse } = this.#options
     if (this.#stopped || this.#running.has(index)) return
     if (paths.status()[index]!.state === 'disabled') return
-    if (linksOn(index) > 0) {
-      paths.ready(index, 'in use')
-      return
-    }
     this.#running.add(index)
     try {
-      paths.ready(index, await probe(index))
+      paths.ready(index, await (checkInUse(index) ?? probe(index)))
     } catch (err) {
       const reason = err instanceof Error ? err.message : String(err)
       if (err instanceof ServerChangedError) paths.refused(index, reason)

@@ -84,22 +84,33 @@ export async function openMultipath (resolved: ResolvedOptions, mp: ResolvedPath
   const probe = async (index: number): Promise<string> => {
     const engine = await Engine.open({ establish: (s) => establishPath(index, s), maxInFlight: 1, requestTimeout: 0, reconnectDelay: 0, openTimeout: 0 })
     try {
-      const timeout = AbortSignal.timeout(Math.max(1000, mp.pollingInterval))
+      const timeout = AbortSignal.timeout(checkTimeout(mp.pollingInterval))
       if (typeof mp.identity === 'object') {
         const dest = Buffer.alloc(mp.identity.length)
         await engine.submit({ type: NBD_CMD.READ, flags: 0, offset: BigInt(mp.identity.offset), length: dest.length, dest }, timeout)
         if (digestOf(dest) !== referenceDigest) throw new ServerChangedError(`path ${index + 1} presents a different export: the identity bytes at ${mp.identity.offset}+${mp.identity.length} differ`)
         return 'probe: identity bytes match'
       }
-      const info = engine.info
-      const length = info.size === 0n ? 0 : Math.min(info.blockSize?.minimum ?? 1, Number(info.size))
+      const length = probeLength(engine.info)
       await engine.submit({ type: NBD_CMD.READ, flags: 0, offset: 0n, length, dest: Buffer.alloc(length) }, timeout)
       return 'probe: ok'
     } finally {
       await engine.close().catch(() => {})
     }
   }
-  const checker = new PathChecker({ paths, interval: mp.pollingInterval, probe, linksOn })
+  /** A path in use: one small READ on one of its connections, answered within the bound. */
+  const checkInUse = (index: number): Promise<string> | undefined => {
+    const engine = engines.find((e) => e.state === 'CONNECTED' && e.path === index)
+    if (engine === undefined) return undefined
+    const length = probeLength(engine.info)
+    return engine.check({ type: NBD_CMD.READ, flags: 0, offset: 0n, length, dest: Buffer.alloc(length) }, checkTimeout(mp.pollingInterval))
+      .then(() => 'in use: ok', (err: unknown) => {
+        // Moved elsewhere meanwhile (a switch): this says nothing about the path.
+        if (engine.path !== index) return 'in use'
+        throw err
+      })
+  }
+  const checker = new PathChecker({ paths, interval: mp.pollingInterval, probe, checkInUse })
 
   const stop = (): void => {
     checker.stop()
@@ -156,4 +167,17 @@ export async function openMultipath (resolved: ResolvedOptions, mp: ResolvedPath
     return byPath.size === 0 ? [engines[0]!] : [...byPath.values()]
   }
   return { engines, multipath: { paths, checker, flushEngines, stop } }
+}
+
+/** The checker's READ: one minimum block at offset 0 (none of an empty export). */
+function probeLength (info: ExportInfo): number {
+  return info.size === 0n ? 0 : Math.min(info.blockSize?.minimum ?? 1, Number(info.size))
+}
+
+/**
+ * How long a check may take: multipathd's checker_timeout, here twice the polling interval and
+ * at least 5 s (an answer queued behind a deep queue of large writes is slow, not dead).
+ */
+function checkTimeout (pollingInterval: number): number {
+  return Math.max(5000, 2 * pollingInterval)
 }

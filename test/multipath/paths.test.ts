@@ -72,6 +72,28 @@ describe('multipath', () => {
     assert.ok(longest < 5000, `the event loop kept running (${longest} ms)`)
   })
 
+  test('the checker looks at the active path too: a server that stops answering (SIGSTOP) is failed over within the check bound, not after the 60 s liveness timeout', async () => {
+    const [a, b] = await twoPaths('hung')
+    // requestTimeout stays at its 60 s default: only the checker can notice within the test.
+    const client = await NbdClient.connect({ ...fast, uri: a.uri(), paths: [b.uri()], connections: 2 })
+    await client.write(Buffer.alloc(4096, 1), 0)
+    process.kill(a.pid, 'SIGSTOP')
+    try {
+      await until('the checker fails path 1', () => client.paths()[0]!.state === 'failed', 15_000)
+      assert.match(client.paths()[0]!.lastFailure!.reason, /no answer within 5000 ms/)
+      assert.equal(client.paths()[1]!.active, true)
+      // New I/O goes over path 2, not into the hung server's queue.
+      await within(client.write(Buffer.alloc(4096, 2), 8192), 5000, 'a write after the failover')
+      assert.equal((await within(client.read(8192, 4096), 5000, 'a read after the failover'))[0], 2)
+      assert.ok(client.connectionInfo().every((c) => c.path === 2), 'every connection moved to path 2')
+    } finally {
+      process.kill(a.pid, 'SIGCONT')
+    }
+    await until('failback to path 1 once it answers again', () => client.paths()[0]!.state === 'ready' && client.paths()[0]!.active)
+    assert.equal((await client.read(0, 4096))[0], 1)
+    await client.close()
+  })
+
   test('failback manual: the client stays on path 2 until switchPath(1)', async () => {
     const [a, b] = await twoPaths('manual')
     const client = await NbdClient.connect({ ...fast, uri: a.uri(), paths: [b.uri()], failback: 'manual' })

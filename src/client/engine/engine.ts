@@ -32,7 +32,7 @@
  */
 import { EventEmitter } from 'node:events'
 import { performance } from 'node:perf_hooks'
-import { AbortedError, ClosedError, ConnectionError, NbdError, ServerError, isTransportError } from '../../errors.ts'
+import { AbortedError, ClosedError, ConnectionError, NbdError, ServerError, TimeoutError, isTransportError } from '../../errors.ts'
 import { NBD_ESHUTDOWN } from '../../protocol/errno.ts'
 import { commandName } from '../../protocol/names.ts'
 import type { Establish } from '../../connector/connection.ts'
@@ -244,6 +244,28 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
       }
       if (err instanceof ServerError) this.stats.serverErrors++
       throw err
+    }
+  }
+
+  /**
+   * The path checker's look at the live connection: one command on it now, outside admission
+   * and retries (a full queue must not hide a working path, nor a retry elsewhere a dead one).
+   * Rejects when not connected, or with a TimeoutError once `ms` pass; the command stays on
+   * the wire until answered, so give it one nothing orders against (a READ).
+   */
+  async check (command: Command, ms: number): Promise<void> {
+    const link = this.#connections.active
+    if (link === null || this.#connections.state !== 'CONNECTED') throw new ConnectionError('not connected')
+    let timer: NodeJS.Timeout | undefined
+    const late = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => { reject(new TimeoutError(`no answer within ${ms} ms`)) }, ms)
+    })
+    const running = this.#runOn(link, command)
+    running.catch(() => {})
+    try {
+      await Promise.race([running, late])
+    } finally {
+      clearTimeout(timer)
     }
   }
 
