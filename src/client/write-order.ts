@@ -15,7 +15,13 @@
  *
  * Admission is FIFO between the two kinds; consecutive requests of one kind go together. The
  * common case (no FLUSH pending) is a counter increment, without a promise.
+ *
+ * A write in doubt (pin: its connection stopped answering and was given up, and the server
+ * may still run it) keeps its place, but a FLUSH does not wait for it, which could be for
+ * ever: it is refused, as is every FLUSH until that write's connection is gone. A FLUSH in
+ * doubt lets later writes go (a FLUSH changes no data, so nothing can overtake it).
  */
+import { InDoubtError } from '../errors.ts'
 import { WaitQueue } from './wait-queue.ts'
 
 export type OrderKind = 'write' | 'flush'
@@ -23,6 +29,8 @@ export type OrderKind = 'write' | 'flush'
 export class WriteOrder {
   #writes = 0
   #flushes = 0
+  /** Writes in doubt, among #writes. */
+  #pinned = 0
   readonly #queue = new WaitQueue<OrderKind>({
     grantable: (kind, ahead) => ahead.length === 0 && this.#fits(kind),
     granted: (kind) => { this.#enter(kind) }
@@ -30,6 +38,7 @@ export class WriteOrder {
 
   /** Admits at once (returns undefined), or returns the wait. Pair every admission with leave(). */
   enter (kind: OrderKind, signal?: AbortSignal): Promise<void> | undefined {
+    if (kind === 'flush' && this.#pinned > 0) return Promise.reject(flushInDoubt())
     if (this.#queue.length === 0 && this.#fits(kind)) {
       this.#enter(kind)
       return undefined
@@ -43,6 +52,17 @@ export class WriteOrder {
     this.#queue.pump()
   }
 
+  /** An admitted write is in doubt: FLUSHes waiting behind it are refused, and new ones. */
+  pin (): void {
+    this.#pinned++
+    this.#queue.rejectWhere((kind) => kind === 'flush', flushInDoubt)
+  }
+
+  /** That write's life on the wire ended (call before its leave()). */
+  unpin (): void {
+    this.#pinned--
+  }
+
   #fits (kind: OrderKind): boolean {
     return kind === 'write' ? this.#flushes === 0 : this.#writes === 0
   }
@@ -51,4 +71,8 @@ export class WriteOrder {
     if (kind === 'write') this.#writes++
     else this.#flushes++
   }
+}
+
+function flushInDoubt (): InDoubtError {
+  return new InDoubtError('FLUSH refused: an earlier write was sent to a server that stopped answering and may still run there, so no FLUSH can vouch for what is durable')
 }
