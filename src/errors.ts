@@ -194,8 +194,7 @@ export class DurabilityError extends NbdError {
 /**
  * An earlier write is in doubt: it was sent on a connection that stopped answering and was
  * given up, so the server may still run it, for as long as that connection stays open. A write
- * overlapping it, or a FLUSH (which would vouch for an order it cannot know), is refused rather
- * than wait without bound or overtake it. Maps to EIO.
+ * overlapping it is refused rather than wait without bound or overtake it. Maps to EIO.
  */
 export class InDoubtError extends NbdError {
   static readonly CODE = 'NBD_ERR_IN_DOUBT'

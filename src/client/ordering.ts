@@ -46,6 +46,10 @@ export class Ordering {
   #backgroundFlush: Promise<void> | null = null
   /** Where background FLUSHes go: one connection per server whose cache may hold writes. */
   #flushEngines: (() => Engine[]) | null = null
+  /** Every engine of the client: their connections that are closing may owe a FLUSH. */
+  #engines: () => readonly Engine[] = () => []
+  /** Told of each write-like command before it is submitted, and of its outcome (multipath's identity bytes). */
+  watch: ((command: Command) => ((ok: boolean) => void) | undefined) | undefined
   /** A replay finished at this time (performance.now()); one in progress, and when it began. */
   #replayedAt = -1
   #replaying: { readonly startedAt: number, readonly done: Promise<void> } | null = null
@@ -65,6 +69,20 @@ export class Ordering {
   /** Where background FLUSHes go (as a barrier FLUSH would: every path in multipath). */
   set flushEngines (pick: () => Engine[]) {
     this.#flushEngines = pick
+  }
+
+  set engines (all: () => readonly Engine[]) {
+    this.#engines = all
+  }
+
+  /**
+   * A FLUSH vouches for a write acknowledged by a connection that was already closing only
+   * once that connection's own FLUSH succeeded (the write may have come after the next
+   * connection's replay, and another server's FLUSH covers nothing of it). False: one did not.
+   */
+  async #drainsDurable (): Promise<boolean> {
+    const owed = this.#engines().map((engine) => engine.drainsDurable())
+    return (await Promise.all(owed)).every(Boolean)
   }
 
   get ranges (): RangeLock {
@@ -89,6 +107,7 @@ export class Ordering {
       throw err
     }
     let pinned = false
+    const watched = this.watch?.(command)
     await engine.submit(command, signal, {
       beforeSend: () => {
         if (this.#gate !== null) return this.#gate.promise
@@ -101,16 +120,16 @@ export class Ordering {
         this.#ranges.pin(range ?? held!.range)
       },
       settled: (ok) => {
-        if (pinned) this.#order.unpin()
-        return this.#settled(command, ok, range, held?.done)
+        watched?.(ok)
+        return this.#settled(command, ok, range, held?.done, pinned)
       }
     })
   }
 
   /** A write's life on the wire is over: record it (a copy) if it succeeded, then let others go. */
-  #settled (command: Command, ok: boolean, range: HeldRange | undefined, done: (() => void) | undefined): void | Promise<void> {
+  #settled (command: Command, ok: boolean, range: HeldRange | undefined, done: (() => void) | undefined, pinned: boolean): void | Promise<void> {
     const release = (): void => {
-      this.#order.leave('write')
+      if (!pinned) this.#order.leave('write')
       if (range !== undefined) this.#ranges.release(range)
       done?.()
     }
@@ -152,7 +171,10 @@ export class Ordering {
     }
     const marker = this.#log.flushSent()
     const flush = settle(this.#flushEngines!().map((engine) => engine.submit({ type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }, undefined, { beforeSend: this.#atGate })))
-      .then(() => { this.#flushDone(marker) })
+      .then(async () => {
+        if (!await this.#drainsDurable()) this.#lost = true
+        this.#flushDone(marker)
+      })
     this.#backgroundFlush = flush
     try {
       await flush
@@ -179,6 +201,7 @@ export class Ordering {
       const once = (): void => { if (!done) { done = true; leave() } }
       return engine.submit({ type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }, signal, { beforeSend: this.#atGate, settled: once, inDoubt: once })
     }))
+    if (!await this.#drainsDurable()) this.#lost = true
     this.#flushDone(marker)
     // A reconnect while it was on its way (it was then sent again after the replay) counts too.
     if (this.#lost) {

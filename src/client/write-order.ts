@@ -16,12 +16,12 @@
  * Admission is FIFO between the two kinds; consecutive requests of one kind go together. The
  * common case (no FLUSH pending) is a counter increment, without a promise.
  *
- * A write in doubt (pin: its connection stopped answering and was given up, and the server
- * may still run it) keeps its place, but a FLUSH does not wait for it, which could be for
- * ever: it is refused, as is every FLUSH until that write's connection is gone. A FLUSH in
- * doubt lets later writes go (a FLUSH changes no data, so nothing can overtake it).
+ * A write in doubt (its connection stopped answering and was given up, and the server may
+ * still run it) leaves the barrier at once (pin): a FLUSH need not wait for it, which could be
+ * for ever, because a FLUSH vouches only for writes that completed, and this one's caller was
+ * told it failed. What could overtake it, an overlapping write, the range lock refuses. A
+ * FLUSH in doubt lets later writes go (a FLUSH changes no data, so nothing can overtake it).
  */
-import { InDoubtError } from '../errors.ts'
 import { WaitQueue } from './wait-queue.ts'
 
 export type OrderKind = 'write' | 'flush'
@@ -29,8 +29,6 @@ export type OrderKind = 'write' | 'flush'
 export class WriteOrder {
   #writes = 0
   #flushes = 0
-  /** Writes in doubt, among #writes. */
-  #pinned = 0
   readonly #queue = new WaitQueue<OrderKind>({
     grantable: (kind, ahead) => ahead.length === 0 && this.#fits(kind),
     granted: (kind) => { this.#enter(kind) }
@@ -38,7 +36,6 @@ export class WriteOrder {
 
   /** Admits at once (returns undefined), or returns the wait. Pair every admission with leave(). */
   enter (kind: OrderKind, signal?: AbortSignal): Promise<void> | undefined {
-    if (kind === 'flush' && this.#pinned > 0) return Promise.reject(flushInDoubt())
     if (this.#queue.length === 0 && this.#fits(kind)) {
       this.#enter(kind)
       return undefined
@@ -52,15 +49,12 @@ export class WriteOrder {
     this.#queue.pump()
   }
 
-  /** An admitted write is in doubt: FLUSHes waiting behind it are refused, and new ones. */
+  /**
+   * An admitted write is in doubt: it leaves the barrier now, and its life's end needs no
+   * leave() of its own.
+   */
   pin (): void {
-    this.#pinned++
-    this.#queue.rejectWhere((kind) => kind === 'flush', flushInDoubt)
-  }
-
-  /** That write's life on the wire ended (call before its leave()). */
-  unpin (): void {
-    this.#pinned--
+    this.leave('write')
   }
 
   #fits (kind: OrderKind): boolean {
@@ -71,8 +65,4 @@ export class WriteOrder {
     if (kind === 'write') this.#writes++
     else this.#flushes++
   }
-}
-
-function flushInDoubt (): InDoubtError {
-  return new InDoubtError('FLUSH refused: an earlier write was sent to a server that stopped answering and may still run there, so no FLUSH can vouch for what is durable')
 }

@@ -101,6 +101,8 @@ export class Connections {
   /** Disconnected on purpose (disconnect()): the connector waits for reconnect(). */
   #held = false
   closing = false
+  /** A closing link acknowledged writes that no FLUSH of its own covered (told to one FLUSH). */
+  drainFlushMissed = false
   #tick: NodeJS.Timeout | null = null
   readonly #opened: Deferred<void> = deferred()
   #first = true
@@ -256,6 +258,8 @@ export class Connections {
       closed: (l) => { this.links.delete(l) }
     })
     this.links.add(link)
+    // Its durable promise settles by the time it closes; a FLUSH asks later (drainsDurable).
+    void link.durable.then((ok) => { if (!ok) this.drainFlushMissed = true })
     if (recover === undefined) {
       this.#install(link)
       return

@@ -230,10 +230,17 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
     if (sending !== undefined) await sending
     try {
       await link.receiver.receive(req)
+    } catch (err) {
+      link.release(req)
+      throw err
+    }
+    // The outcome is taken before the link lets go of the request: a closing link that is now
+    // idle decides on its own FLUSH by what it acknowledged, this write included.
+    try {
+      return this.#outcome(req, link)
     } finally {
       link.release(req)
     }
-    return this.#outcome(req, link)
   }
 
   /** The reply is read: check it whole, then hand out its result (or its error). */
@@ -254,6 +261,7 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
       } else if (req.type === NBD_CMD.WRITE || req.type === NBD_CMD.WRITE_ZEROES || req.type === NBD_CMD.TRIM) {
         link.unflushed = true
         link.lastWriteAt = performance.now()
+        if (link.state !== 'ACTIVE' && link.state !== 'RECOVERING') link.drainAcks = true
       }
       return result
     } catch (err) {
@@ -292,6 +300,17 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
 
   /** QEMU's cancel_in_flight: waiting requests fail now instead of at the end of the delay. */
   cancelInFlight (): void { this.#connections.cancelInFlight() }
+  /**
+   * Whether every connection of this engine that acknowledged writes while closing has made
+   * them durable with a FLUSH of its own (waits for those FLUSHes; see Link.durable).
+   */
+  async drainsDurable (): Promise<boolean> {
+    const owed = [...this.#connections.links].filter((link) => link.drainAcks).map((link) => link.durable)
+    const ok = (await Promise.all(owed)).every(Boolean) && !this.#connections.drainFlushMissed
+    this.#connections.drainFlushMissed = false
+    return ok
+  }
+
   /** Reconnects without failing anything (see Connections.reconnect). */
   reconnect (): void { this.#connections.reconnect() }
   /** Gives the connection up as failing (see Connections.abandon). */

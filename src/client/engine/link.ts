@@ -21,8 +21,9 @@
  *   IN_DOUBT    the server stopped answering with writes on the wire that it may still run:
  *               their callers are answered, and the socket is kept open and read, because only
  *               their replies or the server's own close can tell that they are over. Until
- *               then nothing that would order behind them waits (overlapping writes and FLUSH
- *               are refused: NBD_ERR_IN_DOUBT). Ends like DRAINING, or at close().
+ *               then nothing that would order behind them waits (overlapping writes are
+ *               refused: NBD_ERR_IN_DOUBT; a FLUSH no longer waits for them). Ends like
+ *               DRAINING, or at close().
  *   CLOSED      the socket is gone; nothing sent on it can run any more (for a socket the
  *               server closed, or that close() destroyed)
  */
@@ -35,6 +36,7 @@ import type { ChunkCounters } from './reply.ts'
 import type { Request } from './request.ts'
 import { Sender } from './sender.ts'
 import { CookieTable } from './slots.ts'
+import { deferred } from '../../util/deferred.ts'
 
 export type LinkState = 'RECOVERING' | 'ACTIVE' | 'DRAINING' | 'IN_DOUBT' | 'CLOSED'
 
@@ -73,9 +75,17 @@ export class Link {
   /** A write-like command succeeded here since the last FLUSH did (and when the last did). */
   unflushed = false
   lastWriteAt = -1
+  /**
+   * A write-like command succeeded here after the link stopped taking new requests: possibly
+   * after the next connection's replay ran, so only this link's own drain FLUSH covers it.
+   */
+  drainAcks = false
   /** Run once the link is idle, before NBD_CMD_DISC (a drain's FLUSH). */
   #beforeDisc: (() => Promise<unknown>) | null = null
   #disconnecting = false
+  /** The drain's FLUSH is on its way: the one request a DRAINING link still sends. */
+  #discFlush = false
+  readonly #durable = deferred<boolean>()
   /** When bytes last moved either way (liveness). */
   lastProgressAt = performance.now()
   #progress = 0
@@ -118,7 +128,7 @@ export class Link {
   /** Throws unless new requests may go out here. */
   checkSendable (): void {
     if (this.error !== null) throw new ConnectionError('the connection was lost before the request could be sent', { cause: this.error })
-    if (this.state !== 'ACTIVE' && this.state !== 'RECOVERING') {
+    if (this.state !== 'ACTIVE' && this.state !== 'RECOVERING' && !(this.state === 'DRAINING' && this.#discFlush)) {
       throw new ConnectionError('the connection is being closed; the request goes to the next one')
     }
   }
@@ -136,10 +146,33 @@ export class Link {
     this.#disconnecting = true
     const before = this.state === 'DRAINING' && this.error === null ? this.#beforeDisc : null
     if (before === null) {
+      this.#settleDurable()
       this.sender.disconnect()
       return
     }
-    before().then(() => { this.sender.disconnect() }, () => { this.sender.disconnect() })
+    this.#discFlush = true
+    before().then(() => {
+      this.#discFlush = false
+      this.#durable.resolve(true)
+      this.sender.disconnect()
+    }, () => {
+      this.#discFlush = false
+      this.#settleDurable()
+      this.sender.disconnect()
+    })
+  }
+
+  /**
+   * Whether what this link acknowledged while draining is covered by a FLUSH of its own: true
+   * once that FLUSH succeeded, or if there was nothing to cover; false once the link is gone
+   * (or in doubt) without one. Only meaningful for a link that left ACTIVE.
+   */
+  get durable (): Promise<boolean> {
+    return this.#durable.promise
+  }
+
+  #settleDurable (): void {
+    this.#durable.resolve(!this.drainAcks)
   }
 
   /**
@@ -194,6 +227,7 @@ export class Link {
       return
     }
     this.state = 'IN_DOUBT'
+    this.#settleDurable()
     if (this.#answerTimer !== null) clearTimeout(this.#answerTimer)
     this.#answerTimer = null
     // Everything here is answered now; whatever orders against it is told (see Request).
@@ -216,6 +250,7 @@ export class Link {
 
   #setClosed (): void {
     this.#clearDrainTimer()
+    this.#settleDurable()
     if (this.state === 'CLOSED') return
     this.state = 'CLOSED'
     this.#hooks.closed(this)

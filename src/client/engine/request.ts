@@ -11,9 +11,11 @@
  * dropped, and its READ destination is given back before the caller hears of it.
  *
  * A request still on the wire of a connection that was given up (it stopped answering: see
- * Link, IN_DOUBT) is in doubt: its caller has been answered, and its life on the wire goes on
- * for as long as that connection is open, since the server may still run it. Whoever orders
- * against it hears of it (`inDoubt`) and stops waiting for it: such a wait would have no bound.
+ * Link, IN_DOUBT) is in doubt: its caller is answered (a WRITE once its payload left our
+ * socket buffer: the caller's bytes are never read after its answer), and its life on the wire
+ * goes on for as long as that connection is open, since the server may still run it. Whoever
+ * orders against it hears of it (`inDoubt`) and stops waiting for it: such a wait would have
+ * no bound.
  */
 import type { NbdCmd } from '../../protocol/constants.ts'
 import type { PayloadSink } from '../../transport/socket-reader.ts'
@@ -147,16 +149,11 @@ export class Request implements PayloadSink, ReplyTarget {
 
   /** Its connection was given up with it on the wire: the caller is told `err`; see above. */
   doubt (err: Error): void {
+    // A payload still queued in the socket holds the answer back even now (answerEarly): the
+    // caller's buffer is still being sent, and one it reused would land in this range (a FUSE
+    // slot would carry the next request's bytes). It is answered once the server takes the
+    // payload or the socket is destroyed (close()).
     this.answerEarly(err)
-    // Not even a payload still queued in the socket holds the answer back now: a server that
-    // stopped reading may never take it. Should the caller reuse its buffer and the server then
-    // read it, other bytes land in this range, whose write already failed (a torn write, as a
-    // disk may leave) and which stays refused to later writes until this one's life ends.
-    if (this.#early !== null) {
-      const early = this.#early
-      this.#early = null
-      this.fail(early)
-    }
     this.releaseSlot?.()
     this.#hooks?.inDoubt?.()
   }
