@@ -169,7 +169,7 @@ export class MountRuntime {
       void this.#mount.closed.then((why) => { this.#closedFromOutside(why) })
       if (this.#abort.signal.aborted) this.state = 'removing'
     } catch (err) {
-      this.lastError = describeError(err)
+      this.lastError = describeError(server === undefined ? err : await server.explain(err))
       this.state = 'failed'
       this.#log('error', `failed: ${this.lastError}`)
       await this.#closeClient()
