@@ -16,6 +16,7 @@
  *   ├── TlsError                  NBD_ERR_TLS             TLS could not be set up or verified
  *   ├── UriError                  NBD_ERR_URI             the NBD URI is malformed or names something unknown
  *   ├── DurabilityError           NBD_ERR_DURABILITY      a FLUSH cannot vouch for writes a lost connection may have lost
+ *   ├── InDoubtError              NBD_ERR_IN_DOUBT        an earlier write may still run on a server that stopped answering
  *   ├── OffsetRangeError          NBD_ERR_RANGE           a value does not fit a JavaScript number (ask for a bigint)
  *   ├── MountError                NBD_ERR_MOUNT           a FUSE mount or unmount was refused or failed (see `reason`)
  *   └── AbortedError              ABORT_ERR               the caller's AbortSignal fired (name 'AbortError', as Node's own)
@@ -38,6 +39,7 @@ export const NBD_ERROR_CODES = [
   'NBD_ERR_TLS',
   'NBD_ERR_URI',
   'NBD_ERR_DURABILITY',
+  'NBD_ERR_IN_DOUBT',
   'NBD_ERR_RANGE',
   'ABORT_ERR',
   'NBD_ERR_MOUNT'
@@ -186,6 +188,19 @@ export class DurabilityError extends NbdError {
   readonly errno = 'EIO'
   constructor (message: string) {
     super('NBD_ERR_DURABILITY', message)
+  }
+}
+
+/**
+ * An earlier write is in doubt: it was sent on a connection that stopped answering and was
+ * given up, so the server may still run it, for as long as that connection stays open. A write
+ * overlapping it is refused rather than wait without bound or overtake it. Maps to EIO.
+ */
+export class InDoubtError extends NbdError {
+  static readonly CODE = 'NBD_ERR_IN_DOUBT'
+  readonly errno = 'EIO'
+  constructor (message: string) {
+    super('NBD_ERR_IN_DOUBT', message)
   }
 }
 

@@ -67,6 +67,11 @@ export interface ServerCommand {
   readonly socket: string
   /** An opener for NbdClient's `open` option: connects, and names the exit status if the server died. */
   readonly open: OpenSocket
+  /**
+   * The error to report for a failure to reach the server: its exit (status and last words)
+   * when it exited or exits within a grace period, else `err` itself.
+   */
+  readonly explain: (err: unknown) => Promise<unknown>
   readonly child: ChildProcess
   /** Settles when the server has exited (never rejects). */
   readonly exited: Promise<ExitStatus>
@@ -182,6 +187,14 @@ function supervise (child: ChildProcess, argv: readonly string[], dir: string, s
     }
   }
 
+  // The socket was there, but the server went away before it spoke (it failed to start): its
+  // exit, not the reset, is the reason worth telling.
+  const explain = async (err: unknown): Promise<unknown> => {
+    if (!(err instanceof ConnectionError)) return err
+    const status = exitStatus ?? await exitedWithin(EXIT_GRACE)
+    return status === undefined ? err : new ConnectionError(describe(status), { cause: err })
+  }
+
   let stopping: Promise<void> | undefined
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
@@ -201,6 +214,7 @@ function supervise (child: ChildProcess, argv: readonly string[], dir: string, s
     uri: formatNbdUri({ transport: 'unix', path: socketPath }, options.exportName ?? '', false),
     socket: socketPath,
     open,
+    explain,
     child,
     exited,
     get exitStatus () { return exitStatus },

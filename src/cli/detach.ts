@@ -14,21 +14,26 @@ import { closeSync, writeSync } from 'node:fs'
 export async function detach (args: readonly string[]): Promise<string[]> {
   const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, ...args, '--foreground', '--ready-fd', '3'],
     { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'pipe'] })
-  const answer = await new Promise<string>((resolve) => {
+  const answer = await readyLine(child.stdio[3] as NodeJS.ReadableStream,
+    new Promise<string>((resolve) => { child.once('exit', (code, signal) => { resolve(`error the daemon exited before it was ready (${code ?? signal})`) }) }))
+  ;(child.stdio[3] as NodeJS.ReadableStream & { destroy: () => void }).destroy()
+  child.unref()
+  if (answer.startsWith('ready ')) return answer.slice(6).split(' ')
+  throw new Error(answer.replace(/^error /, ''))
+}
+
+/** The parent's side: the first line on the ready pipe, or `exited`'s word if the daemon dies first. */
+export function readyLine (pipe: NodeJS.ReadableStream, exited: Promise<string>): Promise<string> {
+  return new Promise<string>((resolve) => {
     let text = ''
-    const pipe = child.stdio[3] as NodeJS.ReadableStream
     pipe.setEncoding('utf8')
     pipe.on('data', (d: string) => {
       text += d
       if (text.includes('\n')) resolve(text.slice(0, text.indexOf('\n')))
     })
     pipe.on('error', () => {})
-    child.once('exit', (code, signal) => { resolve(`error the daemon exited before it was ready (${code ?? signal})`) })
+    void exited.then(resolve)
   })
-  ;(child.stdio[3] as NodeJS.ReadableStream & { destroy: () => void }).destroy()
-  child.unref()
-  if (answer.startsWith('ready ')) return answer.slice(6).split(' ')
-  throw new Error(answer.replace(/^error /, ''))
 }
 
 /** The daemon's side: says one line on the ready descriptor (if it has one), then closes it. */

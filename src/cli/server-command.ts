@@ -74,6 +74,8 @@ export async function withNbdTarget<T> (arg: string, commands: ServerCommands, f
   const server = await startServerCommand(command, signal === undefined ? {} : { signal })
   try {
     return await fn({ uri: server.uri, open: server.open, server })
+  } catch (err) {
+    throw await server.explain(err)
   } finally {
     await server.stop()
   }

@@ -7,21 +7,12 @@
  * screen and made again); the sparklines' history is kept here, from those answers.
  */
 import { ControlConnection } from '../control/index.ts'
+import type { MountRow } from '../daemon/views.ts'
 import { humanSize } from '../util/json.ts'
 import { printable } from '../util/printable.ts'
 
-interface WatchRow {
-  readonly file: string
-  readonly state: string
-  readonly connections: readonly string[]
-  readonly size: number | null
-  readonly iops: number
-  readonly mibps: number
-  readonly p99ms: number | null
-  readonly inFlight: number
-  readonly paths?: readonly string[]
-  readonly error?: string
-}
+/** A row of `show mounts json`, as much of it as the screen shows. */
+type WatchRow = Omit<MountRow, 'uri' | 'origin'>
 
 const HISTORY = 60
 const BARS = '▁▂▃▄▅▆▇█'

@@ -78,7 +78,9 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: 
     super()
     this.#options = options
     this.#pool = pool
-    ordering.flushEngine = () => pool.pick()
+    ordering.flushEngines = () => pool.flushEngines()
+    ordering.engines = () => pool.engines
+    ordering.watch = pool.multipath?.watchWrite
     this.#g = new Geometry(pool.engines[0]!.info, pool, ordering, options.maxRequestSize)
     this.#writes = new Writes(this.#g, (signal) => this.flush(signal === undefined ? {} : { signal }))
     pool.multipath?.paths.on('change', (change) => { this.emit('path', change) })

@@ -44,8 +44,12 @@ export class Ordering {
   /** The server has a volatile cache: acknowledged writes are kept until a FLUSH covers them. */
   readonly #logging: boolean
   #backgroundFlush: Promise<void> | null = null
-  /** An engine to send background FLUSHes on. */
-  #flushEngine: (() => Engine) | null = null
+  /** Where background FLUSHes go: one connection per server whose cache may hold writes. */
+  #flushEngines: (() => Engine[]) | null = null
+  /** Every engine of the client: their connections that are closing may owe a FLUSH. */
+  #engines: () => readonly Engine[] = () => []
+  /** Told of each write-like command before it is submitted, and of its outcome (multipath's identity bytes). */
+  watch: ((command: Command) => ((ok: boolean) => void) | undefined) | undefined
   /** A replay finished at this time (performance.now()); one in progress, and when it began. */
   #replayedAt = -1
   #replaying: { readonly startedAt: number, readonly done: Promise<void> } | null = null
@@ -62,9 +66,23 @@ export class Ordering {
     this.#log = new ReplayLog(options.volatileCache ? options.logBytes : 0)
   }
 
-  /** Where background FLUSHes go (the client's connection picker). */
-  set flushEngine (pick: () => Engine) {
-    this.#flushEngine = pick
+  /** Where background FLUSHes go (as a barrier FLUSH would: every path in multipath). */
+  set flushEngines (pick: () => Engine[]) {
+    this.#flushEngines = pick
+  }
+
+  set engines (all: () => readonly Engine[]) {
+    this.#engines = all
+  }
+
+  /**
+   * A FLUSH vouches for a write acknowledged by a connection that was already closing only
+   * once that connection's own FLUSH succeeded (the write may have come after the next
+   * connection's replay, and another server's FLUSH covers nothing of it). False: one did not.
+   */
+  async #drainsDurable (): Promise<boolean> {
+    const owed = this.#engines().map((engine) => engine.drainsDurable())
+    return (await Promise.all(owed)).every(Boolean)
   }
 
   get ranges (): RangeLock {
@@ -72,36 +90,46 @@ export class Ordering {
   }
 
   /**
-   * Sends a write-like command through `engine`, in order. `locked`: the caller already holds
-   * its range (a read-modify-write holds the widened range across read and write-back) and
-   * hears through `done` when this write's life on the wire is over.
+   * Sends a write-like command through `engine`, in order. `held`: the caller already holds a
+   * range covering it (a read-modify-write holds the widened range across read and
+   * write-back) and hears through `done` when this write's life on the wire is over.
    */
-  async write (engine: Engine, command: Command, signal: AbortSignal | undefined, locked = false, done?: () => void): Promise<void> {
+  async write (engine: Engine, command: Command, signal: AbortSignal | undefined, held?: { readonly range: HeldRange, readonly done: () => void }): Promise<void> {
     const end = command.offset + BigInt(command.length)
     let range: HeldRange | undefined
-    if (!locked) range = this.#ranges.tryAcquire(command.offset, end) ?? await this.#ranges.acquire(command.offset, end, signal)
+    if (held === undefined) range = this.#ranges.tryAcquire(command.offset, end) ?? await this.#ranges.acquire(command.offset, end, signal)
     try {
       const entering = this.#order.enter('write', signal)
       if (entering !== undefined) await entering
     } catch (err) {
       if (range !== undefined) this.#ranges.release(range)
-      done?.()
+      held?.done()
       throw err
     }
+    let pinned = false
+    const watched = this.watch?.(command)
     await engine.submit(command, signal, {
       beforeSend: () => {
         if (this.#gate !== null) return this.#gate.promise
         this.#log.supersede(command.offset, end)
         return undefined
       },
-      settled: (ok) => this.#settled(command, ok, range, done)
+      inDoubt: () => {
+        pinned = true
+        this.#order.pin()
+        this.#ranges.pin(range ?? held!.range)
+      },
+      settled: (ok) => {
+        watched?.(ok)
+        return this.#settled(command, ok, range, held?.done, pinned)
+      }
     })
   }
 
   /** A write's life on the wire is over: record it (a copy) if it succeeded, then let others go. */
-  #settled (command: Command, ok: boolean, range: HeldRange | undefined, done: (() => void) | undefined): void | Promise<void> {
+  #settled (command: Command, ok: boolean, range: HeldRange | undefined, done: (() => void) | undefined, pinned: boolean): void | Promise<void> {
     const release = (): void => {
-      this.#order.leave('write')
+      if (!pinned) this.#order.leave('write')
       if (range !== undefined) this.#ranges.release(range)
       done?.()
     }
@@ -142,9 +170,11 @@ export class Ordering {
       if (this.#backgroundFlush !== null) return await this.#flushEarly(true)
     }
     const marker = this.#log.flushSent()
-    const engine = this.#flushEngine!()
-    const flush = engine.submit({ type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }, undefined, { beforeSend: this.#atGate })
-      .then(() => { this.#flushDone(marker) })
+    const flush = settle(this.#flushEngines!().map((engine) => engine.submit({ type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }, undefined, { beforeSend: this.#atGate })))
+      .then(async () => {
+        if (!await this.#drainsDurable()) this.#lost = true
+        this.#flushDone(marker)
+      })
     this.#backgroundFlush = flush
     try {
       await flush
@@ -163,8 +193,15 @@ export class Ordering {
     if (entering !== undefined) await entering
     const marker = this.#log.flushSent()
     let left = engines.length
-    const settled = (): void => { if (--left === 0) this.#order.leave('flush') }
-    await settle(engines.map((engine) => engine.submit({ type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }, signal, { beforeSend: this.#atGate, settled })))
+    const leave = (): void => { if (--left === 0) this.#order.leave('flush') }
+    await settle(engines.map((engine) => {
+      // Its life on the wire ends, or it is in doubt (then later writes need not wait for it:
+      // a FLUSH changes no data); whichever comes first lets go of its place, once.
+      let done = false
+      const once = (): void => { if (!done) { done = true; leave() } }
+      return engine.submit({ type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }, signal, { beforeSend: this.#atGate, settled: once, inDoubt: once })
+    }))
+    if (!await this.#drainsDurable()) this.#lost = true
     this.#flushDone(marker)
     // A reconnect while it was on its way (it was then sent again after the replay) counts too.
     if (this.#lost) {

@@ -87,8 +87,10 @@ export class EnginePool {
     const engines = this.engines
     if (engines.length === 1) return engines[0]!
     let best: Engine | undefined
+    const usable = this.multipath?.usable
     for (const e of engines) {
-      if (e.state !== 'CONNECTED') continue
+      // A connection still up on a path that failed takes nothing new (it is on its way off).
+      if (e.state !== 'CONNECTED' || (usable !== undefined && !usable(e))) continue
       const load = e.inFlight + e.queued
       if (load < SPILL) return e
       if (best === undefined || load < best.inFlight + best.queued) best = e
@@ -127,12 +129,15 @@ export class EnginePool {
   }
 
   async close (): Promise<void> {
-    this.multipath?.stop()
+    // The checker's probes are aborted and its checks end with the connections: nothing of
+    // it outlives close().
+    const stopping = this.multipath?.stop()
     await Promise.all(this.engines.map((e) => e.close()))
+    await stopping
   }
 
   destroy (): void {
-    this.multipath?.stop()
+    this.multipath?.stop().catch(() => {})
     for (const e of this.engines) e.destroy()
   }
 }

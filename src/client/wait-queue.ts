@@ -94,6 +94,19 @@ export class WaitQueue<T> {
     if (this.#entries.length === 0) this.#disarm()
   }
 
+  /** Rejects the waiters whose item matches, each with its own error; the rest may go on. */
+  rejectWhere (matches: (item: T) => boolean, error: (item: T) => Error): void {
+    const out = this.#entries.filter((e) => matches(e.item))
+    if (out.length === 0) return
+    this.#entries = this.#entries.filter((e) => !matches(e.item))
+    for (const e of out) {
+      this.#finish(e)
+      e.reject(error(e.item))
+    }
+    if (this.#entries.length === 0) this.#disarm()
+    this.pump()
+  }
+
   /** Rejects every waiter with `err` (the owner is shutting down). */
   rejectAll (err: Error): void {
     const entries = this.#entries

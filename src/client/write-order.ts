@@ -15,6 +15,12 @@
  *
  * Admission is FIFO between the two kinds; consecutive requests of one kind go together. The
  * common case (no FLUSH pending) is a counter increment, without a promise.
+ *
+ * A write in doubt (its connection stopped answering and was given up, and the server may
+ * still run it) leaves the barrier at once (pin): a FLUSH need not wait for it, which could be
+ * for ever, because a FLUSH vouches only for writes that completed, and this one's caller was
+ * told it failed. What could overtake it, an overlapping write, the range lock refuses. A
+ * FLUSH in doubt lets later writes go (a FLUSH changes no data, so nothing can overtake it).
  */
 import { WaitQueue } from './wait-queue.ts'
 
@@ -41,6 +47,14 @@ export class WriteOrder {
     if (kind === 'write') this.#writes--
     else this.#flushes--
     this.#queue.pump()
+  }
+
+  /**
+   * An admitted write is in doubt: it leaves the barrier now, and its life's end needs no
+   * leave() of its own.
+   */
+  pin (): void {
+    this.leave('write')
   }
 
   #fits (kind: OrderKind): boolean {

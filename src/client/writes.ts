@@ -15,6 +15,7 @@
 import { NotSupportedError } from '../errors.ts'
 import { NBD_CMD, NBD_CMD_FLAG, NBD_FLAG } from '../protocol/constants.ts'
 import type { Command } from './engine/request.ts'
+import type { HeldRange } from './range-lock.ts'
 import { settle, type Geometry } from './geometry.ts'
 import { alignDown, alignUp, bigPieces, checkRange, patchEdge, pieces, planReadModifyWrite, widen } from './shaping.ts'
 
@@ -37,10 +38,15 @@ export interface ZeroFlags extends WriteFlags {
  */
 class RmwScope {
   #count = 1
+  readonly range: HeldRange
   readonly #release: () => void
-  constructor (release: () => void) { this.#release = release }
+  constructor (range: HeldRange, release: () => void) {
+    this.range = range
+    this.#release = release
+  }
+
   enter (): void { this.#count++ }
-  leave (): void { if (--this.#count === 0) this.#release() }
+  readonly leave = (): void => { if (--this.#count === 0) this.#release() }
 }
 
 export class Writes {
@@ -116,7 +122,7 @@ export class Writes {
     const g = this.#g
     if (scope === undefined) return g.ordering.write(g.pool.pick(), command, signal)
     scope.enter()
-    return g.ordering.write(g.pool.pick(), command, signal, true, () => { scope.leave() })
+    return g.ordering.write(g.pool.pick(), command, signal, { range: scope.range, done: scope.leave })
   }
 
   /**
@@ -130,7 +136,7 @@ export class Writes {
     const w = widen(start, length, g.minBlockBig, g.info.size)
     const plan = planReadModifyWrite(length, w, g.minBlock)
     const range = await g.ordering.ranges.acquire(w.first, w.end, signal)
-    const scope = new RmwScope(() => { g.ordering.ranges.release(range) })
+    const scope = new RmwScope(range, () => { g.ordering.ranges.release(range) })
     try {
       const edges = plan.edges.map((at) => ({ at, block: Buffer.allocUnsafe(g.minBlock) }))
       await settle(edges.map((e) => g.pool.pick().submit({ type: NBD_CMD.READ, flags: 0, offset: w.first + BigInt(e.at), length: g.minBlock, dest: e.block }, signal)))

@@ -79,8 +79,11 @@ export async function openEndpoints (src: EndpointSpec, dst: EndpointSpec, optio
     closers.push(destination.close)
     return { source, destination, close }
   } catch (err) {
+    // The server command that failed to start, if one did, says why.
+    const last = servers.at(-1)
+    const why = last === undefined ? err : await last.explain(err)
     await close()
-    throw err
+    throw why
   }
 }
 

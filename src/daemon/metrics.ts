@@ -12,15 +12,18 @@
  *   nbdts_reconnects_total{mount}              nbdts_in_flight{mount}
  *   nbdts_connection_state{mount,connection,state}   1 for the state each connection is in
  *   nbdts_mount_state{mount,state}             1 for starting, up, failed or removing
- *   nbdts_export_size_bytes{mount}             and the process's own (nbdts_process_*, nbdts_nodejs_*)
+ *   nbdts_export_size_bytes{mount}             nbdts_path_state{mount,path,state}, nbdts_path_active{mount,path}
+ *   and the process's own (nbdts_process_*, nbdts_nodejs_*)
  */
 import http from 'node:http'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import type { StatsSnapshot } from '../stats/client-stats.ts'
 import type { MountRuntime } from './mount-runtime.ts'
 import type { TimedCommand } from './timed-client.ts'
 
 const BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 const MOUNT_STATES = ['starting', 'up', 'failed', 'removing'] as const
+const PATH_STATES = ['ready', 'failed', 'disabled'] as const
 
 type Observer = (seconds: number) => void
 
@@ -39,134 +42,46 @@ export class DaemonMetrics {
       buckets: BUCKETS,
       registers
     })
-    new Counter({
-      name: 'nbdts_requests_total',
-      help: 'NBD requests completed, by command',
-      labelNames: ['mount', 'command'],
-      registers,
-      collect () {
-        this.reset()
-        for (const m of mounts()) {
-          const stats = m.client?.stats
-          if (stats === undefined) continue
-          for (const [command, n] of Object.entries(stats.requests)) this.labels(m.file, command).inc(n)
-        }
+    // Every series below is read from the mounts when scraped: one sample per label set.
+    type Sample = readonly [labels: readonly string[], value: number]
+    const perMount = (kind: 'counter' | 'gauge', name: string, help: string, labels: readonly string[], samples: (m: MountRuntime) => Iterable<Sample>): void => {
+      const each = (fn: (labels: string[], n: number) => void): void => {
+        for (const m of mounts()) for (const [values, n] of samples(m)) fn([m.file, ...values], n)
       }
-    })
-    new Counter({
-      name: 'nbdts_bytes_total',
-      help: 'Bytes read from and written to the export',
-      labelNames: ['mount', 'direction'],
-      registers,
-      collect () {
-        this.reset()
-        for (const m of mounts()) {
-          const stats = m.client?.stats
-          if (stats === undefined) continue
-          this.labels(m.file, 'read').inc(stats.bytesRead)
-          this.labels(m.file, 'write').inc(stats.bytesWritten)
-        }
+      const labelNames = ['mount', ...labels]
+      if (kind === 'counter') {
+        new Counter({ name, help, labelNames, registers, collect () { this.reset(); each((l, n) => { this.labels(...l).inc(n) }) } })
+      } else {
+        new Gauge({ name, help, labelNames, registers, collect () { this.reset(); each((l, n) => { this.labels(...l).set(n) }) } })
       }
+    }
+    const stats = (m: MountRuntime): StatsSnapshot | undefined => m.client?.stats
+    perMount('counter', 'nbdts_requests_total', 'NBD requests completed, by command', ['command'],
+      (m) => Object.entries(stats(m)?.requests ?? {}).map(([command, n]) => [[command], n]))
+    perMount('counter', 'nbdts_bytes_total', 'Bytes read from and written to the export', ['direction'], (m) => {
+      const s = stats(m)
+      return s === undefined ? [] : [[['read'], s.bytesRead], [['write'], s.bytesWritten]]
     })
-    new Counter({
-      name: 'nbdts_errors_total',
-      help: 'Errors: server error replies, request timeouts, requests failed after the reconnect delay, FUSE requests answered with an error, timed requests that failed',
-      labelNames: ['mount', 'kind'],
-      registers,
-      collect () {
-        this.reset()
-        for (const m of mounts()) {
-          const stats = m.client?.stats
-          if (stats === undefined) continue
-          this.labels(m.file, 'server').inc(stats.serverErrors)
-          this.labels(m.file, 'timeout').inc(stats.timeouts)
-          this.labels(m.file, 'failed_by_delay').inc(stats.failedByDelay)
-          this.labels(m.file, 'fuse').inc(m.mount?.stats.errors ?? 0)
-          this.labels(m.file, 'request').inc(m.failedRequests)
-        }
-      }
-    })
-    new Counter({
-      name: 'nbdts_reconnects_total',
-      help: 'Connections established after the first one',
-      labelNames: ['mount'],
-      registers,
-      collect () {
-        this.reset()
-        for (const m of mounts()) this.labels(m.file).inc(m.client?.stats.reconnects ?? 0)
-      }
-    })
-    new Gauge({
-      name: 'nbdts_in_flight',
-      help: 'NBD requests in flight',
-      labelNames: ['mount'],
-      registers,
-      collect () {
-        this.reset()
-        for (const m of mounts()) this.labels(m.file).set(m.client?.stats.inFlight ?? 0)
-      }
-    })
-    new Gauge({
-      name: 'nbdts_connection_state',
-      help: 'Each NBD connection\'s state (1 for the state it is in)',
-      labelNames: ['mount', 'connection', 'state'],
-      registers,
-      collect () {
-        this.reset()
-        for (const m of mounts()) {
-          m.client?.states.forEach((state, i) => { this.labels(m.file, String(i + 1), state).set(1) })
-        }
-      }
-    })
-    new Gauge({
-      name: 'nbdts_mount_state',
-      help: 'Each mount\'s state in the daemon (1 for the state it is in)',
-      labelNames: ['mount', 'state'],
-      registers,
-      collect () {
-        this.reset()
-        for (const m of mounts()) {
-          for (const state of MOUNT_STATES) this.labels(m.file, state).set(m.state === state ? 1 : 0)
-        }
-      }
-    })
-    new Gauge({
-      name: 'nbdts_path_state',
-      help: 'Each path of a mount with several (multipath): 1 for the state it is in (ready, failed, disabled)',
-      labelNames: ['mount', 'path', 'state'],
-      registers,
-      collect () {
-        this.reset()
-        for (const m of mounts()) {
-          for (const p of m.client?.paths() ?? []) {
-            for (const state of ['ready', 'failed', 'disabled']) this.labels(m.file, String(p.path), state).set(p.state === state ? 1 : 0)
-          }
-        }
-      }
-    })
-    new Gauge({
-      name: 'nbdts_path_active',
-      help: 'Each path of a mount with several: 1 when it carries I/O (the failover path, or in use in round-robin)',
-      labelNames: ['mount', 'path'],
-      registers,
-      collect () {
-        this.reset()
-        for (const m of mounts()) for (const p of m.client?.paths() ?? []) this.labels(m.file, String(p.path)).set(p.active ? 1 : 0)
-      }
-    })
-    new Gauge({
-      name: 'nbdts_export_size_bytes',
-      help: 'The export\'s size',
-      labelNames: ['mount'],
-      registers,
-      collect () {
-        this.reset()
-        for (const m of mounts()) {
-          const client = m.client
-          if (client !== undefined) this.labels(m.file).set(Number(client.sizeBigInt))
-        }
-      }
-    })
+    perMount('counter', 'nbdts_errors_total',
+      'Errors: server error replies, request timeouts, requests failed after the reconnect delay, FUSE requests answered with an error, timed requests that failed',
+      ['kind'], (m) => {
+        const s = stats(m)
+        if (s === undefined) return []
+        return [[['server'], s.serverErrors], [['timeout'], s.timeouts], [['failed_by_delay'], s.failedByDelay],
+          [['fuse'], m.mount?.stats.errors ?? 0], [['request'], m.failedRequests]]
+      })
+    perMount('counter', 'nbdts_reconnects_total', 'Connections established after the first one', [], (m) => [[[], stats(m)?.reconnects ?? 0]])
+    perMount('gauge', 'nbdts_in_flight', 'NBD requests in flight', [], (m) => [[[], stats(m)?.inFlight ?? 0]])
+    perMount('gauge', 'nbdts_connection_state', 'Each NBD connection\'s state (1 for the state it is in)', ['connection', 'state'],
+      (m) => (m.client?.states ?? []).map((state, i) => [[String(i + 1), state], 1]))
+    perMount('gauge', 'nbdts_mount_state', 'Each mount\'s state in the daemon (1 for the state it is in)', ['state'],
+      (m) => MOUNT_STATES.map((state) => [[state], m.state === state ? 1 : 0]))
+    perMount('gauge', 'nbdts_path_state', 'Each path of a mount with several (multipath): 1 for the state it is in (ready, failed, disabled)', ['path', 'state'],
+      (m) => (m.client?.paths() ?? []).flatMap((p) => PATH_STATES.map((state): Sample => [[String(p.path), state], p.state === state ? 1 : 0])))
+    perMount('gauge', 'nbdts_path_active', 'Each path of a mount with several: 1 when it carries I/O (the failover path, or in use in round-robin)', ['path'],
+      (m) => (m.client?.paths() ?? []).map((p) => [[String(p.path)], p.active ? 1 : 0]))
+    perMount('gauge', 'nbdts_export_size_bytes', 'The export\'s size', [],
+      (m) => m.client === undefined ? [] : [[[], Number(m.client.sizeBigInt)]])
   }
 
   /** What a mount's timed client calls per request. */

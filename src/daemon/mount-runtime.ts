@@ -78,6 +78,8 @@ export class MountRuntime {
   readonly #server: ServerCommand | undefined
   /** The server was stopped by us (its exit is no news). */
   #stopped = false
+  /** The server command exited: no wait for it makes sense any more, whatever is set. */
+  #serverGone = false
 
   constructor (options: MountRuntimeOptions) {
     this.uri = options.uri
@@ -107,6 +109,7 @@ export class MountRuntime {
     if (server !== undefined) {
       void server.exited.then((status) => {
         if (this.#stopped) return
+        this.#serverGone = true
         const how = status.signal !== null ? `was killed by ${status.signal}` : `exited with code ${status.code}`
         const last = server.stderrTail().trim().split('\n').slice(-2).join('; ')
         this.#log('error', `the server command (pid ${server.child.pid}) ${how}${last === '' ? '' : ` (${last})`}: nothing serves this export any more, so its I/O fails from now on; nbdts umount ends the mount`)
@@ -166,7 +169,7 @@ export class MountRuntime {
       void this.#mount.closed.then((why) => { this.#closedFromOutside(why) })
       if (this.#abort.signal.aborted) this.state = 'removing'
     } catch (err) {
-      this.lastError = describeError(err)
+      this.lastError = describeError(server === undefined ? err : await server.explain(err))
       this.state = 'failed'
       this.#log('error', `failed: ${this.lastError}`)
       await this.#closeClient()
@@ -232,7 +235,7 @@ export class MountRuntime {
     this.settings = settings
     const client = this.#client
     if (client === undefined) return
-    client.reconnectDelay = settings.reconnectDelay
+    client.reconnectDelay = this.#serverGone ? 0 : settings.reconnectDelay
     client.maxInFlight = settings.maxInFlight
     if (settings.failback !== undefined && client.paths().length > 0) client.failback = settings.failback
   }

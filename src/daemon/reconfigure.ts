@@ -99,7 +99,13 @@ export function planReconfigure (running: readonly RunningMount[], next: DaemonC
     const changed = diff.live
     if (changed.length > 0 && now.state === 'up') {
       // Only the live settings move; the rest stays as the mount was made.
-      const merged: ResolvedMountSettings = { ...now.settings, reconnectDelay: settings.reconnectDelay, openTimeout: settings.openTimeout, maxInFlight: settings.maxInFlight }
+      const merged: ResolvedMountSettings = {
+        ...now.settings,
+        reconnectDelay: settings.reconnectDelay,
+        openTimeout: settings.openTimeout,
+        maxInFlight: settings.maxInFlight,
+        ...(settings.failback !== undefined && { failback: settings.failback })
+      }
       live.push({ file: now.file, own: now.own, settings: merged, adopt: false, changed })
     } else {
       untouched.push(now.file)

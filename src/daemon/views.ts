@@ -145,7 +145,7 @@ export interface PathRow {
   readonly lastFailureAt: string | undefined
 }
 
-/** A mount's paths (multipath): one row each; a mount with one path has its URI as path 1. */
+/** A mount's paths (multipath): one row each; none for a mount with one URI. */
 export function pathRows (m: MountRuntime, privileged: boolean): PathRow[] {
   const paths = m.client?.paths() ?? []
   return paths.map((p) => ({

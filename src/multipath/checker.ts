@@ -16,16 +16,23 @@ import type { PathSet } from './path-set.ts'
 export interface CheckerOptions {
   readonly paths: PathSet
   readonly interval: number
-  /** Resolves with what to show as the checker's result; rejects with why the path failed. */
-  readonly probe: (index: number) => Promise<string>
-  /** The same for a path in use, on one of its live connections; undefined when it has none. */
-  readonly checkInUse: (index: number) => Promise<string> | undefined
+  /**
+   * Resolves with what to show as the checker's result; rejects with why the path failed.
+   * `stop` aborts it (the client is closing).
+   */
+  readonly probe: (index: number, stop: AbortSignal) => Promise<string>
+  /**
+   * The same for a path in use, on one of its live connections; undefined when it has none.
+   * Resolves undefined when it cannot tell (the connection moved elsewhere meanwhile).
+   */
+  readonly checkInUse: (index: number) => Promise<string | undefined> | undefined
 }
 
 export class PathChecker {
   readonly #options: CheckerOptions
   #timer: NodeJS.Timeout | null = null
-  readonly #running = new Set<number>()
+  readonly #running = new Map<number, Promise<void>>()
+  readonly #stop = new AbortController()
   #stopped = false
 
   constructor (options: CheckerOptions) {
@@ -46,25 +53,37 @@ export class PathChecker {
     await Promise.all(rounds)
   }
 
-  async check (index: number): Promise<void> {
+  check (index: number): Promise<void> {
+    const { paths } = this.#options
+    if (this.#stopped || paths.stateOf(index) === 'disabled') return Promise.resolve()
+    let running = this.#running.get(index)
+    if (running === undefined) {
+      running = this.#check(index).finally(() => { this.#running.delete(index) })
+      this.#running.set(index, running)
+    }
+    return running
+  }
+
+  async #check (index: number): Promise<void> {
     const { paths, probe, checkInUse } = this.#options
-    if (this.#stopped || this.#running.has(index)) return
-    if (paths.status()[index]!.state === 'disabled') return
-    this.#running.add(index)
     try {
-      paths.ready(index, await (checkInUse(index) ?? probe(index)))
+      const verdict = await (checkInUse(index) ?? probe(index, this.#stop.signal))
+      if (this.#stopped) return
+      if (verdict !== undefined) paths.ready(index, verdict)
     } catch (err) {
+      if (this.#stopped) return
       const reason = err instanceof Error ? err.message : String(err)
       if (err instanceof ServerChangedError) paths.refused(index, reason)
       else paths.failed(index, reason)
-    } finally {
-      this.#running.delete(index)
     }
   }
 
-  stop (): void {
+  /** No more checks; the running ones are aborted. Resolves once they have ended. */
+  async stop (): Promise<void> {
     this.#stopped = true
     if (this.#timer !== null) clearInterval(this.#timer)
     this.#timer = null
+    this.#stop.abort(new Error('the client is closing'))
+    await Promise.all(this.#running.values())
   }
 }

@@ -65,6 +65,8 @@ export class PathSet extends EventEmitter<{ change: [PathChange], switch: [numbe
   readonly #entries: Entry[]
   /** The failover path (0-based). */
   #active = 0
+  /** `switch path N` chose the active path: no failback until it fails. */
+  #switched = false
   #failbackTimer: NodeJS.Timeout | null = null
   /** Per path, the connections whose live link runs over it (set by the pool). */
   #linksOn: (index: number) => number = () => 0
@@ -85,6 +87,15 @@ export class PathSet extends EventEmitter<{ change: [PathChange], switch: [numbe
   /** The failover path, 0-based. */
   get active (): number {
     return this.#active
+  }
+
+  stateOf (index: number): PathState {
+    return this.#entries[index]!.state
+  }
+
+  /** Some path is ready and showed the right export. */
+  anyUsable (): boolean {
+    return this.#entries.some((e) => e.state === 'ready' && e.verified)
   }
 
   /** Ready, and it showed the right export: a connection may be moved there. */
@@ -118,11 +129,11 @@ export class PathSet extends EventEmitter<{ change: [PathChange], switch: [numbe
     e.verified = true
     e.checker = checker
     e.checkedAt = Date.now()
-    if (e.state === 'disabled') return
-    if (e.state !== 'ready') {
-      e.readySince = performance.now()
-      this.#set(e, 'ready', checker)
-    }
+    if (e.state === 'disabled' || e.state === 'ready') return
+    e.readySince = performance.now()
+    this.#set(e, 'ready', checker)
+    // Only a path that comes back is failed back to (multipathd's rule), never one that was
+    // ready all along: else every check would undo a switch the administrator made.
     this.#considerFailback()
   }
 
@@ -166,6 +177,7 @@ export class PathSet extends EventEmitter<{ change: [PathChange], switch: [numbe
     const e = this.#entry(path)
     if (this.selector !== 'failover') throw new Error('switch path needs the failover path selector (round-robin uses every path)')
     if (e.state !== 'ready') throw new Error(`path ${path} is ${e.state}, not ready`)
+    this.#switched = e.index !== 0
     this.#activate(e.index)
   }
 
@@ -202,6 +214,7 @@ export class PathSet extends EventEmitter<{ change: [PathChange], switch: [numbe
 
   /** The active path is gone: the next ready one (in order after it) takes over. */
   #failOver (): void {
+    this.#switched = false
     const n = this.#entries.length
     for (let step = 1; step < n; step++) {
       const e = this.#entries[(this.#active + step) % n]!
@@ -220,7 +233,7 @@ export class PathSet extends EventEmitter<{ change: [PathChange], switch: [numbe
 
   /** The first path is the preferred one: fail back to it as the policy says. */
   #considerFailback (): void {
-    if (this.selector !== 'failover' || this.#active === 0) return
+    if (this.selector !== 'failover' || this.#active === 0 || this.#switched) return
     const first = this.#entries[0]!
     if (first.state !== 'ready' || !first.verified) return
     const policy = this.failback

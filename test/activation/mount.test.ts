@@ -47,6 +47,9 @@ test('nbdts mount [ nbdkit memory 64M ] FILE: a file that reads what was written
   readSync(fd, back, 0, back.length, 3 << 20)
   closeSync(fd)
   assert.ok(back.equals(data))
+  // Past the page cache: the server's own bytes.
+  const direct = execFileSync('dd', [`if=${m.file}`, 'iflag=direct', 'bs=1M', 'skip=3', 'count=1', 'status=none'])
+  assert.ok(direct.equals(data), 'an O_DIRECT read returns what was written')
   assert.equal((await nbdts(['ctl', '--mount', m.file, 'show', 'mounts'])).code, 0)
   const u = await nbdts(['umount', m.file])
   assert.equal(u.code, 0, u.stderr)

@@ -6,13 +6,13 @@
  * vouches for them; aborted requests keep their slots only while their server may still answer.
  */
 import assert from 'node:assert/strict'
-import { chmodSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { NbdClient } from '../../src/index.ts'
 import { handled, rejectsWithCode, within } from '../helpers/assert.ts'
-import { run, testScene, type RunningServer } from '../helpers/servers.ts'
+import { run, stopServer, testScene, type RunningServer } from '../helpers/servers.ts'
 
 const { dir, nbdkit } = testScene()
 const fastBackoff = { initialMs: 50, maxMs: 250 }
@@ -27,13 +27,6 @@ function logged (file: string): string[] {
     if (m[5] !== undefined) offsets.set(key, Number.parseInt(m[5], 16))
     return [`${m[2] ?? ''}${m[3]} ${offsets.get(key) ?? 0}`]
   })
-}
-
-/** SIGSTOP, and wait until every thread of the server is stopped (state T in /proc). */
-async function stopServer (pid: number): Promise<void> {
-  process.kill(pid, 'SIGSTOP')
-  const stopped = (): boolean => readdirSync(`/proc/${pid}/task`).every((t) => / T /.test(readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8').replace(/^.*\) /, ' ')))
-  for (let i = 0; i < 200 && !stopped(); i++) await sleep(5)
 }
 
 async function contents (server: RunningServer, offset: number, length: number): Promise<Buffer> {

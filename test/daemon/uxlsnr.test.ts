@@ -15,7 +15,7 @@ import { ControlConnection } from '../../src/control/index.ts'
 import { within } from '../helpers/assert.ts'
 import { startDaemon } from '../helpers/daemon.ts'
 import { isMounted } from '../helpers/mounts.ts'
-import { run, startNbdkit, tempDir } from '../helpers/servers.ts'
+import { run, startNbdkit, stopServer, tempDir } from '../helpers/servers.ts'
 
 const dir = tempDir()
 const cleanups: Array<() => Promise<void> | void> = []
@@ -71,7 +71,7 @@ test('a stopped server delays neither show mounts nor the other mounts\' I/O (fi
     return job
   })
   await sleep(500)
-  process.kill(servers[0]!.pid, 'SIGSTOP')
+  await stopServer(servers[0]!.pid)
   cleanups.push(() => { try { process.kill(servers[0]!.pid, 'SIGCONT') } catch { /* gone */ } })
   // I/O on the stopped server's mount: it waits, in flight.
   const stuck = spawn('dd', [`if=${stopped}`, 'of=/dev/null', 'bs=4096', 'count=1', 'iflag=direct', 'status=none'], { stdio: 'ignore' })

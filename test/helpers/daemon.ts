@@ -10,6 +10,7 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ControlConnection, type ControlReply } from '../../src/control/index.ts'
 import { joinWords } from '../../src/control/grammar.ts'
+import { readyLine } from '../../src/cli/detach.ts'
 import { within } from './assert.ts'
 import { CLI } from './cli.ts'
 
@@ -60,16 +61,7 @@ export async function startDaemon (dir: string, name: string, options: { config?
   let stderr = ''
   child.stderr!.setEncoding('utf8').on('data', (d: string) => { stderr += d })
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => { children.delete(child); resolve(code) }))
-  const ready = await within(new Promise<string>((resolve) => {
-    let text = ''
-    const pipe = child.stdio[3] as NodeJS.ReadableStream
-    pipe.setEncoding('utf8')
-    pipe.on('data', (d: string) => {
-      text += d
-      if (text.includes('\n')) resolve(text.slice(0, text.indexOf('\n')))
-    })
-    void exited.then((code) => { resolve(`error exited ${code}: ${stderr}`) })
-  }), 60_000, 'the daemon\'s start')
+  const ready = await within(readyLine(child.stdio[3] as NodeJS.ReadableStream, exited.then((code) => `error exited ${code}: ${stderr}`)), 60_000, 'the daemon\'s start')
   let connection: ControlConnection | null = null
   const ctl = async (...words: string[]): Promise<ControlReply> => {
     if (connection === null || connection.closed) connection = await ControlConnection.connect(socket)

@@ -6,7 +6,7 @@
  * started are ever signalled.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -229,4 +229,14 @@ export function run (command: string, args: string[], options: { input?: Buffer,
     })
     child.stdin.end(options.input)
   })
+}
+
+/**
+ * SIGSTOP, and wait until every thread of the server is stopped (state T in /proc): the signal
+ * is asynchronous, and a thread still running could answer one more request.
+ */
+export async function stopServer (pid: number): Promise<void> {
+  process.kill(pid, 'SIGSTOP')
+  const stopped = (): boolean => readdirSync(`/proc/${pid}/task`).every((t) => /^[Tt]/.test(readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8').replace(/^.*\) /, '')))
+  for (let i = 0; i < 400 && !stopped(); i++) await sleep(5)
 }

@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { NbdClient, type NbdClientOptions } from '../../src/index.ts'
 import { rejectsWithCode, within } from '../helpers/assert.ts'
 import { writeVerifyLoad } from '../helpers/load.ts'
-import { testScene, type RunningServer } from '../helpers/servers.ts'
+import { stopServer, testScene, type RunningServer } from '../helpers/servers.ts'
 
 const { dir, nbdkit } = testScene()
 const MiB = 1 << 20
@@ -77,7 +77,7 @@ describe('multipath', () => {
     // requestTimeout stays at its 60 s default: only the checker can notice within the test.
     const client = await NbdClient.connect({ ...fast, uri: a.uri(), paths: [b.uri()], connections: 2 })
     await client.write(Buffer.alloc(4096, 1), 0)
-    process.kill(a.pid, 'SIGSTOP')
+    await stopServer(a.pid)
     try {
       await until('the checker fails path 1', () => client.paths()[0]!.state === 'failed', 15_000)
       assert.match(client.paths()[0]!.lastFailure!.reason, /no answer within 5000 ms/)

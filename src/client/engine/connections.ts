@@ -19,7 +19,7 @@ import {
   AbortedError, ClosedError, ConnectionError, NbdError, ProtocolError, ReconnectDelayError, ServerChangedError,
   TimeoutError, isTransportError
 } from '../../errors.ts'
-import { NBD_CMD } from '../../protocol/constants.ts'
+import { NBD_CMD, NBD_FLAG } from '../../protocol/constants.ts'
 import { commandName } from '../../protocol/names.ts'
 import type { Connection, Establish } from '../../connector/connection.ts'
 import { Connector } from '../../connector/connector.ts'
@@ -38,6 +38,8 @@ import type { Command, Request } from './request.ts'
 export interface RecoveryChannel {
   /** When the connection this one replaces was lost (performance.now()). */
   readonly lostAt: number
+  /** Multipath: the path (0-based) it runs over. */
+  readonly path: number | undefined
   /** Sends on this connection only; a failure there fails the recovery (and the connection). */
   submit: (command: Command) => Promise<CommandResult>
 }
@@ -62,7 +64,21 @@ export interface ConnectionsOptions {
   readonly runOn: (link: Link, command: Command) => Promise<CommandResult>
   /** A connection over `path` (see Connection.path) failed: the path may be bad. */
   readonly pathFailed?: ((path: number, reason: string) => void) | undefined
+  /**
+   * Multipath: another path is usable now. Then a lost connection is a failover, not an
+   * outage, and requests wait for it even with no reconnect delay (no-path-retry bounds only
+   * the time with every path down): at most FAILOVER_MS.
+   */
+  readonly alternative?: (() => boolean) | undefined
+  /**
+   * Runs on every connection, the first included, before it takes requests (and before the
+   * replay): multipath's identity bytes. A rejection fails the connection.
+   */
+  readonly vet?: Recover | undefined
 }
+
+/** How long a failover to a usable path may take before its requests count as failed. */
+export const FAILOVER_MS = 10_000
 
 /** How long a link that is closing may take to finish what is on its wire, at least. */
 export const MIN_DRAIN_MS = 1000
@@ -85,11 +101,19 @@ export class Connections {
   /** Disconnected on purpose (disconnect()): the connector waits for reconnect(). */
   #held = false
   closing = false
+  /** A closing link acknowledged writes that no FLUSH of its own covered (told to one FLUSH). */
+  drainFlushMissed = false
   #tick: NodeJS.Timeout | null = null
   readonly #opened: Deferred<void> = deferred()
   #first = true
   /** When the link that the next one replaces was lost. */
   #lostAt = -1
+
+  /** The bound on waiting for a connection now: the reconnect delay, or a failover's. */
+  get #bound (): number {
+    if (this.reconnectDelay > 0) return this.reconnectDelay
+    return this.#options.alternative?.() === true ? FAILOVER_MS : 0
+  }
 
   constructor (options: ConnectionsOptions) {
     this.#options = options
@@ -179,7 +203,7 @@ export class Connections {
         const last = this.#connector.lastError ?? undefined
         if (this.#delayExpired) {
           this.#options.stats.failedByDelay++
-          throw new ReconnectDelayError(`the server has been unreachable for longer than the reconnect delay (${this.reconnectDelay} ms)`, { cause: last })
+          throw new ReconnectDelayError(`the server has been unreachable for longer than the reconnect delay (${this.#bound} ms)`, { cause: last })
         }
         throw new ConnectionError('not connected to the server (reconnecting in the background)', { cause: last })
       }
@@ -192,15 +216,15 @@ export class Connections {
   mayRetry (req: Request): boolean {
     const state = this.#lifecycle.state
     if (state === 'QUIT' || state === 'CONNECTING_NOWAIT' || this.closing) return false
-    return performance.now() < req.firstFailureAt + this.reconnectDelay
+    return performance.now() < req.firstFailureAt + this.#bound
   }
 
   /** What a request that may not be retried fails with. */
   finalError (req: Request, err: unknown): NbdError {
     if (this.#lifecycle.state === 'QUIT') return this.quitError!
-    if (this.reconnectDelay > 0 && req.firstFailureAt >= 0 && performance.now() >= req.firstFailureAt + this.reconnectDelay) {
+    if (this.#bound > 0 && req.firstFailureAt >= 0 && performance.now() >= req.firstFailureAt + this.#bound) {
       this.#options.stats.failedByDelay++
-      return new ReconnectDelayError(`the server did not come back within the reconnect delay (${this.reconnectDelay} ms)`, { cause: err })
+      return new ReconnectDelayError(`the server did not come back within the reconnect delay (${this.#bound} ms)`, { cause: err })
     }
     return toNbdError(err)
   }
@@ -225,23 +249,29 @@ export class Connections {
       }
       this.#options.stats.reconnects++
     }
-    const recover = first ? undefined : this.#options.recover
+    const replay = first ? undefined : this.#options.recover
+    const vet = this.#options.vet
+    const recover: Recover | undefined = vet === undefined ? replay : replay === undefined ? vet : async (c) => { await vet(c); await replay(c) }
     const link = new Link(conn, recover === undefined ? 'ACTIVE' : 'RECOVERING', {
       counters: this.#options.stats.chunks,
       failed: (l, err) => { this.#linkFailed(l, err) },
       closed: (l) => { this.links.delete(l) }
     })
     this.links.add(link)
+    // Its durable promise settles by the time it closes; a FLUSH asks later (drainsDurable).
+    void link.durable.then((ok) => { if (!ok) this.drainFlushMissed = true })
     if (recover === undefined) {
       this.#install(link)
       return
     }
-    const channel: RecoveryChannel = { lostAt: this.#lostAt, submit: (command) => this.#options.runOn(link, command) }
+    const channel: RecoveryChannel = { lostAt: this.#lostAt, path: conn.path, submit: (command) => this.#options.runOn(link, command) }
     recover(channel).then(() => {
       if (link.state === 'RECOVERING' && link.error === null) this.#install(link)
     }, (err: unknown) => {
-      // The replay could not finish here: this connection is lost too; the connector goes on.
-      link.fail(err instanceof ProtocolError || isTransportError(err) ? err : new ConnectionError('the replay of acknowledged writes failed', { cause: err }))
+      // The replay (or the vetting) could not finish here: this connection is lost too; the
+      // connector goes on.
+      const own = err instanceof ProtocolError || err instanceof ServerChangedError || isTransportError(err)
+      link.fail(own ? err : new ConnectionError('the replay of acknowledged writes failed', { cause: err }))
     })
   }
 
@@ -284,7 +314,7 @@ export class Connections {
       return
     }
     this.#delayExpired = false
-    if (this.reconnectDelay > 0) {
+    if (this.#bound > 0) {
       this.#lifecycle.set('CONNECTING_WAIT', reason)
       this.#beginOutage(link.error ?? undefined)
     } else {
@@ -295,7 +325,7 @@ export class Connections {
   }
 
   #beginOutage (cause: Error | undefined): void {
-    const delay = this.reconnectDelay
+    const delay = this.#bound
     const message = `the server did not come back within the reconnect delay (${delay} ms)`
     this.#outage.begin(delay, () => { this.#giveUpWaiting(message) },
       () => new ReconnectDelayError(message, { cause: this.#connector.lastError ?? cause }))
@@ -307,24 +337,32 @@ export class Connections {
    * callers hear when their bound passes (at once without a delay), while the requests stay on
    * the link, keeping their order, until the server answers or closes it.
    */
-  drain (link: Link, reason: string, failing: boolean): void {
-    const delay = this.reconnectDelay
-    const ms = Math.max(MIN_DRAIN_MS, delay, this.#options.requestTimeout)
+  drain (link: Link, reason: string, failing: boolean, report = true): void {
+    const delay = this.#bound
+    // A live server (a planned drain) is given its liveness bound to finish; one that stopped
+    // answering only its callers' bound: past that, whatever waited on its writes is told now
+    // (IN_DOUBT) rather than wait on for a server that may never answer.
+    const ms = failing ? Math.max(MIN_DRAIN_MS, delay) : Math.max(MIN_DRAIN_MS, delay, this.#options.requestTimeout)
     const timeout = (): NbdError => new TimeoutError(`the server did not finish the requests of a closed connection within ${ms} ms`)
+    // What this connection acknowledged is made durable here before it goes: a FLUSH on
+    // another connection covers it only with multi-conn, and never on another server.
+    const flushFirst = (link.conn.info.flags & NBD_FLAG.SEND_FLUSH) === 0
+      ? undefined
+      : async (): Promise<void> => { if (link.unflushed) await this.#options.runOn(link, { type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }) }
     if (!failing) {
-      link.drain(ms, timeout)
+      link.drain(ms, timeout, undefined, flushFirst)
     } else {
-      if (link.conn.path !== undefined) this.#options.pathFailed?.(link.conn.path, reason)
+      if (report && link.conn.path !== undefined) this.#options.pathFailed?.(link.conn.path, reason)
       const now = performance.now()
       for (const req of link.table.requests()) if (req.firstFailureAt < 0) req.firstFailureAt = now
       if (delay === 0) {
         for (const req of link.table.requests()) req.answerEarly(new TimeoutError(reason))
-        link.drain(ms, timeout)
+        link.drain(ms, timeout, undefined, flushFirst)
       } else {
         link.drain(ms, timeout, {
           ms: delay,
           error: () => new ReconnectDelayError(`the server did not come back within the reconnect delay (${delay} ms)`, { cause: new TimeoutError(reason) })
-        })
+        }, flushFirst)
       }
     }
     this.#lost(link, reason)
@@ -338,6 +376,17 @@ export class Connections {
   }
 
   // ── asked for ────────────────────────────────────────────────────────────────────────
+
+  /**
+   * The active connection is given up as failing (multipath: its path failed): nothing more is
+   * sent there, what is on its wire drains with a failing connection's bounds, and the
+   * connector finds the next one.
+   */
+  abandon (reason: string): void {
+    const link = this.active
+    // Its path is known to be down already: that failure, not this consequence, is the record.
+    if (link !== null && this.#lifecycle.state === 'CONNECTED') this.drain(link, reason, true, false)
+  }
 
   /** QEMU's cancel_in_flight: waiting requests fail now instead of at the end of the delay. */
   cancelInFlight (): void {
@@ -358,7 +407,7 @@ export class Connections {
       this.drain(link, 'reconnect requested', false)
       return
     }
-    if (this.#lifecycle.state === 'CONNECTING_NOWAIT' && this.reconnectDelay > 0 && !this.closing) {
+    if (this.#lifecycle.state === 'CONNECTING_NOWAIT' && this.#bound > 0 && !this.closing) {
       this.#delayExpired = false
       this.#lifecycle.set('CONNECTING_WAIT', 'reconnect requested')
       this.#beginOutage(undefined)

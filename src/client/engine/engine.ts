@@ -33,6 +33,7 @@
 import { EventEmitter } from 'node:events'
 import { performance } from 'node:perf_hooks'
 import { AbortedError, ClosedError, ConnectionError, NbdError, ServerError, TimeoutError, isTransportError } from '../../errors.ts'
+import { NBD_CMD } from '../../protocol/constants.ts'
 import { NBD_ESHUTDOWN } from '../../protocol/errno.ts'
 import { commandName } from '../../protocol/names.ts'
 import type { Establish } from '../../connector/connection.ts'
@@ -67,6 +68,10 @@ export interface EngineOptions {
   readonly recover?: Recover
   /** A connection over a path of several failed (see Connection.path). */
   readonly pathFailed?: (path: number, reason: string) => void
+  /** Multipath: another path is usable now (see ConnectionsOptions.alternative). */
+  readonly alternative?: () => boolean
+  /** Runs on every connection, the first included, before it takes requests. */
+  readonly vet?: Recover
 }
 
 export class Engine extends EventEmitter<{ state: [StateChange] }> {
@@ -157,11 +162,20 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
     try {
       const admission = this.#admission.admit(req, req.signal)
       if (admission !== undefined) await admission
+      // A request in doubt (see Request) gives its slot back at once: it may stay on the wire
+      // of a connection that was given up for as long as that stays open.
+      let held = true
+      const release = (): void => {
+        if (!held) return
+        held = false
+        this.#admission.release()
+      }
+      req.releaseSlot = release
       try {
         result = await this.#execute(req)
         ok = true
       } finally {
-        this.#admission.release()
+        release()
       }
     } catch (err) {
       error = err
@@ -216,10 +230,17 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
     if (sending !== undefined) await sending
     try {
       await link.receiver.receive(req)
+    } catch (err) {
+      link.release(req)
+      throw err
+    }
+    // The outcome is taken before the link lets go of the request: a closing link that is now
+    // idle decides on its own FLUSH by what it acknowledged, this write included.
+    try {
+      return this.#outcome(req, link)
     } finally {
       link.release(req)
     }
-    return this.#outcome(req, link)
   }
 
   /** The reply is read: check it whole, then hand out its result (or its error). */
@@ -234,6 +255,14 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
     try {
       const result = reply.result()
       this.stats.completed(req.type, req.length)
+      // A FLUSH covers the writes that completed before it was sent, not those during it.
+      if (req.type === NBD_CMD.FLUSH) {
+        if (link.lastWriteAt < req.sentAt) link.unflushed = false
+      } else if (req.type === NBD_CMD.WRITE || req.type === NBD_CMD.WRITE_ZEROES || req.type === NBD_CMD.TRIM) {
+        link.unflushed = true
+        link.lastWriteAt = performance.now()
+        if (link.state !== 'ACTIVE' && link.state !== 'RECOVERING') link.drainAcks = true
+      }
       return result
     } catch (err) {
       if (err instanceof ServerError && err.nbdError === NBD_ESHUTDOWN) {
@@ -271,8 +300,21 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
 
   /** QEMU's cancel_in_flight: waiting requests fail now instead of at the end of the delay. */
   cancelInFlight (): void { this.#connections.cancelInFlight() }
+  /**
+   * Whether every connection of this engine that acknowledged writes while closing has made
+   * them durable with a FLUSH of its own (waits for those FLUSHes; see Link.durable).
+   */
+  async drainsDurable (): Promise<boolean> {
+    const owed = [...this.#connections.links].filter((link) => link.drainAcks).map((link) => link.durable)
+    const ok = (await Promise.all(owed)).every(Boolean) && !this.#connections.drainFlushMissed
+    this.#connections.drainFlushMissed = false
+    return ok
+  }
+
   /** Reconnects without failing anything (see Connections.reconnect). */
   reconnect (): void { this.#connections.reconnect() }
+  /** Gives the connection up as failing (see Connections.abandon). */
+  abandon (reason: string): void { this.#connections.abandon(reason) }
   /** Disconnects on purpose until reconnect() (see Connections.disconnect). */
   disconnect (): void { this.#connections.disconnect() }
 

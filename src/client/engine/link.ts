@@ -5,27 +5,43 @@
  *
  *   RECOVERING ──acknowledged writes replayed──► ACTIVE ──lost (no answer, ESHUTDOWN,
  *        │                                          │       reconnect(), disconnect())──► DRAINING
- *        │                                          │                                        │
- *        └──────────────── error ───────────────────┴───── error, EOF ──────────────────────┴──► CLOSED
+ *        │                                          │                                     │    │ deadline, a write
+ *        │                                          │                                     │    ▼ still on the wire
+ *        │                                          │                                     │  IN_DOUBT
+ *        └──────────────── error ───────────────────┴───── error, EOF ────────────────────┴────┴──► CLOSED
  *
  *   ACTIVE      takes new requests (the first connection starts here: nothing to replay)
- *   DRAINING    takes nothing new; NBD_CMD_DISC has been sent, so the server finishes what it
- *               has and closes; we keep reading, because a command the server may still run is
- *               still on the wire, and whatever orders against it waits for its reply or for
- *               this close. Bounded: past its deadline the socket is destroyed.
- *   CLOSED      the socket is gone; nothing sent on it can run any more (for a destroyed
- *               socket: as far as we can ever know)
+ *   DRAINING    takes nothing new; we keep reading until every request on the wire has its
+ *               reply, and only then send NBD_CMD_DISC and close (the spec's order: a server
+ *               may close at DISC while it still runs a command, as qemu-nbd does, so a DISC
+ *               sent earlier would end the connection but not the command). Whatever orders
+ *               against a request here waits for its reply or the server's close. Bounded: at
+ *               the deadline, with no write-like request left unanswered, the socket is
+ *               destroyed (the rest is sent again elsewhere, or fails); with one, IN_DOUBT.
+ *   IN_DOUBT    the server stopped answering with writes on the wire that it may still run:
+ *               their callers are answered, and the socket is kept open and read, because only
+ *               their replies or the server's own close can tell that they are over. Until
+ *               then nothing that would order behind them waits (overlapping writes are
+ *               refused: NBD_ERR_IN_DOUBT; a FLUSH no longer waits for them). Ends like
+ *               DRAINING, or at close().
+ *   CLOSED      the socket is gone; nothing sent on it can run any more (for a socket the
+ *               server closed, or that close() destroyed)
  */
 import { performance } from 'node:perf_hooks'
 import { ConnectionError, NbdError } from '../../errors.ts'
+import { NBD_CMD } from '../../protocol/constants.ts'
 import type { Connection } from '../../connector/connection.ts'
 import { Receiver } from './receiver.ts'
 import type { ChunkCounters } from './reply.ts'
 import type { Request } from './request.ts'
 import { Sender } from './sender.ts'
 import { CookieTable } from './slots.ts'
+import { deferred } from '../../util/deferred.ts'
 
-export type LinkState = 'RECOVERING' | 'ACTIVE' | 'DRAINING' | 'CLOSED'
+export type LinkState = 'RECOVERING' | 'ACTIVE' | 'DRAINING' | 'IN_DOUBT' | 'CLOSED'
+
+/** Commands that change the export: in doubt when their connection is given up under them. */
+const WRITE_LIKE = new Set<number>([NBD_CMD.WRITE, NBD_CMD.WRITE_ZEROES, NBD_CMD.TRIM])
 
 export interface LinkHooks {
   /** Where reply chunks are counted (the engine's statistics). */
@@ -34,6 +50,8 @@ export interface LinkHooks {
   readonly failed: (link: Link, error: NbdError) => void
   /** The socket is closed. */
   readonly closed: (link: Link) => void
+  /** The drain's bound passed with writes on the wire: `count` requests are in doubt. */
+  readonly inDoubt?: (link: Link, count: number) => void
 }
 
 let nextId = 1
@@ -54,6 +72,20 @@ export class Link {
   lostAt = -1
   /** A liveness probe is on the wire. */
   probing = false
+  /** A write-like command succeeded here since the last FLUSH did (and when the last did). */
+  unflushed = false
+  lastWriteAt = -1
+  /**
+   * A write-like command succeeded here after the link stopped taking new requests: possibly
+   * after the next connection's replay ran, so only this link's own drain FLUSH covers it.
+   */
+  drainAcks = false
+  /** Run once the link is idle, before NBD_CMD_DISC (a drain's FLUSH). */
+  #beforeDisc: (() => Promise<unknown>) | null = null
+  #disconnecting = false
+  /** The drain's FLUSH is on its way: the one request a DRAINING link still sends. */
+  #discFlush = false
+  readonly #durable = deferred<boolean>()
   /** When bytes last moved either way (liveness). */
   lastProgressAt = performance.now()
   #progress = 0
@@ -96,7 +128,7 @@ export class Link {
   /** Throws unless new requests may go out here. */
   checkSendable (): void {
     if (this.error !== null) throw new ConnectionError('the connection was lost before the request could be sent', { cause: this.error })
-    if (this.state !== 'ACTIVE' && this.state !== 'RECOVERING') {
+    if (this.state !== 'ACTIVE' && this.state !== 'RECOVERING' && !(this.state === 'DRAINING' && this.#discFlush)) {
       throw new ConnectionError('the connection is being closed; the request goes to the next one')
     }
   }
@@ -105,6 +137,42 @@ export class Link {
   release (req: Request): void {
     this.receiver.leave(req)
     this.table.unregister(req)
+    if ((this.state === 'DRAINING' || this.state === 'IN_DOUBT') && this.table.count === 0) this.#disconnect()
+  }
+
+  /** Idle and closing: the drain's FLUSH if it has one, then NBD_CMD_DISC. */
+  #disconnect (): void {
+    if (this.#disconnecting) return
+    this.#disconnecting = true
+    const before = this.state === 'DRAINING' && this.error === null ? this.#beforeDisc : null
+    if (before === null) {
+      this.#settleDurable()
+      this.sender.disconnect()
+      return
+    }
+    this.#discFlush = true
+    before().then(() => {
+      this.#discFlush = false
+      this.#durable.resolve(true)
+      this.sender.disconnect()
+    }, () => {
+      this.#discFlush = false
+      this.#settleDurable()
+      this.sender.disconnect()
+    })
+  }
+
+  /**
+   * Whether what this link acknowledged while draining is covered by a FLUSH of its own: true
+   * once that FLUSH succeeded, or if there was nothing to cover; false once the link is gone
+   * (or in doubt) without one. Only meaningful for a link that left ACTIVE.
+   */
+  get durable (): Promise<boolean> {
+    return this.#durable.promise
+  }
+
+  #settleDurable (): void {
+    this.#durable.resolve(!this.drainAcks)
   }
 
   /**
@@ -124,18 +192,22 @@ export class Link {
   }
 
   /**
-   * Stops sending here: NBD_CMD_DISC, then read on until the server closes, for at most `ms`
-   * (then the socket is destroyed, failing what is still on it with `onTimeout()`). With
-   * `answer`, the callers of what is still on the wire after `answer.ms` are answered with
-   * `answer.error()` (their bound passed), while the requests themselves stay until the end.
+   * Stops sending here: read on until every request on the wire is answered, then
+   * NBD_CMD_DISC; for at most `ms`, then IN_DOUBT or destroyed (see above), what is still on
+   * it failing with `onTimeout()`. With `answer`, the callers of what is still on the wire
+   * after `answer.ms` are answered with `answer.error()` (their bound passed), while the
+   * requests themselves stay until the end. `flushFirst` runs once the link is idle, before
+   * the DISC: a server without multi-conn need not let a FLUSH on another connection cover
+   * what this one acknowledged, nor need another server (multipath).
    */
-  drain (ms: number, onTimeout: () => NbdError, answer?: { readonly ms: number, readonly error: () => Error }): void {
-    if (this.state === 'DRAINING' || this.state === 'CLOSED') return
+  drain (ms: number, onTimeout: () => NbdError, answer?: { readonly ms: number, readonly error: () => Error }, flushFirst?: () => Promise<unknown>): void {
+    if (this.state === 'DRAINING' || this.state === 'IN_DOUBT' || this.state === 'CLOSED') return
     this.state = 'DRAINING'
     if (this.lostAt < 0) this.lostAt = performance.now()
     if (this.error !== null) return
-    this.sender.disconnect()
-    this.#drainTimer = setTimeout(() => { this.fail(onTimeout()) }, ms)
+    this.#beforeDisc = flushFirst ?? null
+    if (this.table.count === 0) this.#disconnect()
+    this.#drainTimer = setTimeout(() => { this.#deadline(onTimeout()) }, ms)
     this.#drainTimer.unref()
     if (answer !== undefined) {
       this.#answerTimer = setTimeout(() => {
@@ -144,6 +216,26 @@ export class Link {
       }, answer.ms)
       this.#answerTimer.unref()
     }
+  }
+
+  /** The drain's bound passed with requests unanswered. */
+  #deadline (error: NbdError): void {
+    this.#drainTimer = null
+    const requests = [...this.table.requests()]
+    if (!requests.some((req) => WRITE_LIKE.has(req.type))) {
+      this.fail(error)
+      return
+    }
+    this.state = 'IN_DOUBT'
+    this.#settleDurable()
+    if (this.#answerTimer !== null) clearTimeout(this.#answerTimer)
+    this.#answerTimer = null
+    // Everything here is answered now; whatever orders against it is told (see Request).
+    for (const req of requests) req.doubt(error)
+    // Over TCP, a peer that vanished (a partition) is noticed in the end, and the link closes.
+    const socket = this.conn.socket as { setKeepAlive?: (on: boolean, ms: number) => void }
+    socket.setKeepAlive?.(true, 10_000)
+    this.#hooks.inDoubt?.(this, requests.length)
   }
 
   /** Did bytes move since the last look? Updates lastProgressAt when they did. */
@@ -158,6 +250,7 @@ export class Link {
 
   #setClosed (): void {
     this.#clearDrainTimer()
+    this.#settleDurable()
     if (this.state === 'CLOSED') return
     this.state = 'CLOSED'
     this.#hooks.closed(this)

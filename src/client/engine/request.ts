@@ -9,6 +9,13 @@
  *
  * A request answered early is `abandoned`: it is never sent again, its late reply is read and
  * dropped, and its READ destination is given back before the caller hears of it.
+ *
+ * A request still on the wire of a connection that was given up (it stopped answering: see
+ * Link, IN_DOUBT) is in doubt: its caller is answered (a WRITE once its payload left our
+ * socket buffer: the caller's bytes are never read after its answer), and its life on the wire
+ * goes on for as long as that connection is open, since the server may still run it. Whoever
+ * orders against it hears of it (`inDoubt`) and stops waiting for it: such a wait would have
+ * no bound.
  */
 import type { NbdCmd } from '../../protocol/constants.ts'
 import type { PayloadSink } from '../../transport/socket-reader.ts'
@@ -41,6 +48,11 @@ export interface SubmitHooks {
    * caller's buffers still intact; the answer waits for a promise it returns.
    */
   readonly settled?: Settled
+  /**
+   * The request is in doubt (see above), its caller answered. Called at most once, before
+   * `settled`, which still comes when the life on the wire ends.
+   */
+  readonly inDoubt?: () => void
 }
 
 export class Request implements PayloadSink, ReplyTarget {
@@ -65,6 +77,8 @@ export class Request implements PayloadSink, ReplyTarget {
   #early: Error | null = null
   signal: AbortSignal | undefined = undefined
   onAbort: (() => void) | undefined = undefined
+  /** Gives back the request's admission slot (the engine sets it; idempotent). */
+  releaseSlot: (() => void) | null = null
 
   /** The link the request was last sent on; null before the first send. */
   link: Link | null = null
@@ -131,6 +145,17 @@ export class Request implements PayloadSink, ReplyTarget {
     this.dest = null
     if (this.#queuedPayloads > 0) this.#early = err
     else this.fail(err)
+  }
+
+  /** Its connection was given up with it on the wire: the caller is told `err`; see above. */
+  doubt (err: Error): void {
+    // A payload still queued in the socket holds the answer back even now (answerEarly): the
+    // caller's buffer is still being sent, and one it reused would land in this range (a FUSE
+    // slot would carry the next request's bytes). It is answered once the server takes the
+    // payload or the socket is destroyed (close()).
+    this.answerEarly(err)
+    this.releaseSlot?.()
+    this.#hooks?.inDoubt?.()
   }
 
   /** The life on the wire is over (called once, after the last attempt). */
