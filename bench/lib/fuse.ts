@@ -39,28 +39,35 @@ function peakRss (pid: number): number | undefined {
   }
 }
 
-/** `nbdts mount` with its defaults (connections: auto, 4 with these servers), or with `--connections N`. */
-export function nbdtsMount (connections: number | 'auto' = 'auto'): Contender {
+/**
+ * `nbdts mount` with its defaults (connections: auto, 4 with these servers), or with
+ * `--connections N`; `baseline` mounts with another build's CLI instead (bench --baseline).
+ */
+export function nbdtsMount (connections: number | 'auto' = 'auto', baseline?: { dir: string, label: string }): Contender {
   let file = ''
   let pid = 0
   let peak: number | undefined
+  const cli = baseline === undefined ? CLI : path.join(baseline.dir, 'dist/cli/main.js')
+  const name = connections === 'auto' ? 'nbdts mount' : `nbdts mount -C ${connections}`
   return {
-    name: connections === 'auto' ? 'nbdts mount' : `nbdts mount -C ${connections}`,
-    ours: true,
-    ...(connections === 'auto' ? { note: 'nbdts mount: the defaults (4 connections when the server allows multi-conn, as nbdfuse); daemon peak RSS is VmHWM after the suite' } : {}),
+    name: baseline === undefined ? name : `${name} @${baseline.label}`,
+    ours: baseline === undefined,
+    ...(baseline !== undefined
+      ? { note: `nbdts mount built from ${baseline.label} (bench --baseline); a reference for before/after` }
+      : connections === 'auto' ? { note: 'nbdts mount: the defaults (4 connections when the server allows multi-conn, as nbdfuse); daemon peak RSS is VmHWM after the suite' } : {}),
     supports: (row) => row.kind === 'fuse',
     async setUp (ctx) {
       const e = ctx.exports.mem
-      file = path.join(ctx.dir, `nbdts-${String(connections)}.img`)
+      file = path.join(ctx.dir, `nbdts-${String(connections)}${baseline === undefined ? '' : `-${baseline.label}`}.img`)
       const pidfile = `${file}.pid`
       writeFileSync(file, '')
-      await runProc(process.execPath, [CLI, 'mount', e.uri, file, '--connections', String(connections), '--pidfile', pidfile,
+      await runProc(process.execPath, [cli, 'mount', e.uri, file, '--connections', String(connections), '--pidfile', pidfile,
         '--control-socket', `${file}.ctl`], 60_000)
       pid = Number(readFileSync(pidfile, 'utf8').trim())
     },
     async tearDown () {
       peak = peakRss(pid)
-      await runProc(process.execPath, [CLI, 'umount', file], 60_000)
+      await runProc(process.execPath, [cli, 'umount', file], 60_000)
     },
     peakRssMiB: () => peakRss(pid) ?? peak,
     run: async (row, ctx) => await measure(file, row, ctx)

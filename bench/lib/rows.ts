@@ -49,7 +49,9 @@ export const ROWS: readonly Row[] = [
   { id: '1m-read-qd64', suite: 'library', label: '1 MiB sequential read, QD 64 (memory row)', kind: 'io', rw: 'read', bs: M, qd: 64, export: 'mem', unit: 'MiB/s' },
 
   { id: 'tcp-4k-randread-qd16', suite: 'tcp', label: 'TCP 4 KiB random read, QD 16', kind: 'io', rw: 'randread', bs: K, qd: 16, export: 'mem-tcp', unit: 'IOPS' },
+  { id: 'tcp-4k-randwrite-qd16', suite: 'tcp', label: 'TCP 4 KiB random write, QD 16', kind: 'io', rw: 'randwrite', bs: K, qd: 16, export: 'mem-tcp', unit: 'IOPS' },
   { id: 'tcp-1m-read-qd16', suite: 'tcp', label: 'TCP 1 MiB sequential read, QD 16', kind: 'io', rw: 'read', bs: M, qd: 16, export: 'mem-tcp', unit: 'MiB/s' },
+  { id: 'tcp-1m-write-qd16', suite: 'tcp', label: 'TCP 1 MiB sequential write, QD 16', kind: 'io', rw: 'write', bs: M, qd: 16, export: 'mem-tcp', unit: 'MiB/s' },
 
   { id: 'tls-1m-read-qd16', suite: 'tls', label: 'TLS 1 MiB sequential read, QD 16', kind: 'io', rw: 'read', bs: M, qd: 16, export: 'tls', unit: 'MiB/s' },
   { id: 'tls-copy', suite: 'tls', label: 'TLS copy 1 GiB to null, 1 MiB × 16', kind: 'copy', rw: 'read', bs: M, qd: 16, export: 'tls', unit: 'MiB/s', quick: true },

@@ -26,6 +26,7 @@ interface Libc {
   readonly prctl: (option: number, a: number, b: number, c: number, d: number) => number
   readonly socket: (domain: number, type: number, protocol: number) => number
   readonly sendto: (fd: number, data: Buffer, length: number, flags: number, address: Buffer, addressLength: number) => number
+  readonly setsockopt: (fd: number, level: number, name: number, value: Int32Array, length: number) => number
 }
 
 export class NativeUnavailableError extends Error {
@@ -46,7 +47,8 @@ function load (what: string): Libc {
         close: lib.func('int close(int fd)') as Libc['close'],
         prctl: lib.func('int prctl(int option, unsigned long a, unsigned long b, unsigned long c, unsigned long d)') as Libc['prctl'],
         socket: lib.func('int socket(int domain, int type, int protocol)') as Libc['socket'],
-        sendto: lib.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)') as Libc['sendto']
+        sendto: lib.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)') as Libc['sendto'],
+        setsockopt: lib.func('int setsockopt(int fd, int level, int name, const int *value, uint32_t length)') as Libc['setsockopt']
       }
     } catch (err) {
       libc = err as Error
@@ -177,4 +179,12 @@ export function sendDatagram (fd: number, target: string, message: Buffer): void
     n = Number(c.sendto(fd, message, message.length, MSG_NOSIGNAL, address, length))
   } while (n < 0 && c.koffi.errno() === EINTR)
   if (n < 0) throw errnoError('sendto', c.koffi.errno())
+}
+
+const SO_SNDBUF = 7
+
+/** setsockopt(SO_SNDBUF): the kernel caps it at net.core.wmem_max (and doubles it). */
+export function setSendBuffer (fd: number, bytes: number): void {
+  const c = load('SO_SNDBUF')
+  if (c.setsockopt(fd, SOL_SOCKET, SO_SNDBUF, Int32Array.of(bytes), 4) !== 0) throw errnoError('setsockopt(SO_SNDBUF)', c.koffi.errno())
 }
