@@ -17,3 +17,4 @@ export type { DataChunk, ReadStreamOptions, SparseChunk, WriteStreamOptions, Zer
 export { startServerCommand } from './activation/index.ts'
 export type { ExitStatus, ServerCommand, ServerCommandOptions } from './activation/index.ts'
 export * from './errors.ts'
+export type { Failback, PathChange, PathIdentity, PathSelector, PathState, PathStatus } from './multipath/index.ts'

@@ -48,6 +48,11 @@ export interface ServerCommandOptions {
   readonly exitWithParent?: boolean
   /** How long stop() waits after SIGTERM before SIGKILL, ms. @default 5000 */
   readonly stopTimeout?: number
+  /**
+   * Its own session, out of the terminal's process group: a Ctrl-C meant for us (a mount in
+   * the foreground, which flushes before it exits) must not stop the server first. @default false
+   */
+  readonly ownSession?: boolean
 }
 
 export interface ExitStatus {
@@ -108,7 +113,8 @@ export async function startServerCommand (argv: readonly string[], options: Serv
     const wanted = options.stderr ?? 'inherit'
     child = spawn('/bin/sh', ['-c', ACTIVATE, 'nbdts-server', ...command], {
       stdio: ['ignore', 2, wanted === 'ignore' ? 'ignore' : 'pipe', fd],
-      env
+      env,
+      detached: options.ownSession === true
     })
     renameSync(listenPath, socketPath)
     server.close()

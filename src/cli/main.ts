@@ -14,7 +14,7 @@ import { runMount, runUmount } from './mount.ts'
 import { runCtl } from './ctl.ts'
 import { runDaemon } from './daemon.ts'
 import { addCopyCommand, normalizeCopyArgv } from './copy.ts'
-import { extractServerCommands, withNbdTarget, type ServerCommands } from './server-command.ts'
+import { extractServerCommands, serverCommandOf, withNbdTarget, type ServerCommands } from './server-command.ts'
 import { addTlsOptions, type TlsFlags } from './tls-options.ts'
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
@@ -49,7 +49,7 @@ export function buildProgram (commands: ServerCommands = []): Command {
   addTlsOptions(program.command('mount'))
     .description('expose an export as a local file through FUSE (FILE: a file to mount over, or a directory); ' +
       'only you may open it unless -o allow_other (and uid=, gid=, mode=) say otherwise; users other than root mount through fusermount3')
-    .argument('<uri>', 'NBD URI')
+    .argument('<uri>', 'NBD URI, or [ CMD ... ]: a server run for this mount alone (socket activation), stopped when it ends')
     .argument('<file>', 'an existing regular file (mounted over) or a directory (the export appears as DIR/nbd)')
     .option('--readonly', 'refuse writes')
     .addOption(new Option('-o, --options <list>', 'FUSE mount options, comma-separated, repeatable: allow_other, uid=N, gid=N, mode=0644, ' +
@@ -67,10 +67,20 @@ export function buildProgram (commands: ServerCommands = []): Command {
     .option('--name <name>', 'the export\'s file name when FILE is a directory (as nbdfuse)', 'nbd')
     .option('--config <file>', 'the daemon config (TOML): its [daemon] and [defaults] sections apply, re-read by "nbdts ctl reconfigure"')
     .addOption(new Option('--control-timeout <duration>', 'deadline of one control socket request').default(4000, '4s').argParser(parseDuration))
+    .addOption(new Option('--path <uri>', 'multipath: another URI of the same export, repeatable (URI is path 1)').argParser(collect).default([], ''))
+    .addOption(new Option('--path-selector <policy>', 'multipath: failover (one active path) or round-robin (every path; needs multi-conn)').choices(['failover', 'round-robin']))
+    .option('--failback <policy>', 'multipath: back to path 1 once ready: immediate, manual, or after a delay (e.g. 30s)')
+    .option('--polling-interval <duration>', 'multipath: how often every path is checked (default 5s)')
+    .option('--no-path-retry <duration>', 'multipath.conf\'s name for --reconnect-delay: how long I/O waits with every path down')
+    .option('--path-identity <identity>', 'multipath: what must match on every path besides size and capabilities: export, description, or OFFSET+LENGTH bytes')
     .addOption(new Option('--ready-fd <fd>').argParser(parseCount).hideHelp())
-    .action(async function (this: Command, uri: string, file: string, options: { readonly?: boolean, options: string[], reconnectDelay: number, openTimeout: number, maxInFlight: number, connections: number | 'auto', foreground?: boolean, standalone?: boolean, pidfile?: string, controlSocket?: string, logLevel: LogLevel, logFile?: string, name: string, readyFd?: number, config?: string, controlTimeout: number } & TlsFlags) {
+    .action(async function (this: Command, uri: string, file: string, options: { readonly?: boolean, options: string[], reconnectDelay: number, openTimeout: number, maxInFlight: number, connections: number | 'auto', foreground?: boolean, standalone?: boolean, pidfile?: string, controlSocket?: string, logLevel: LogLevel, logFile?: string, name: string, readyFd?: number, config?: string, controlTimeout: number, path: string[], pathSelector?: string, failback?: string, pollingInterval?: string, pathRetry?: string | boolean, pathIdentity?: string } & TlsFlags) {
       const explicit = new Set(Object.keys(options).filter((key) => this.getOptionValueSource(key) === 'cli'))
-      process.exitCode = await runMount(uri, file, { ...options, explicit }, { out })
+      // Commander reads --no-path-retry as the negation of "path-retry" (true when absent): it
+      // is multipath.conf's name, with a value.
+      const { pathRetry, ...rest } = options
+      const command = serverCommandOf(uri, commands)
+      process.exitCode = await runMount(command ?? uri, file, { ...rest, ...(typeof pathRetry === 'string' && { noPathRetry: pathRetry }), explicit }, { out })
     })
 
   addCopyCommand(program, commands, out)

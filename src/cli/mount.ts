@@ -20,14 +20,15 @@ import { statSync } from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ControlConnection, controlRequest, joinWords } from '../control/index.ts'
-import { MountError } from '../errors.ts'
+import { startServerCommand, type ServerCommand } from '../activation/index.ts'
+import { InvalidArgumentError, MountError } from '../errors.ts'
 import { mountState, processExists, verifyDaemon } from '../fuse/daemon-check.ts'
 import { cleanStaleMount } from '../fuse/fuse-mount.ts'
 import { describeHolders } from '../fuse/holders.ts'
 import { parseMountOptions } from '../fuse/mount-options.ts'
 import { nbdtsMountAt, unmount } from '../fuse/mount-table.ts'
 import { parseNbdUri } from '../protocol/uri.ts'
-import type { MountSettings } from '../control/words.ts'
+import { describeMountSettings, setMountKey, type MountSettings } from '../control/words.ts'
 import { controlDir, daemonSocket, serveDaemon } from './daemon.ts'
 import { detach } from './detach.ts'
 import type { LogLevel } from './logger.ts'
@@ -56,7 +57,20 @@ export interface MountOptions extends TlsFlags {
   readonly controlTimeout: number
   /** Option names given on the command line (they win over the config file). */
   readonly explicit: ReadonlySet<string>
+  /** Multipath: the other URIs, and the policy words (as the config file takes them). */
+  readonly path?: readonly string[]
+  readonly pathSelector?: string
+  readonly failback?: string
+  readonly pollingInterval?: string
+  readonly noPathRetry?: string
+  readonly pathIdentity?: string
 }
+
+/** The multipath flags, as the settings words they are everywhere (words.ts parses them). */
+const MULTIPATH_FLAGS = [
+  ['pathSelector', 'path-selector'], ['failback', 'failback'], ['pollingInterval', 'polling-interval'],
+  ['noPathRetry', 'no-path-retry'], ['pathIdentity', 'path-identity']
+] as const
 
 export { CONTROL_DIR, controlDir } from './daemon.ts'
 
@@ -85,6 +99,11 @@ function ownSettings (options: MountOptions): MountSettings {
   if (options.tlsUsername !== undefined) own.tlsUsername = options.tlsUsername
   if (options.tlsHostname !== undefined) own.tlsHostname = options.tlsHostname
   if (options.tlsVerifyPeer === false) own.tlsVerifyPeer = false
+  if ((options.path ?? []).length > 0) own.paths = [...options.path!]
+  for (const [flag, key] of MULTIPATH_FLAGS) {
+    const word = options[flag]
+    if (word !== undefined) setMountKey(own, key, word)
+  }
   return own
 }
 
@@ -92,34 +111,50 @@ export interface Io {
   readonly out: (text: string) => void
 }
 
-export async function runMount (uri: string, file: string, options: MountOptions, io: Io): Promise<number> {
-  parseNbdUri(uri)
+/**
+ * `source`: a URI, or `[ CMD ... ]`'s words: a server for this mount alone, as nbdfuse runs one.
+ * Such a mount always has a process of its own (the server is its child, in a session of its
+ * own, stopped once the mount has flushed), never a running daemon's: it would run the command
+ * as itself, outlive the shell that asked, and own a server nobody configured.
+ */
+export async function runMount (source: string | readonly string[], file: string, options: MountOptions, io: Io): Promise<number> {
+  if (typeof source === 'string') parseNbdUri(source)
+  else if ((options.path ?? []).length > 0) throw new InvalidArgumentError('--path needs a URI as path 1, not [ CMD ]: a server run for one mount is no shared storage')
   // Checked here, so a bad -o is a usage error before anything starts.
   parseMountOptions(options.options ?? [])
   const target = path.resolve(file)
   const ownProcess = options.standalone === true || options.foreground === true || options.pidfile !== undefined ||
     options.controlSocket !== undefined || options.config !== undefined || options.logFile !== undefined
-  if (!ownProcess) {
+  if (typeof source === 'string' && !ownProcess) {
     const daemon = await connectDaemon()
-    if (daemon !== undefined) return await mountThroughDaemon(daemon, uri, target, options, io)
+    if (daemon !== undefined) return await mountThroughDaemon(daemon, source, target, options, io)
   }
-  if (options.foreground === true) {
-    return await serveDaemon({
-      controlSocket: options.controlSocket ?? defaultControlSocket(target),
-      defaultSocket: options.controlSocket === undefined,
-      config: options.config,
-      pidfile: options.pidfile,
-      logFile: options.logFile,
-      logLevel: options.logLevel,
-      settings: {
-        ...(options.explicit.has('logLevel') && { logLevel: options.logLevel }),
-        ...(options.explicit.has('controlTimeout') && { controlTimeout: options.controlTimeout })
-      },
-      readyFd: options.readyFd,
-      mount: { uri, file: target, own: ownSettings(options) }
-    })
+  if (options.foreground !== true) return await detachMount(source, target, options, io)
+  if (typeof source === 'string') return await serveMount(source, target, options, undefined)
+  const server = await startServerCommand(source, { ownSession: true })
+  try {
+    return await serveMount(server.uri, target, options, server)
+  } finally {
+    await server.stop()
   }
-  return await detachMount(uri, target, options, io)
+}
+
+/** The mount's own daemon, in this process. */
+async function serveMount (uri: string, target: string, options: MountOptions, server: ServerCommand | undefined): Promise<number> {
+  return await serveDaemon({
+    controlSocket: options.controlSocket ?? defaultControlSocket(target),
+    defaultSocket: options.controlSocket === undefined,
+    config: options.config,
+    pidfile: options.pidfile,
+    logFile: options.logFile,
+    logLevel: options.logLevel,
+    settings: {
+      ...(options.explicit.has('logLevel') && { logLevel: options.logLevel }),
+      ...(options.explicit.has('controlTimeout') && { controlTimeout: options.controlTimeout })
+    },
+    readyFd: options.readyFd,
+    mount: { uri, file: target, own: ownSettings(options), ...(server !== undefined && { server }) }
+  })
 }
 
 /** The running daemon's connection, or undefined when none answers on its socket. */
@@ -135,7 +170,7 @@ async function connectDaemon (): Promise<ControlConnection | undefined> {
 async function mountThroughDaemon (daemon: ControlConnection, uri: string, target: string, options: MountOptions, io: Io): Promise<number> {
   try {
     const words = ['add', 'mount', uri, target]
-    for (const [key, value] of Object.entries(ownSettingWords(ownSettings(options)))) words.push(key, value)
+    for (const [key, value] of ownSettingWords(ownSettings(options))) words.push(key, value)
     const added = await daemon.request(joinWords(words))
     if (!added.ok) throw new Error(`the daemon on ${daemonSocket()} refused: ${added.text}`)
     const deadline = Date.now() + options.openTimeout + 60_000
@@ -155,8 +190,8 @@ async function mountThroughDaemon (daemon: ControlConnection, uri: string, targe
   }
 }
 
-/** MountSettings as `add mount` words. */
-function ownSettingWords (own: MountSettings): Record<string, string> {
+/** MountSettings as `add mount` words (a key may come more than once: paths). */
+function ownSettingWords (own: MountSettings): Array<[string, string]> {
   const words: Record<string, string> = {}
   if (own.readonly !== undefined) words.readonly = own.readonly ? 'yes' : 'no'
   if (own.name !== undefined) words.name = own.name
@@ -171,11 +206,15 @@ function ownSettingWords (own: MountSettings): Record<string, string> {
   if (own.tlsUsername !== undefined) words['tls-username'] = own.tlsUsername
   if (own.tlsHostname !== undefined) words['tls-hostname'] = own.tlsHostname
   if (own.tlsVerifyPeer !== undefined) words['tls-verify-peer'] = own.tlsVerifyPeer ? 'yes' : 'no'
-  return words
+  const described = describeMountSettings(own)
+  for (const key of ['path-selector', 'failback', 'polling-interval', 'path-identity'] as const) {
+    if (described[key] !== undefined) words[key] = String(described[key])
+  }
+  return [...Object.entries(words), ...(own.paths ?? []).map((p): [string, string] => ['paths', p])]
 }
 
 /** Starts the mount's own daemon and waits for it to be ready. */
-async function detachMount (uri: string, target: string, options: MountOptions, io: Io): Promise<number> {
+async function detachMount (source: string | readonly string[], target: string, options: MountOptions, io: Io): Promise<number> {
   try {
     statSync(target)
   } catch (err) {
@@ -187,7 +226,8 @@ async function detachMount (uri: string, target: string, options: MountOptions, 
   // Said here, where the user sees it, not only in the daemon's log.
   await cleanStaleMount(target, (_level, message) => { process.stderr.write(`nbdts: ${message}\n`) })
   // Pass on only what was given, so the config file keeps its say in the daemon too.
-  const args = ['mount', uri, target, '--standalone', '--connections', String(options.connections), '--name', options.name, ...tlsArgs(options)]
+  const what = typeof source === 'string' ? [source] : ['[', ...source, ']']
+  const args = ['mount', ...what, target, '--standalone', '--connections', String(options.connections), '--name', options.name, ...tlsArgs(options)]
   const given = (key: string): boolean => options.explicit.has(key)
   if (given('reconnectDelay')) args.push('--reconnect-delay', `${options.reconnectDelay}ms`)
   if (given('openTimeout')) args.push('--open-timeout', `${options.openTimeout}ms`)
@@ -196,12 +236,17 @@ async function detachMount (uri: string, target: string, options: MountOptions, 
   if (given('controlTimeout')) args.push('--control-timeout', `${options.controlTimeout}ms`)
   if (options.readonly === true) args.push('--readonly')
   for (const o of options.options ?? []) args.push('-o', o)
+  for (const p of options.path ?? []) args.push('--path', p)
+  for (const [flag] of MULTIPATH_FLAGS) {
+    const word = options[flag]
+    if (word !== undefined) args.push(`--${flag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`, word)
+  }
   if (options.pidfile !== undefined) args.push('--pidfile', path.resolve(options.pidfile))
   if (options.controlSocket !== undefined) args.push('--control-socket', path.resolve(options.controlSocket))
   if (options.logFile !== undefined) args.push('--log-file', path.resolve(options.logFile))
   if (options.config !== undefined) args.push('--config', path.resolve(options.config))
   const [pid, exportFile] = await detach(args)
-  io.out(`mounted ${uri} at ${exportFile ?? target} (daemon pid ${pid})`)
+  io.out(`mounted ${typeof source === 'string' ? source : `[ ${source.join(' ')} ]`} at ${exportFile ?? target} (daemon pid ${pid})`)
   return 0
 }
 

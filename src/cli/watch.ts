@@ -19,6 +19,7 @@ interface WatchRow {
   readonly mibps: number
   readonly p99ms: number | null
   readonly inFlight: number
+  readonly paths?: readonly string[]
   readonly error?: string
 }
 
@@ -54,6 +55,7 @@ export function renderWatch (rows: readonly WatchRow[], history: ReadonlyMap<str
     const samples = history.get(r.file) ?? []
     const spark = sparkline(samples.slice(-room), max).padStart(room)
     lines.push(printable(`${fixed(cells)}  ${spark}`).slice(0, width))
+    if (r.paths !== undefined) lines.push(printable(`  paths: ${r.paths.join(' · ')}`).slice(0, width))
     if (r.error !== undefined) lines.push(printable(`  ${r.error}`).slice(0, width))
   }
   if (rows.length === 0) lines.push('(no mounts)')

@@ -26,6 +26,8 @@ import { checkRange, pieces, toBig, toLength, widen, type Offset } from './shapi
 import { blockStatus, cache, walk, type BlockStatus, type Extent } from './status.ts'
 import { Writes } from './writes.ts'
 import { createReadStream, createWriteStream, type ReadStreamOptions, type WriteStreamOptions } from '../streams/index.ts'
+import type { Multipath } from '../multipath/open-paths.ts'
+import type { Failback, PathChange, PathStatus } from '../multipath/index.ts'
 
 export type { BlockStatus, Extent, Offset }
 
@@ -66,7 +68,7 @@ export interface ClientStateChange extends StateChange {
 }
 
 
-export class NbdClient extends EventEmitter<{ state: [ClientStateChange] }> {
+export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: [PathChange] }> {
   readonly #options: ResolvedOptions
   readonly #pool: EnginePool
   readonly #g: Geometry
@@ -79,6 +81,7 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange] }> {
     ordering.flushEngine = () => pool.pick()
     this.#g = new Geometry(pool.engines[0]!.info, pool, ordering, options.maxRequestSize)
     this.#writes = new Writes(this.#g, (signal) => this.flush(signal === undefined ? {} : { signal }))
+    pool.multipath?.paths.on('change', (change) => { this.emit('path', change) })
     const connections = pool.engines.length
     pool.engines.forEach((engine, i) => {
       engine.on('state', (change) => { this.emit('state', { ...change, connection: i + 1, connections }) })
@@ -222,7 +225,7 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange] }> {
   async flush (options: RequestOptions = {}): Promise<void> {
     if (!this.canFlush) throw new NotSupportedError('the server does not support FLUSH (it has no write cache to flush)')
     // One connection suffices: with CAN_MULTI_CONN a FLUSH covers writes acked on any of them.
-    await this.#g.ordering.flush(this.#pool.pick(), options.signal)
+    await this.#g.ordering.flush(this.#pool.flushEngines(), options.signal)
   }
 
   /** Discards a range (a hint: contents are undefined until rewritten). Unaligned ends are left alone. */
@@ -304,6 +307,34 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange] }> {
   set reconnectDelay (ms: number) {
     if (!Number.isFinite(ms) || ms < 0) throw new InvalidArgumentError(`reconnectDelay must be a non-negative number of milliseconds, not ${ms}`)
     for (const e of this.#pool.engines) e.reconnectDelay = ms
+  }
+
+  // ── paths (multipath: NbdClient.connect({ uri, paths: [...] })) ─────────────────────────
+
+  /** Each path's state (ready, failed, disabled), whether it is active, what the checker said; [] with one path. */
+  paths (): PathStatus[] { return this.#pool.multipath?.paths.status() ?? [] }
+
+  /** `fail path N` (1-based): not used until reinstatePath(N); the active path moves away now. */
+  failPath (path: number): void { this.#multipath().paths.disable(path) }
+
+  /** `reinstate path N`: checked at once, and used again once ready. */
+  reinstatePath (path: number): void {
+    const m = this.#multipath()
+    m.paths.reinstate(path)
+    void m.checker.check(path - 1)
+  }
+
+  /** The failback policy (settable at run time): 'immediate', 'manual', or a delay in ms. */
+  get failback (): Failback { return this.#multipath().paths.failback }
+  set failback (policy: Failback) { this.#multipath().paths.failback = policy }
+
+  /** `switch path N`: make a ready path the active one (failover): connections move there softly. */
+  switchPath (path: number): void { this.#multipath().paths.switchTo(path) }
+
+  #multipath (): Multipath {
+    const m = this.#pool.multipath
+    if (m === undefined) throw new NotSupportedError('this client has one path (give paths: [...] to connect over several)')
+    return m
   }
 
   /** Per connection (numbered from 1): state, TLS, load, and what it has been through. */

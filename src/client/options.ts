@@ -24,6 +24,7 @@ import { loadTlsCredentials, type TlsMode, type TlsSettings } from '../transport
 import { parseNbdUri, type NbdAddress, type NbdUri } from '../protocol/uri.ts'
 import { socketOpener, type OpenSocket } from '../transport/open-socket.ts'
 import { MAX_IN_FLIGHT } from './engine/slots.ts'
+import type { Failback, PathIdentity, PathSelector } from '../multipath/index.ts'
 
 export interface NbdClientOptions {
   /** Where to connect, as an NBD URI (nbd://, nbds://, nbd+unix://, nbds+unix://). */
@@ -105,8 +106,36 @@ export interface NbdClientOptions {
    * @default 'allow'
    */
   readonly allowTls?: 'disable' | 'allow' | 'require'
+  /**
+   * More NBD URIs of the same export (multipath): with `uri`, the paths in order of
+   * preference; alone, every path. Every option applies to every path.
+   */
+  readonly paths?: readonly string[]
+  /** 'failover': one active path, the rest on standby (the default); 'round-robin': every path (each must allow multi-conn). */
+  readonly pathSelector?: PathSelector
+  /** Back to the first path once it is ready again: 'immediate' (default), 'manual', or after this many ms. */
+  readonly failback?: Failback
+  /** How often every path is checked, ms. @default 5000 */
+  readonly pollingInterval?: number
+  /**
+   * What must match between paths besides the export itself: 'export' (the default), or also
+   * 'description', or the SHA-256 of the bytes at { offset, length }.
+   */
+  readonly pathIdentity?: PathIdentity
+  /** multipath.conf's no_path_retry: how long I/O waits when every path is down (reconnectDelay). */
+  readonly noPathRetry?: number
   /** Aborts the connect. */
   readonly signal?: AbortSignal
+}
+
+/** Several paths to one export, each resolved on its own (its URI's TLS and address). */
+export interface ResolvedPaths {
+  readonly uris: readonly string[]
+  readonly endpoints: readonly ResolvedOptions[]
+  readonly selector: PathSelector
+  readonly failback: Failback
+  readonly pollingInterval: number
+  readonly identity: PathIdentity
 }
 
 export interface ResolvedOptions {
@@ -131,6 +160,8 @@ export interface ResolvedOptions {
   /** TLS to negotiate, with its credentials read; undefined: plaintext. */
   readonly tls: NegotiateTls | undefined
   readonly uri: NbdUri | undefined
+  /** With more than one path: all of them (the first is this one). */
+  readonly multipath: ResolvedPaths | undefined
 }
 
 function count (value: number | undefined, fallback: number, name: string, min: number, max: number): number {
@@ -147,6 +178,35 @@ function duration (value: number | undefined, fallback: number, name: string): n
 
 export function resolveOptions (target: string | NbdClientOptions, extra: NbdClientOptions = {}): ResolvedOptions {
   const options: NbdClientOptions = typeof target === 'string' ? { ...extra, uri: target } : { ...target, ...extra }
+  const uris = [...(options.uri === undefined ? [] : [options.uri]), ...(options.paths ?? [])]
+  if (uris.length <= 1) return resolveOne({ ...options, ...(uris[0] !== undefined && { uri: uris[0] }) }, undefined)
+  const endpoints = uris.map((u) => resolveOne({ ...options, uri: u, paths: [] }, undefined))
+  const selector = options.pathSelector ?? 'failover'
+  if (selector !== 'failover' && selector !== 'round-robin') throw new InvalidArgumentError(`pathSelector is 'failover' or 'round-robin', not ${String(selector)}`)
+  const failback = options.failback ?? 'immediate'
+  if (failback !== 'immediate' && failback !== 'manual') duration(failback, 0, 'failback')
+  const identity = options.pathIdentity ?? 'export'
+  if (typeof identity === 'object') {
+    count(identity.length, 0, 'pathIdentity.length', 1, 1 << 20)
+    count(identity.offset, 0, 'pathIdentity.offset', 0, Number.MAX_SAFE_INTEGER)
+  } else if (identity !== 'export' && identity !== 'description') {
+    throw new InvalidArgumentError(`pathIdentity is 'export', 'description' or { offset, length }, not ${String(identity)}`)
+  }
+  const multipath: ResolvedPaths = {
+    uris,
+    endpoints,
+    selector,
+    failback,
+    pollingInterval: duration(options.pollingInterval, 5000, 'pollingInterval') || 5000,
+    identity
+  }
+  return { ...endpoints[0]!, multipath }
+}
+
+function resolveOne (options: NbdClientOptions, multipath: ResolvedPaths | undefined): ResolvedOptions {
+  if (options.open !== undefined && options.paths !== undefined && options.paths.length > 0) {
+    throw new InvalidArgumentError('an injected open function and several paths do not go together')
+  }
   const uri = options.uri === undefined ? undefined : parseNbdUri(options.uri)
   if (uri !== undefined) checkUriAllowed(uri, options)
   const address = uri?.address ?? options.address
@@ -166,7 +226,7 @@ export function resolveOptions (target: string | NbdClientOptions, extra: NbdCli
     extendedHeaders: options.extendedHeaders ?? true,
     handshakeTimeout: duration(options.handshakeTimeout, 10_000, 'handshakeTimeout'),
     requestTimeout: duration(options.requestTimeout, 60_000, 'requestTimeout'),
-    reconnectDelay: duration(options.reconnectDelay, 0, 'reconnectDelay'),
+    reconnectDelay: duration(options.reconnectDelay ?? options.noPathRetry, 0, 'reconnectDelay'),
     openTimeout: duration(options.openTimeout, 0, 'openTimeout'),
     backoff: options.backoff,
     maxRequestSize,
@@ -174,7 +234,8 @@ export function resolveOptions (target: string | NbdClientOptions, extra: NbdCli
     replayLog: count(options.replayLog, 32 * 1024 * 1024, 'replayLog', 0, 1024 * 1024 * 1024),
     injectedOpen: options.open !== undefined,
     tls,
-    uri
+    uri,
+    multipath
   }
 }
 

@@ -29,6 +29,7 @@ import { DurabilityError } from '../errors.ts'
 import type { Command } from './engine/request.ts'
 import type { Engine, RecoveryChannel } from './engine/engine.ts'
 import { deferred, type Deferred } from '../util/deferred.ts'
+import { settle } from './geometry.ts'
 import { RangeLock, type HeldRange } from './range-lock.ts'
 import { ReplayLog, type PieceKind } from './replay-log.ts'
 import { WriteOrder } from './write-order.ts'
@@ -152,15 +153,18 @@ export class Ordering {
     }
   }
 
-  /** FLUSH as a barrier: after every earlier write's life on the wire, before every later one. */
-  async flush (engine: Engine, signal: AbortSignal | undefined): Promise<void> {
+  /**
+   * FLUSH as a barrier: after every earlier write's life on the wire, before every later one.
+   * Sent to each of `engines` (one per server whose cache may hold writes: paths in
+   * round-robin), and done once all are.
+   */
+  async flush (engines: readonly Engine[], signal: AbortSignal | undefined): Promise<void> {
     const entering = this.#order.enter('flush', signal)
     if (entering !== undefined) await entering
     const marker = this.#log.flushSent()
-    await engine.submit({ type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }, signal, {
-      beforeSend: this.#atGate,
-      settled: () => { this.#order.leave('flush') }
-    })
+    let left = engines.length
+    const settled = (): void => { if (--left === 0) this.#order.leave('flush') }
+    await settle(engines.map((engine) => engine.submit({ type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }, signal, { beforeSend: this.#atGate, settled })))
     this.#flushDone(marker)
     // A reconnect while it was on its way (it was then sent again after the replay) counts too.
     if (this.#lost) {

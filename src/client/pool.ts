@@ -9,9 +9,11 @@
  */
 import { NotSupportedError, ServerChangedError } from '../errors.ts'
 import { NBD_FLAG } from '../protocol/constants.ts'
-import { establish } from '../connector/connection.ts'
+import { establish, type Establish, type EstablishOptions } from '../connector/connection.ts'
+import type { ExportInfo } from '../connector/export-info.ts'
+import { openMultipath, type Multipath } from '../multipath/open-paths.ts'
 import { ClientStats, type StatsSnapshot } from '../stats/client-stats.ts'
-import { Engine, type Recover } from './engine/engine.ts'
+import { Engine, type EngineOptions, type Recover } from './engine/engine.ts'
 import type { NbdClientState } from './engine/lifecycle.ts'
 import type { ResolvedOptions } from './options.ts'
 import { checkReconnectedExport } from './reconnect-check.ts'
@@ -26,6 +28,8 @@ export interface ConnectionInfo {
   /** 1-based. */
   readonly connection: number
   readonly state: NbdClientState
+  /** With several paths: the one it runs over (1-based). */
+  readonly path: number | undefined
   /** The live connection runs over TLS (undefined while there is none). */
   readonly tls: boolean | undefined
   readonly inFlight: number
@@ -36,45 +40,34 @@ export interface ConnectionInfo {
 
 export class EnginePool {
   readonly engines: readonly Engine[]
+  /** With several paths to the export: the paths and their checker. */
+  readonly multipath: Multipath | undefined
 
-  private constructor (engines: Engine[]) {
+  private constructor (engines: Engine[], multipath?: Multipath) {
     this.engines = engines
+    this.multipath = multipath
   }
 
   /**
    * Opens the first connection, then, when more are asked for and the server allows
-   * multi-conn, the rest. `recover` runs on each connection after its first.
+   * multi-conn, the rest. `recover` runs on each connection after its first. With several
+   * paths (resolved.multipath) every connection chooses its path (see multipath/).
    */
   static async open (resolved: ResolvedOptions, recover: Recover, signal: AbortSignal | undefined): Promise<EnginePool> {
-    const address = resolved.address
-    const open = (label: string): Promise<Engine> => Engine.open({
-      establish: (s) => establish({
-        open: resolved.open,
-        exportName: resolved.exportName,
-        structuredReplies: resolved.structuredReplies,
-        extendedHeaders: resolved.extendedHeaders,
-        metaContexts: resolved.metaContexts,
-        listContexts: resolved.listContexts,
-        handshakeTimeout: resolved.handshakeTimeout,
-        tls: resolved.tls
-      }, s),
-      maxInFlight: resolved.maxInFlight,
-      requestTimeout: resolved.requestTimeout,
-      reconnectDelay: resolved.reconnectDelay,
-      openTimeout: resolved.openTimeout,
-      label,
-      recover,
-      ...(resolved.backoff !== undefined && { backoff: resolved.backoff }),
-      ...(address?.transport === 'unix' && resolved.injectedOpen !== true && { watchPath: address.path })
-    }, signal)
-    const first = await open('connection 1')
-    const multiConn = (first.info.flags & NBD_FLAG.CAN_MULTI_CONN) !== 0
-    const connections = resolved.connections === 'auto' ? (multiConn ? AUTO_CONNECTIONS : 1) : resolved.connections
-    if (connections === 1) return new EnginePool([first])
-    if (!multiConn) {
-      await first.close()
-      throw new NotSupportedError(`the server does not advertise CAN_MULTI_CONN, so ${connections} connections would not be safe`)
+    if (resolved.multipath !== undefined) {
+      const { engines, multipath } = await openMultipath(resolved, resolved.multipath, recover, signal)
+      return new EnginePool(engines, multipath)
     }
+    const open = (label: string): Promise<Engine> => Engine.open(engineOptions(resolved, label, recover, (s) => establish(connectOptions(resolved), s)), signal)
+    const first = await open('connection 1')
+    let connections: number
+    try {
+      connections = connectionCount(resolved, first.info)
+    } catch (err) {
+      await first.close()
+      throw err
+    }
+    if (connections === 1) return new EnginePool([first])
     const rest = await Promise.allSettled(
       Array.from({ length: connections - 1 }, (_, i) => open(`connection ${i + 2}`)))
     const engines = [first, ...rest.flatMap((r) => r.status === 'fulfilled' ? [r.value] : [])]
@@ -115,6 +108,7 @@ export class EnginePool {
     return this.engines.map((e, i) => ({
       connection: i + 1,
       state: e.state,
+      path: e.path === undefined ? undefined : e.path + 1,
       tls: e.tls,
       inFlight: e.inFlight,
       queued: e.queued,
@@ -127,11 +121,59 @@ export class EnginePool {
     return this.engines.flatMap((e, i) => e.requests().map((r) => ({ connection: i + 1, ...r })))
   }
 
+  /** The connections a FLUSH goes to: one (multi-conn covers the rest), or one per path in use. */
+  flushEngines (): Engine[] {
+    return this.multipath?.flushEngines() ?? [this.pick()]
+  }
+
   async close (): Promise<void> {
+    this.multipath?.stop()
     await Promise.all(this.engines.map((e) => e.close()))
   }
 
   destroy (): void {
+    this.multipath?.stop()
     for (const e of this.engines) e.destroy()
   }
+}
+
+/** What one connection of `resolved` negotiates. */
+export function connectOptions (resolved: ResolvedOptions): EstablishOptions {
+  return {
+    open: resolved.open,
+    exportName: resolved.exportName,
+    structuredReplies: resolved.structuredReplies,
+    extendedHeaders: resolved.extendedHeaders,
+    metaContexts: resolved.metaContexts,
+    listContexts: resolved.listContexts,
+    handshakeTimeout: resolved.handshakeTimeout,
+    tls: resolved.tls
+  }
+}
+
+/** An engine of `resolved`, connecting with `establishOne`. */
+export function engineOptions (resolved: ResolvedOptions, label: string, recover: Recover, establishOne: Establish, extra: Partial<EngineOptions> = {}): EngineOptions {
+  const address = resolved.address
+  return {
+    establish: establishOne,
+    maxInFlight: resolved.maxInFlight,
+    requestTimeout: resolved.requestTimeout,
+    reconnectDelay: resolved.reconnectDelay,
+    openTimeout: resolved.openTimeout,
+    label,
+    recover,
+    ...(resolved.backoff !== undefined && { backoff: resolved.backoff }),
+    ...(address?.transport === 'unix' && resolved.injectedOpen !== true && resolved.multipath === undefined && { watchPath: address.path }),
+    ...extra
+  }
+}
+
+/** How many connections: 'auto' is 4 with multi-conn, else 1; more than one needs multi-conn. */
+export function connectionCount (resolved: ResolvedOptions, info: ExportInfo): number {
+  const multiConn = (info.flags & NBD_FLAG.CAN_MULTI_CONN) !== 0
+  const connections = resolved.connections === 'auto' ? (multiConn ? AUTO_CONNECTIONS : 1) : resolved.connections
+  if (connections > 1 && !multiConn) {
+    throw new NotSupportedError(`the server does not advertise CAN_MULTI_CONN, so ${connections} connections would not be safe`)
+  }
+  return connections
 }

@@ -16,6 +16,8 @@ export interface Connection {
   readonly socket: Duplex
   readonly reader: SocketReader
   readonly info: ExportInfo
+  /** With several paths to the export: which one (0-based) this connection runs over. */
+  readonly path?: number
 }
 
 export interface EstablishOptions extends NegotiateOptions {

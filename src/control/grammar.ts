@@ -6,9 +6,9 @@
  * all words).
  *
  *   help
- *   show (daemon | status | config | clients | mounts) [json]
+ *   show (daemon | status | config | clients | mounts | paths) [json]
  *   show metrics
- *   show mount FILE [status | stats | config | connections | requests] [json]
+ *   show mount FILE [status | stats | config | connections | requests | paths] [json]
  *   show (stats | connections | requests) [json]          the daemon's only mount
  *   add mount URI FILE [KEY VALUE]... [persist]            KEY: see words.ts (MOUNT_KEYS)
  *   del mount FILE [lazy | force]
@@ -16,6 +16,8 @@
  *   set KEY VALUE                                          log-level, control-timeout; or a mount
  *                                                          key for the daemon's only mount
  *   (disconnect | reconnect) [mount FILE]                  without FILE: the only mount
+ *   (fail | reinstate | switch) path N [mount FILE]        multipath: take a path out, put it
+ *                                                          back, make it the active one
  *   reconfigure
  *   shutdown [lazy | force]
  *
@@ -27,9 +29,9 @@ import {
   setDaemonKey, setMountKey, type DaemonSettings, type MountKey, type MountSettings
 } from './words.ts'
 
-export const DAEMON_TOPICS = ['daemon', 'status', 'config', 'clients', 'mounts', 'metrics'] as const
+export const DAEMON_TOPICS = ['daemon', 'status', 'config', 'clients', 'mounts', 'paths', 'metrics'] as const
 export type DaemonTopic = (typeof DAEMON_TOPICS)[number]
-export const MOUNT_TOPICS = ['status', 'stats', 'config', 'connections', 'requests'] as const
+export const MOUNT_TOPICS = ['status', 'stats', 'config', 'connections', 'requests', 'paths'] as const
 export type MountTopic = (typeof MOUNT_TOPICS)[number]
 /** `show TOPIC` for these means the daemon's only mount. */
 const ONLY_MOUNT_TOPICS = ['stats', 'connections', 'requests'] as const
@@ -46,10 +48,14 @@ export type Command =
   | { readonly kind: 'set', readonly file: string | undefined, readonly settings: MountSettings }
   | { readonly kind: 'set-daemon', readonly settings: Partial<DaemonSettings> }
   | { readonly kind: 'reconnect' | 'disconnect', readonly file: string | undefined }
+  | { readonly kind: 'path', readonly action: PathAction, readonly path: number, readonly file: string | undefined }
   | { readonly kind: 'reconfigure' }
   | { readonly kind: 'shutdown', readonly mode: TeardownMode }
 
-export const VERBS = ['help', 'show', 'add', 'del', 'set', 'disconnect', 'reconnect', 'reconfigure', 'shutdown'] as const
+export const PATH_ACTIONS = ['fail', 'reinstate', 'switch'] as const
+export type PathAction = (typeof PATH_ACTIONS)[number]
+
+export const VERBS = ['help', 'show', 'add', 'del', 'set', 'disconnect', 'reconnect', ...PATH_ACTIONS, 'reconfigure', 'shutdown'] as const
 
 /** Only these may be run by any user; everything else changes the daemon and needs root. */
 export function isReadOnly (command: Command): boolean {
@@ -66,9 +72,9 @@ export function needsLock (command: Command): boolean {
 
 export const USAGE = `commands:
   help
-  show daemon|status|config|clients|mounts [json]
+  show daemon|status|config|clients|mounts|paths [json]
   show metrics
-  show mount FILE [status|stats|config|connections|requests] [json]
+  show mount FILE [status|stats|config|connections|requests|paths] [json]
   show stats|connections|requests [json]          (the only mount)
   add mount URI FILE [KEY VALUE]... [persist]
       KEY: ${MOUNT_KEY_WORDS.join(', ')}
@@ -77,6 +83,7 @@ export const USAGE = `commands:
   set ${DAEMON_KEY_WORDS.join('|')} VALUE           (or a mount key, for the only mount)
   disconnect [mount FILE]
   reconnect [mount FILE]
+  fail|reinstate|switch path N [mount FILE]      (a mount with several paths)
   reconfigure
   shutdown [lazy|force]`
 
@@ -168,6 +175,17 @@ export function parseCommand (text: string): Command {
       end(words, 3, `${verb} mount ${file}`)
       return { kind: verb, file }
     }
+    case 'fail':
+    case 'reinstate':
+    case 'switch': {
+      oneOf(words[1], ['path'], `object of ${verb}`)
+      const number = value(words, 2, `${verb} path`)
+      if (!/^[1-9]\d{0,2}$/.test(number)) bad(`${verb} path: N is a path number (1, 2, ...), not "${number}"`)
+      if (words.length === 3) return { kind: 'path', action: verb, path: Number(number), file: undefined }
+      const file = mountFile(words, 3, `${verb} path ${number}`)
+      end(words, 5, `${verb} path ${number} mount ${file}`)
+      return { kind: 'path', action: verb, path: Number(number), file }
+    }
     case 'reconfigure':
       end(words, 1, verb)
       return { kind: verb }
@@ -209,9 +227,14 @@ function parseAdd (words: readonly string[]): Command {
       break
     }
     if (!isMountKey(key)) bad(`unknown mount setting "${key}": expected ${MOUNT_KEY_WORDS.join(' | ')}, or persist at the end`)
+    const word = value(words, at + 1, key)
+    if (key === 'paths') {
+      // Repeatable: one URI each time.
+      settings.paths = [...(settings.paths ?? []), withWord(word, () => { setMountKey({}, key, word); return word })]
+      continue
+    }
     if (seen.has(key)) bad(`${key} is given twice`)
     seen.add(key)
-    const word = value(words, at + 1, key)
     withWord(word, () => { setMountKey(settings, key, key === 'options' ? word.split(',') : word) })
   }
   return { kind: 'add', uri, file, settings, persist }
@@ -271,7 +294,7 @@ export function complete (line: string, files: readonly string[] = []): string[]
     else if (w[1] !== 'mount' && w[1] !== 'metrics' && n === 2) candidates = ['json']
   } else if (verb === 'add') {
     if (n === 1) candidates = ['mount']
-    else if (n >= 4 && n % 2 === 0) candidates = [...MOUNT_KEY_WORDS.filter((k) => !w.includes(k)), 'persist']
+    else if (n >= 4 && n % 2 === 0) candidates = [...MOUNT_KEY_WORDS.filter((k) => k === 'paths' || !w.includes(k)), 'persist']
     else if (n >= 5 && n % 2 === 1) candidates = valuesOf(w[n - 1]!)
   } else if (verb === 'del' || verb === 'disconnect' || verb === 'reconnect') {
     if (n === 1) candidates = ['mount']
@@ -282,6 +305,10 @@ export function complete (line: string, files: readonly string[] = []): string[]
     else if (w[1] === 'mount' && n === 2) candidates = files
     else if (w[1] === 'mount' && n === 3) candidates = LIVE_MOUNT_KEYS
     else if (w[1] !== 'mount' && n === 2) candidates = valuesOf(w[1]!)
+  } else if (verb === 'fail' || verb === 'reinstate' || verb === 'switch') {
+    if (n === 1) candidates = ['path']
+    else if (n === 3) candidates = ['mount']
+    else if (n === 4 && w[3] === 'mount') candidates = files
   } else if (verb === 'shutdown' && n === 1) candidates = TEARDOWN_MODES
   return candidates.filter((c) => c.startsWith(current))
 }

@@ -33,7 +33,18 @@ export interface MountSettings {
   tlsUsername?: string
   tlsHostname?: string
   tlsVerifyPeer?: boolean
+  /** More URIs of the same export (multipath), after the mount's own. */
+  paths?: string[]
+  pathSelector?: (typeof PATH_SELECTOR_WORDS)[number]
+  /** 'immediate', 'manual', or a delay in ms. */
+  failback?: 'immediate' | 'manual' | number
+  /** ms */
+  pollingInterval?: number
+  /** 'export', 'description', or the bytes whose digest must match on every path. */
+  pathIdentity?: 'export' | 'description' | { offset: number, length: number }
 }
+
+export const PATH_SELECTOR_WORDS = ['failover', 'round-robin'] as const
 
 /** The daemon's own settings (the config's [daemon] section). */
 export interface DaemonSettings {
@@ -97,11 +108,24 @@ const list: Parser<string[]> = (value, key) => {
 
 const connections: Parser<number | 'auto'> = (value, key) => value === 'auto' ? 'auto' : integer(1, 64)(value, `${key} (or auto)`)
 
+const failback: Parser<'immediate' | 'manual' | number> = (value, key) =>
+  value === 'immediate' || value === 'manual' ? value : duration(value, `${key} (immediate, manual, or a delay)`)
+
+/** export, description, or OFFSET+LENGTH (bytes) whose SHA-256 must be the same on every path. */
+const pathIdentity: Parser<'export' | 'description' | { offset: number, length: number }> = (value, key) => {
+  if (value === 'export' || value === 'description') return value
+  const match = typeof value === 'string' ? /^(\d+)\+(\d+)$/.exec(value) : null
+  if (match === null || Number(match[2]) < 1 || Number(match[2]) > 1 << 20) throw new WordError(`${key} is export, description, or OFFSET+LENGTH (up to 1 MiB)`)
+  return { offset: Number(match[1]), length: Number(match[2]) }
+}
+
 interface KeySpec<F extends string> {
   readonly field: F
   readonly parse: Parser<unknown>
   /** Applied to a running mount by `set` and reconfigure; the others need a remount. */
   readonly live: boolean
+  /** Another name of a field that has its own key (shown under that key only). */
+  readonly alias?: true
 }
 
 export const MOUNT_KEYS = {
@@ -117,7 +141,14 @@ export const MOUNT_KEYS = {
   'tls-psk-file': { field: 'tlsPskFile', parse: text, live: false },
   'tls-username': { field: 'tlsUsername', parse: text, live: false },
   'tls-hostname': { field: 'tlsHostname', parse: text, live: false },
-  'tls-verify-peer': { field: 'tlsVerifyPeer', parse: boolean, live: false }
+  'tls-verify-peer': { field: 'tlsVerifyPeer', parse: boolean, live: false },
+  'paths': { field: 'paths', parse: list, live: false },
+  'path-selector': { field: 'pathSelector', parse: oneOfWords(PATH_SELECTOR_WORDS), live: false },
+  'failback': { field: 'failback', parse: failback, live: true },
+  'polling-interval': { field: 'pollingInterval', parse: duration, live: false },
+  'path-identity': { field: 'pathIdentity', parse: pathIdentity, live: false },
+  // multipath.conf's name for how long I/O queues with every path down.
+  'no-path-retry': { field: 'reconnectDelay', parse: duration, live: true, alias: true }
 } as const satisfies Record<string, KeySpec<keyof MountSettings>>
 export type MountKey = keyof typeof MOUNT_KEYS
 export const MOUNT_KEY_WORDS = Object.keys(MOUNT_KEYS) as MountKey[]
@@ -159,10 +190,12 @@ export function mountKeyOf (field: keyof MountSettings): MountKey {
 export function describeMountSettings (s: MountSettings): Record<string, string | number | boolean | string[]> {
   const out: Record<string, string | number | boolean | string[]> = {}
   for (const key of MOUNT_KEY_WORDS) {
-    const value = (s as Record<string, unknown>)[MOUNT_KEYS[key].field]
-    if (value === undefined) continue
-    const parse: Parser<unknown> = MOUNT_KEYS[key].parse
-    out[key] = parse === duration ? `${value as number}ms` : value as string | number | boolean | string[]
+    const spec: KeySpec<keyof MountSettings> = MOUNT_KEYS[key]
+    const value = (s as Record<string, unknown>)[spec.field]
+    if (value === undefined || spec.alias === true) continue
+    out[key] = spec.parse === duration || (spec.parse === failback && typeof value === 'number')
+      ? `${value as number}ms`
+      : typeof value === 'object' && !Array.isArray(value) ? `${(value as { offset: number }).offset}+${(value as { length: number }).length}` : value as string | number | boolean | string[]
   }
   return out
 }

@@ -19,7 +19,7 @@ import { appendToConfigFile } from './config-file.ts'
 import { mountSectionText, resolve } from './config.ts'
 import type { Daemon } from './daemon.ts'
 import type { MountRuntime } from './mount-runtime.ts'
-import { daemonConfig, daemonInfo, mountRow, mountsTable, mountTopic, redactUri, render } from './views.ts'
+import { daemonConfig, daemonInfo, mountRow, mountsTable, mountTopic, pathRows, pathsTable, redactUri, render } from './views.ts'
 
 export class DaemonCommands {
   readonly #daemon: Daemon
@@ -47,6 +47,15 @@ export class DaemonCommands {
         const client = this.#find(command.file).requireClient()
         if (command.kind === 'reconnect') client.reconnect()
         else client.disconnect()
+        return 'ok'
+      }
+      case 'path': {
+        const client = this.#find(command.file).requireClient()
+        if (client.paths().length === 0) throw new Error('this mount has one path (add mount ... paths URI2 gives it more)')
+        if (command.action === 'fail') client.failPath(command.path)
+        else if (command.action === 'reinstate') client.reinstatePath(command.path)
+        else client.switchPath(command.path)
+        d.log('info', `${command.action} path ${command.path} of ${this.#find(command.file).file}`)
         return 'ok'
       }
       case 'reconfigure':
@@ -94,6 +103,10 @@ export class DaemonCommands {
           mount: [...d.mounts.values()].map((m) => mountTopic(m, 'status', privileged))
         }, json)
       case 'config': return output(daemonConfig(d, privileged), json)
+      case 'paths': {
+        const rows = [...d.mounts.values()].flatMap((m) => pathRows(m, privileged))
+        return json ? toJson(rows) : rows.length === 0 ? '(no mount has several paths)' : pathsTable(rows)
+      }
     }
   }
 

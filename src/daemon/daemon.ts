@@ -13,6 +13,7 @@
  * background (MountRuntime) and `show mounts` reads counters. A mount whose server hangs
  * stalls only its own requests.
  */
+import type { ServerCommand } from '../activation/index.ts'
 import type http from 'node:http'
 import path from 'node:path'
 import { ConfigLock, ControlServer } from '../control/index.ts'
@@ -39,6 +40,8 @@ export interface InitialMount {
   readonly uri: string
   readonly file: string
   readonly own: MountSettings
+  /** `nbdts mount [ CMD ... ] FILE`: the server the mount owns (its URI is the server's socket). */
+  readonly server?: ServerCommand
 }
 
 export interface DaemonOptions {
@@ -143,7 +146,7 @@ export class Daemon {
     }
     for (const m of this.#options.mounts ?? []) {
       const own = this.config.mounts.get(m.file)?.settings ?? {}
-      starting.push(this.#launch(m.uri, m.file, { ...own, ...m.own }, 'command line').started)
+      starting.push(this.#launch(m.uri, m.file, { ...own, ...m.own }, 'command line', m.server).started)
     }
     await Promise.all(starting)
     if (this.#stopping === null) this.notifier.ready(this.summary())
@@ -171,9 +174,9 @@ export class Daemon {
   }
 
   /** Starts a mount in the background (the registry keeps it from now on). */
-  #launch (uri: string, file: string, own: MountSettings, origin: MountOrigin): MountRuntime {
+  #launch (uri: string, file: string, own: MountSettings, origin: MountOrigin, server?: ServerCommand): MountRuntime {
     const observe = this.metrics.observer(file)
-    const runtime = new MountRuntime({ uri, file, own, settings: resolve(this.config.defaults, own), origin, log: this.#log, observe })
+    const runtime = new MountRuntime({ uri, file, own, settings: resolve(this.config.defaults, own), origin, log: this.#log, observe, ...(server !== undefined && { server }) })
     this.mounts.set(file, runtime)
     runtime.onGone = () => {
       if (this.mounts.get(file) === runtime) this.mounts.delete(file)

@@ -131,6 +131,30 @@ export class DaemonMetrics {
       }
     })
     new Gauge({
+      name: 'nbdts_path_state',
+      help: 'Each path of a mount with several (multipath): 1 for the state it is in (ready, failed, disabled)',
+      labelNames: ['mount', 'path', 'state'],
+      registers,
+      collect () {
+        this.reset()
+        for (const m of mounts()) {
+          for (const p of m.client?.paths() ?? []) {
+            for (const state of ['ready', 'failed', 'disabled']) this.labels(m.file, String(p.path), state).set(p.state === state ? 1 : 0)
+          }
+        }
+      }
+    })
+    new Gauge({
+      name: 'nbdts_path_active',
+      help: 'Each path of a mount with several: 1 when it carries I/O (the failover path, or in use in round-robin)',
+      labelNames: ['mount', 'path'],
+      registers,
+      collect () {
+        this.reset()
+        for (const m of mounts()) for (const p of m.client?.paths() ?? []) this.labels(m.file, String(p.path)).set(p.active ? 1 : 0)
+      }
+    })
+    new Gauge({
       name: 'nbdts_export_size_bytes',
       help: 'The export\'s size',
       labelNames: ['mount'],

@@ -10,7 +10,9 @@
  * Everything here runs in the background of the control socket: the registry starts a remove
  * and answers; `gone` settles when it is over. A remove during STARTING aborts the connect.
  */
+import type { ServerCommand } from '../activation/index.ts'
 import { NbdClient, type ClientStateChange } from '../client/nbd-client.ts'
+import type { PathChange } from '../multipath/index.ts'
 import type { TeardownMode } from '../control/grammar.ts'
 import { describeMountSettings, type MountSettings } from '../control/words.ts'
 import { describeError, MountError } from '../errors.ts'
@@ -34,6 +36,12 @@ export interface MountRuntimeOptions {
   readonly log: LogFn
   /** Each timed request, for the metrics' histogram (seconds). */
   readonly observe?: (command: TimedCommand, seconds: number, ok: boolean) => void
+  /**
+   * `nbdts mount [ CMD ... ] FILE`: the server this mount runs, on a private socket. The mount
+   * owns it: it is stopped once the mount is gone, and never restarted (a new `nbdkit memory`
+   * would be another, empty disk), so once it exits I/O fails at once.
+   */
+  readonly server?: ServerCommand
 }
 
 export class MountRuntime {
@@ -67,6 +75,9 @@ export class MountRuntime {
   #markGone!: () => void
   #removing: Promise<void> | null = null
   #untrack: (() => void) | undefined
+  readonly #server: ServerCommand | undefined
+  /** The server was stopped by us (its exit is no news). */
+  #stopped = false
 
   constructor (options: MountRuntimeOptions) {
     this.uri = options.uri
@@ -75,6 +86,7 @@ export class MountRuntime {
     this.own = options.own
     this.settings = options.settings
     this.#observe = options.observe
+    this.#server = options.server
     const file = options.file
     this.#log = (level, message) => { options.log(level, message.startsWith(file) ? message : `${file}: ${message}`) }
     this.gone = new Promise((resolve) => { this.#markGone = resolve })
@@ -91,8 +103,23 @@ export class MountRuntime {
 
   async #start (): Promise<void> {
     const s = this.settings
+    const server = this.#server
+    if (server !== undefined) {
+      void server.exited.then((status) => {
+        if (this.#stopped) return
+        const how = status.signal !== null ? `was killed by ${status.signal}` : `exited with code ${status.code}`
+        const last = server.stderrTail().trim().split('\n').slice(-2).join('; ')
+        this.#log('error', `the server command (pid ${server.child.pid}) ${how}${last === '' ? '' : ` (${last})`}: nothing serves this export any more, so its I/O fails from now on; nbdts umount ends the mount`)
+        const client = this.#client
+        if (client !== undefined) {
+          client.reconnectDelay = 0
+          client.cancelInFlight()
+        }
+      })
+    }
     try {
       const client = await NbdClient.connect(this.uri, {
+        ...(server !== undefined && { open: server.open }),
         reconnectDelay: s.reconnectDelay,
         openTimeout: s.openTimeout,
         maxInFlight: s.maxInFlight,
@@ -105,6 +132,13 @@ export class MountRuntime {
         ...(s.tlsUsername !== undefined && { tlsUsername: s.tlsUsername }),
         ...(s.tlsHostname !== undefined && { tlsHostname: s.tlsHostname }),
         ...(s.tlsVerifyPeer === false && { tlsVerifyPeer: false }),
+        ...(s.paths !== undefined && s.paths.length > 0 && {
+          paths: s.paths,
+          ...(s.pathSelector !== undefined && { pathSelector: s.pathSelector }),
+          ...(s.failback !== undefined && { failback: s.failback }),
+          ...(s.pollingInterval !== undefined && { pollingInterval: s.pollingInterval }),
+          ...(s.pathIdentity !== undefined && { pathIdentity: s.pathIdentity })
+        }),
         signal: this.#abort.signal
       })
       this.#client = client
@@ -113,8 +147,12 @@ export class MountRuntime {
         const expected = c.to === 'CONNECTED' || c.reason.startsWith('client closed')
         this.#log(expected ? 'info' : 'warn', `connection ${c.connection} of ${c.connections}: ${c.from} → ${c.to} (${c.reason})`)
       }
+      const onPath = (c: PathChange): void => {
+        this.#log(c.to === 'ready' ? 'info' : 'warn', `path ${c.path}: ${c.from} → ${c.to} (${c.reason})`)
+      }
       client.on('state', onState)
-      this.#untrack = () => { client.off('state', onState) }
+      client.on('path', onPath)
+      this.#untrack = () => { client.off('state', onState); client.off('path', onPath) }
       this.#abort.signal.throwIfAborted()
       const timed = timedClient(client, (command, ms, ok) => {
         this.latency.record(ms)
@@ -170,6 +208,10 @@ export class MountRuntime {
       }
     }
     await this.#closeClient()
+    if (this.#server !== undefined) {
+      this.#stopped = true
+      await this.#server.stop()
+    }
     if (this.state === 'failed') this.goneReason = this.lastError ?? 'failed'
     this.state = 'removing'
     this.#log('info', `gone; client ${JSON.stringify(this.#client?.stats ?? {})}; fuse ${JSON.stringify(mount?.stats ?? {})}`)
@@ -192,6 +234,7 @@ export class MountRuntime {
     if (client === undefined) return
     client.reconnectDelay = settings.reconnectDelay
     client.maxInFlight = settings.maxInFlight
+    if (settings.failback !== undefined && client.paths().length > 0) client.failback = settings.failback
   }
 
   /** For the connection commands: the client of an UP mount. */

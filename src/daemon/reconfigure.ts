@@ -52,6 +52,8 @@ function differences (a: ResolvedMountSettings, b: ResolvedMountSettings): { liv
   const x0 = fields(a)
   const y0 = fields(b)
   for (const [key, spec] of Object.entries(MOUNT_KEYS)) {
+    // Another name for a field (no-path-retry): the field is reported once, by its own name.
+    if ('alias' in spec) continue
     const x = x0[spec.field]
     const y = y0[spec.field]
     if (JSON.stringify(x) === JSON.stringify(y)) continue

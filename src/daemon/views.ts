@@ -32,6 +32,8 @@ export interface MountRow {
   readonly p99ms: number | null
   readonly inFlight: number
   readonly origin: string
+  /** Multipath: each path as "N state", with "(active)" on the one carrying I/O. */
+  readonly paths?: readonly string[]
   readonly error?: string
 }
 
@@ -56,6 +58,7 @@ export function mountRow (m: MountRuntime, privileged: boolean): MountRow {
     p99ms: p99 === undefined ? null : round(p99, 3),
     inFlight: stats?.inFlight ?? 0,
     origin: m.origin,
+    ...(client !== undefined && client.paths().length > 0 && { paths: client.paths().map((p) => `${p.path} ${p.state}${p.active ? ' (active)' : ''}`) }),
     ...(m.lastError !== undefined && { error: m.lastError })
   }
 }
@@ -78,7 +81,8 @@ export function mountsTable (rows: readonly MountRow[]): string {
   const widths = header.map((_h, i) => Math.max(...all.map((cells) => cells[i]!.length)))
   const text = all.map((cells) => cells.map((cell, i) => i === cells.length - 1 ? cell : cell.padEnd(widths[i]!)).join('  ').trimEnd())
   const errors = rows.filter((r) => r.error !== undefined).map((r) => `${printable(r.file)}: ${printable(r.error!)}`)
-  return [...text, ...(errors.length === 0 ? [] : ['', ...errors])].join('\n')
+  const paths = rows.filter((r) => r.paths !== undefined).map((r) => `${printable(r.file)}: paths ${printable(r.paths!.join(' · '))}`)
+  return [...text, ...(paths.length === 0 ? [] : ['', ...paths]), ...(errors.length === 0 ? [] : ['', ...errors])].join('\n')
 }
 
 function hideTls (settings: Record<string, unknown>): Record<string, unknown> {
@@ -122,8 +126,58 @@ export function mountTopic (m: MountRuntime, topic: string, privileged: boolean)
       return client === undefined ? [] : client.connectionInfo()
     case 'requests':
       return { fuseInFlight: mount?.stats.inFlight ?? 0, nbd: client?.requestsInFlight() ?? [] }
+    case 'paths':
+      return pathRows(m, privileged)
   }
   return undefined
+}
+
+export interface PathRow {
+  readonly file: string
+  readonly path: number
+  readonly uri: string
+  readonly state: string
+  readonly role: 'active' | 'standby'
+  readonly connections: number
+  readonly checker: string
+  readonly checkedAt: string | undefined
+  readonly lastFailure: string | undefined
+  readonly lastFailureAt: string | undefined
+}
+
+/** A mount's paths (multipath): one row each; a mount with one path has its URI as path 1. */
+export function pathRows (m: MountRuntime, privileged: boolean): PathRow[] {
+  const paths = m.client?.paths() ?? []
+  return paths.map((p) => ({
+    file: m.file,
+    path: p.path,
+    uri: privileged ? p.uri : redactUri(p.uri),
+    state: p.state,
+    role: p.active ? 'active' : 'standby',
+    connections: p.connections,
+    checker: p.checker,
+    checkedAt: p.checkedAt,
+    lastFailure: p.lastFailure?.reason,
+    lastFailureAt: p.lastFailure?.at
+  }))
+}
+
+/** "4s ago", "3m ago": the table's times, read at a glance (json keeps the timestamps). */
+function ago (iso: string | undefined, now: number): string {
+  if (iso === undefined) return ''
+  const s = Math.max(0, Math.round((now - Date.parse(iso)) / 1000))
+  return s < 120 ? `${s}s ago` : s < 7200 ? `${Math.round(s / 60)}m ago` : `${Math.round(s / 3600)}h ago`
+}
+
+/** The `show paths` table: every path of every mount with several. */
+export function pathsTable (rows: readonly PathRow[]): string {
+  const header = ['FILE', 'PATH', 'URI', 'STATE', 'ROLE', 'CONNECTIONS', 'CHECKER', 'LAST FAILURE']
+  const now = Date.now()
+  const lines = rows.map((r) => [r.file, String(r.path), r.uri, r.state, r.role, String(r.connections), r.checker,
+    r.lastFailure === undefined ? '-' : `${ago(r.lastFailureAt, now)}: ${r.lastFailure}`].map((c) => printable(c)))
+  const all = [header, ...lines]
+  const widths = header.map((_h, i) => Math.max(...all.map((cells) => cells[i]!.length)))
+  return all.map((cells) => cells.map((cell, i) => i === cells.length - 1 ? cell : cell.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n')
 }
 
 /** `show daemon` (and the head of `show status` and `show config`). */

@@ -194,9 +194,12 @@ export class FuseMount {
   }
 
   async #unmount (drainMs: number, onBusy: 'detach' | 'refuse' | 'force'): Promise<void> {
+    // Forced means nothing waits for an absent server: the flush runs only if every
+    // connection is up now (a FLUSH that waited would wait the reconnect delay).
+    const wait = onBusy !== 'force'
     if (await settledWithin(this.closed, 0) === undefined) {
       await settledWithin(this.#fs.idle(), drainMs)
-      await this.#flush()
+      await this.#flush(wait)
       try {
         await unmount(this.path)
       } catch (err) {
@@ -211,12 +214,16 @@ export class FuseMount {
       await this.closed
     }
     this.#fs.close()
-    await this.#flush()
+    await this.#flush(wait)
     this.#channel.close()
   }
 
-  async #flush (): Promise<void> {
+  async #flush (wait: boolean): Promise<void> {
     if (!this.#client.canFlush || this.#client.state === 'QUIT') return
+    if (!wait && this.#client.states.some((state) => state !== 'CONNECTED')) {
+      this.#log('warn', 'not flushed before unmount: the server is away, and the unmount is forced')
+      return
+    }
     try {
       await this.#client.flush()
     } catch (err) {

@@ -1,9 +1,12 @@
 /**
- * The few libc calls Node lacks, through koffi: socketpair(2) and recvmsg(2) with SCM_RIGHTS
- * (fusermount3 hands the /dev/fuse descriptor back that way), prctl(2), and a Unix datagram
- * socket with sendto(2) (systemd's notification socket; Node has no datagram Unix sockets). koffi is loaded on
- * first use, synchronously, so a machine without it still runs everything that does not need
- * these calls, and the one that does fails with a clear message.
+ * The few libc calls Node lacks, through koffi, in one place: socketpair(2) and recvmsg(2) with
+ * SCM_RIGHTS (fusermount3 hands the /dev/fuse descriptor back that way), prctl(2), a Unix
+ * datagram socket with sendto(2) (systemd's notification socket; Node has no datagram Unix
+ * sockets), setsockopt(SO_SNDBUF) (a Unix socket's send buffer), flock(2) (the pidfile) and
+ * getsockopt(SO_PEERCRED) (the control socket's peers).
+ * koffi is an optional dependency, loaded on first use, synchronously, so a machine without it
+ * still runs everything that does not need these calls, and the one that does fails with a
+ * clear message (NativeUnavailableError).
  */
 import { createRequire } from 'node:module'
 import { constants } from 'node:os'
@@ -27,6 +30,8 @@ interface Libc {
   readonly socket: (domain: number, type: number, protocol: number) => number
   readonly sendto: (fd: number, data: Buffer, length: number, flags: number, address: Buffer, addressLength: number) => number
   readonly setsockopt: (fd: number, level: number, name: number, value: Int32Array, length: number) => number
+  readonly flock: (fd: number, operation: number) => number
+  readonly getsockopt: (fd: number, level: number, name: number, value: Buffer, length: number[]) => number
 }
 
 export class NativeUnavailableError extends Error {
@@ -48,16 +53,32 @@ function load (what: string): Libc {
         prctl: lib.func('int prctl(int option, unsigned long a, unsigned long b, unsigned long c, unsigned long d)') as Libc['prctl'],
         socket: lib.func('int socket(int domain, int type, int protocol)') as Libc['socket'],
         sendto: lib.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)') as Libc['sendto'],
-        setsockopt: lib.func('int setsockopt(int fd, int level, int name, const int *value, uint32_t length)') as Libc['setsockopt']
+        setsockopt: lib.func('int setsockopt(int fd, int level, int name, const int *value, uint32_t length)') as Libc['setsockopt'],
+        flock: lib.func('int flock(int fd, int operation)') as Libc['flock'],
+        getsockopt: lib.func('int getsockopt(int fd, int level, int optname, _Out_ uint8_t *optval, _Inout_ uint32_t *optlen)') as Libc['getsockopt']
       }
     } catch (err) {
       libc = err as Error
     }
   }
-  if (libc instanceof Error) {
-    throw new NativeUnavailableError(`${what} needs the koffi package (npm install koffi), which could not be loaded: ${libc.message}`, { cause: libc })
-  }
+  if (libc instanceof Error) throw new NativeUnavailableError(`${what} needs ${unavailable(libc)}`, { cause: libc })
   return libc
+}
+
+function unavailable (err: Error): string {
+  return (err as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND'
+    ? 'the optional dependency koffi, which is not installed (npm install koffi)'
+    : `the koffi package, which could not be loaded: ${err.message}`
+}
+
+/** Why the native calls cannot be made (koffi is tried once), or undefined when they can. */
+export function nativeProblem (): string | undefined {
+  try {
+    load('')
+    return undefined
+  } catch (err) {
+    return err instanceof NativeUnavailableError && libc instanceof Error ? unavailable(libc) : (err as Error).message
+  }
 }
 
 function errnoError (call: string, errno: number): NodeJS.ErrnoException {
@@ -187,4 +208,29 @@ const SO_SNDBUF = 7
 export function setSendBuffer (fd: number, bytes: number): void {
   const c = load('SO_SNDBUF')
   if (c.setsockopt(fd, SOL_SOCKET, SO_SNDBUF, Int32Array.of(bytes), 4) !== 0) throw errnoError('setsockopt(SO_SNDBUF)', c.koffi.errno())
+}
+
+const LOCK_EX = 2
+const LOCK_NB = 4
+const EWOULDBLOCK = 11
+
+/** flock(fd, LOCK_EX | LOCK_NB): true once held, false when another process holds it. */
+export function lockExclusive (fd: number, what = 'a file lock'): boolean {
+  const c = load(what)
+  if (c.flock(fd, LOCK_EX | LOCK_NB) === 0) return true
+  const errno = c.koffi.errno()
+  if (errno === EWOULDBLOCK) return false
+  throw errnoError('flock', errno)
+}
+
+/** asm-generic value (x86-64, arm64, riscv...); powerpc differs. */
+const SO_PEERCRED = process.arch === 'ppc64' ? 21 : 17
+
+/** getsockopt(SO_PEERCRED): the process that connected a Unix socket; undefined if it cannot be read. */
+export function peerCredentials (fd: number, what = 'peer credentials'): { pid: number, uid: number, gid: number } | undefined {
+  const c = load(what)
+  const value = Buffer.alloc(12)
+  const length = [12]
+  if (c.getsockopt(fd, SOL_SOCKET, SO_PEERCRED, value, length) !== 0 || length[0] !== 12) return undefined
+  return { pid: value.readInt32LE(0), uid: value.readUInt32LE(4), gid: value.readUInt32LE(8) }
 }

@@ -16,8 +16,7 @@ import {
   closeSync, constants, fchmodSync, fstatSync, ftruncateSync, lstatSync, openSync, readSync, unlinkSync,
   writeSync, type Stats
 } from 'node:fs'
-import { createRequire } from 'node:module'
-import { constants as osConstants } from 'node:os'
+import { lockExclusive, nativeProblem } from './libc.ts'
 
 const { O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_APPEND, O_NOFOLLOW, O_NONBLOCK } = constants
 
@@ -115,31 +114,6 @@ export function rewrite (fd: number, text: string): void {
 
 // ── the pidfile ─────────────────────────────────────────────────────────────────────────
 
-interface Libc {
-  flock: (fd: number, operation: number) => number
-  errno: () => number
-}
-
-const LOCK_EX = 2
-const LOCK_NB = 4
-let libc: Libc | null | undefined
-
-/** flock(2) through koffi, loaded only when a pidfile is taken; null when koffi is missing. */
-function loadLibc (): Libc | null {
-  if (libc !== undefined) return libc
-  try {
-    const koffi = createRequire(import.meta.url)('koffi') as {
-      load: (name: string) => { func: (declaration: string) => unknown }
-      errno: () => number
-    }
-    const flock = koffi.load('libc.so.6').func('int flock(int fd, int operation)') as Libc['flock']
-    libc = { flock, errno: () => koffi.errno() }
-  } catch {
-    libc = null
-  }
-  return libc
-}
-
 function alive (pid: number): boolean {
   try {
     process.kill(pid, 0)
@@ -187,16 +161,21 @@ export class Pidfile {
       const pid = Number(buf.toString('utf8', 0, n).trim())
       return Number.isInteger(pid) && pid > 0 ? pid : undefined
     }
-    const lib = loadLibc()
-    if (lib !== null) {
-      if (lib.flock(fd, LOCK_EX | LOCK_NB) !== 0) {
-        const errno = lib.errno()
+    if (nativeProblem() === undefined) {
+      let held: boolean
+      try {
+        held = lockExclusive(fd, 'the pidfile lock')
+      } catch (err) {
+        closeSync(fd)
+        throw new UnsafeFileError(file, `cannot be locked (${(err as Error).message})`)
+      }
+      if (!held) {
         const pid = previous()
         closeSync(fd)
-        if (errno === osConstants.errno.EWOULDBLOCK) throw new UnsafeFileError(file, `locked: nbdts is already running${pid === undefined ? '' : ` as pid ${pid}`}`)
-        throw new UnsafeFileError(file, `cannot be locked (errno ${errno})`)
+        throw new UnsafeFileError(file, `locked: nbdts is already running${pid === undefined ? '' : ` as pid ${pid}`}`)
       }
     } else {
+      // Without koffi there is no flock: the pid it names must not be running.
       const pid = previous()
       if (pid !== undefined && pid !== process.pid && alive(pid)) {
         closeSync(fd)

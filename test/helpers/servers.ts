@@ -196,7 +196,11 @@ export async function startNbdServer (dir: string, exports: Record<string, Recor
 export function testScene (): { dir: string, nbdkit: (name: string, args: string[]) => Promise<RunningServer>, defer: (fn: () => Promise<void>) => void } {
   const dir = tempDir()
   const cleanups: Array<() => Promise<void>> = []
-  after(async () => { await Promise.all(cleanups.map((c) => c().catch(() => {}))) })
+  // Last made, first undone: daemons and clients go before the servers they use (a daemon
+  // whose server died first would wait its reconnect delay to flush).
+  after(async () => {
+    for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {})
+  })
   return {
     dir,
     nbdkit: async (name, args) => {

@@ -165,7 +165,7 @@ describe('the npm package', () => {
       console.log(JSON.stringify({ loaded: await loadPeerCredentials(), why: peerCredentialsError() }))`)
     const creds = JSON.parse((await node('peer.mjs')).stdout) as { loaded: boolean, why: string }
     assert.equal(creds.loaded, false)
-    assert.match(creds.why, /optional dependency koffi is not installed/)
+    assert.match(creds.why, /optional dependency koffi, which is not installed/)
     const bin = path.join(consumer, 'node_modules', '.bin', 'nbdts')
     assert.equal((await sh(bin, ['info', server.uri()], consumer)).stdout.includes('export-size: 4194304'), true)
   })

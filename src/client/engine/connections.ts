@@ -60,6 +60,8 @@ export interface ConnectionsOptions {
   readonly waiting: () => boolean
   /** Sends one command on one link, outside admission and retries (recovery, probes). */
   readonly runOn: (link: Link, command: Command) => Promise<CommandResult>
+  /** A connection over `path` (see Connection.path) failed: the path may be bad. */
+  readonly pathFailed?: ((path: number, reason: string) => void) | undefined
 }
 
 /** How long a link that is closing may take to finish what is on its wire, at least. */
@@ -259,6 +261,8 @@ export class Connections {
   // ── losing one ───────────────────────────────────────────────────────────────────────
 
   #linkFailed (link: Link, error: NbdError): void {
+    // A link that was closing on purpose says nothing about its path; one that was in use does.
+    if (link.conn.path !== undefined && (link === this.active || link.state === 'RECOVERING')) this.#options.pathFailed?.(link.conn.path, error.message)
     if (error instanceof ProtocolError) {
       this.quit(error)
       return
@@ -310,6 +314,7 @@ export class Connections {
     if (!failing) {
       link.drain(ms, timeout)
     } else {
+      if (link.conn.path !== undefined) this.#options.pathFailed?.(link.conn.path, reason)
       const now = performance.now()
       for (const req of link.table.requests()) if (req.firstFailureAt < 0) req.firstFailureAt = now
       if (delay === 0) {
@@ -348,6 +353,8 @@ export class Connections {
     this.#held = false
     const link = this.active
     if (link !== null && this.#lifecycle.state === 'CONNECTED') {
+      // Closed on purpose (a path switch, an admin): not a failed attempt, so no back-off.
+      link.healthy = true
       this.drain(link, 'reconnect requested', false)
       return
     }

@@ -32,7 +32,7 @@
  */
 import { EventEmitter } from 'node:events'
 import { performance } from 'node:perf_hooks'
-import { AbortedError, ClosedError, ConnectionError, NbdError, ServerError, isTransportError } from '../../errors.ts'
+import { AbortedError, ClosedError, ConnectionError, NbdError, ServerError, TimeoutError, isTransportError } from '../../errors.ts'
 import { NBD_ESHUTDOWN } from '../../protocol/errno.ts'
 import { commandName } from '../../protocol/names.ts'
 import type { Establish } from '../../connector/connection.ts'
@@ -65,6 +65,8 @@ export interface EngineOptions {
   readonly watchPath?: string
   /** Runs on every connection after the first, before it takes requests. */
   readonly recover?: Recover
+  /** A connection over a path of several failed (see Connection.path). */
+  readonly pathFailed?: (path: number, reason: string) => void
 }
 
 export class Engine extends EventEmitter<{ state: [StateChange] }> {
@@ -104,6 +106,8 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
   get contexts (): ReadonlyMap<number, string> { return this.#connections.active?.conn.info.contexts ?? new Map() }
   /** The active connection runs over TLS (undefined while there is none). */
   get tls (): boolean | undefined { return this.#connections.active?.tls }
+  /** With several paths: the one the active connection runs over (0-based). */
+  get path (): number | undefined { return this.#connections.active?.conn.path }
   get maxInFlight (): number { return this.#admission.max }
   set maxInFlight (n: number) { this.#admission.max = n }
   /** Requests waiting for a slot. */
@@ -240,6 +244,28 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
       }
       if (err instanceof ServerError) this.stats.serverErrors++
       throw err
+    }
+  }
+
+  /**
+   * The path checker's look at the live connection: one command on it now, outside admission
+   * and retries (a full queue must not hide a working path, nor a retry elsewhere a dead one).
+   * Rejects when not connected, or with a TimeoutError once `ms` pass; the command stays on
+   * the wire until answered, so give it one nothing orders against (a READ).
+   */
+  async check (command: Command, ms: number): Promise<void> {
+    const link = this.#connections.active
+    if (link === null || this.#connections.state !== 'CONNECTED') throw new ConnectionError('not connected')
+    let timer: NodeJS.Timeout | undefined
+    const late = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => { reject(new TimeoutError(`no answer within ${ms} ms`)) }, ms)
+    })
+    const running = this.#runOn(link, command)
+    running.catch(() => {})
+    try {
+      await Promise.race([running, late])
+    } finally {
+      clearTimeout(timer)
     }
   }
 
