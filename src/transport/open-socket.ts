@@ -9,6 +9,7 @@ import { AbortedError, ConnectionError } from '../errors.ts'
 import type { NbdAddress } from '../protocol/uri.ts'
 import { ReadHook } from './read-hook.ts'
 import { setSendBuffer } from '../util/libc.ts'
+import { busyPoll } from './busy-poll.ts'
 
 /** Opens a fresh connection to the server; rejects promptly when `signal` fires. */
 export type OpenSocket = (signal: AbortSignal) => Promise<Duplex>
@@ -27,9 +28,12 @@ export function describeAddress (address: NbdAddress): string {
  */
 const UNIX_SEND_BUFFER = 4 * 1024 * 1024
 
-function widenSendBuffer (socket: net.Socket): void {
+function socketFd (socket: net.Socket): number {
   const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd
-  if (typeof fd !== 'number' || fd < 0) return
+  return typeof fd === 'number' ? fd : -1
+}
+
+function widenSendBuffer (fd: number): void {
   try {
     setSendBuffer(fd, UNIX_SEND_BUFFER)
   } catch {
@@ -56,7 +60,12 @@ export function socketOpener (address: NbdAddress): OpenSocket {
     }
     const onConnect = (): void => {
       cleanup()
-      if (address.transport === 'unix') widenSendBuffer(socket)
+      const fd = socketFd(socket)
+      if (fd >= 0) {
+        if (address.transport === 'unix') widenSendBuffer(fd)
+        busyPoll.watch(fd)
+        socket.once('close', () => { busyPoll.unwatch(fd) })
+      }
       resolve(socket)
     }
     const onError = (err: NodeJS.ErrnoException): void => {

@@ -3,7 +3,8 @@
  * SCM_RIGHTS (fusermount3 hands the /dev/fuse descriptor back that way), prctl(2), a Unix
  * datagram socket with sendto(2) (systemd's notification socket; Node has no datagram Unix
  * sockets), setsockopt(SO_SNDBUF) (a Unix socket's send buffer), flock(2) (the pidfile) and
- * getsockopt(SO_PEERCRED) (the control socket's peers).
+ * getsockopt(SO_PEERCRED) (the control socket's peers), and an epoll set of our own with
+ * sched_yield(2) (busy-poll.ts).
  * koffi is an optional dependency, loaded on first use, synchronously, so a machine without it
  * still runs everything that does not need these calls, and the one that does fails with a
  * clear message (NativeUnavailableError).
@@ -32,6 +33,10 @@ interface Libc {
   readonly setsockopt: (fd: number, level: number, name: number, value: Int32Array, length: number) => number
   readonly flock: (fd: number, operation: number) => number
   readonly getsockopt: (fd: number, level: number, name: number, value: Buffer, length: number[]) => number
+  readonly epoll_create1: (flags: number) => number
+  readonly epoll_ctl: (epfd: number, op: number, fd: number, event: Uint8Array | null) => number
+  readonly epoll_wait: (epfd: number, events: Uint8Array, max: number, timeout: number) => number
+  readonly sched_yield: () => number
 }
 
 export class NativeUnavailableError extends Error {
@@ -55,7 +60,11 @@ function load (what: string): Libc {
         sendto: lib.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)') as Libc['sendto'],
         setsockopt: lib.func('int setsockopt(int fd, int level, int name, const int *value, uint32_t length)') as Libc['setsockopt'],
         flock: lib.func('int flock(int fd, int operation)') as Libc['flock'],
-        getsockopt: lib.func('int getsockopt(int fd, int level, int optname, _Out_ uint8_t *optval, _Inout_ uint32_t *optlen)') as Libc['getsockopt']
+        getsockopt: lib.func('int getsockopt(int fd, int level, int optname, _Out_ uint8_t *optval, _Inout_ uint32_t *optlen)') as Libc['getsockopt'],
+        epoll_create1: lib.func('int epoll_create1(int flags)') as Libc['epoll_create1'],
+        epoll_ctl: lib.func('int epoll_ctl(int epfd, int op, int fd, void *event)') as Libc['epoll_ctl'],
+        epoll_wait: lib.func('int epoll_wait(int epfd, _Out_ void *events, int max, int timeout)') as Libc['epoll_wait'],
+        sched_yield: lib.func('int sched_yield()') as Libc['sched_yield']
       }
     } catch (err) {
       libc = err as Error
@@ -233,4 +242,51 @@ export function peerCredentials (fd: number, what = 'peer credentials'): { pid: 
   const length = [12]
   if (c.getsockopt(fd, SOL_SOCKET, SO_PEERCRED, value, length) !== 0 || length[0] !== 12) return undefined
   return { pid: value.readInt32LE(0), uid: value.readUInt32LE(4), gid: value.readUInt32LE(8) }
+}
+
+const EPOLL_CLOEXEC = 0o2000000
+const EPOLL_CTL_ADD = 1
+const EPOLL_CTL_DEL = 2
+const EPOLLIN = 1
+
+/**
+ * An epoll set of our own, to ask "is any of these readable?" without blocking (busy-poll.ts).
+ * Only the count of ready descriptors is used, so the layout of struct epoll_event (12 bytes
+ * packed on x86-64, 16 elsewhere) matters only for its first field, `events`.
+ */
+export class ReadySet {
+  readonly #c: Libc
+  readonly #fd: number
+  readonly #event = new Uint8Array(16)
+  readonly #out = new Uint8Array(16)
+
+  constructor () {
+    this.#c = load('an epoll set')
+    this.#fd = this.#c.epoll_create1(EPOLL_CLOEXEC)
+    if (this.#fd < 0) throw errnoError('epoll_create1', this.#c.koffi.errno())
+    new DataView(this.#event.buffer).setUint32(0, EPOLLIN, true)
+  }
+
+  add (fd: number): boolean {
+    return this.#c.epoll_ctl(this.#fd, EPOLL_CTL_ADD, fd, this.#event) === 0
+  }
+
+  /** Forgets `fd` (a descriptor already closed is gone from the set by itself). */
+  remove (fd: number): void {
+    this.#c.epoll_ctl(this.#fd, EPOLL_CTL_DEL, fd, this.#event)
+  }
+
+  /** Is anything in the set readable now? */
+  ready (): boolean {
+    return this.#c.epoll_wait(this.#fd, this.#out, 1, 0) > 0
+  }
+
+  close (): void {
+    this.#c.close(this.#fd)
+  }
+}
+
+/** sched_yield(2): let whatever else is runnable on this CPU run. */
+export function schedYield (): void {
+  load('sched_yield').sched_yield()
 }
