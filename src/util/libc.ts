@@ -2,9 +2,9 @@
  * The few libc calls Node lacks, through koffi, in one place: socketpair(2) and recvmsg(2) with
  * SCM_RIGHTS (fusermount3 hands the /dev/fuse descriptor back that way), prctl(2), a Unix
  * datagram socket with sendto(2) (systemd's notification socket; Node has no datagram Unix
- * sockets), setsockopt(SO_SNDBUF) (a Unix socket's send buffer), flock(2) (the pidfile) and
- * getsockopt(SO_PEERCRED) (the control socket's peers), and an epoll set of our own with
- * sched_yield(2) (busy-poll.ts).
+ * sockets), setsockopt(SO_SNDBUF) (a Unix socket's send buffer), flock(2) (the pidfile),
+ * getsockopt(SO_PEERCRED) (the control socket's peers), and a descriptor read on the main
+ * thread: fcntl(2) O_NONBLOCK, read(2) and a libuv poll handle (koffi.node.poll).
  * koffi is an optional dependency, loaded on first use, synchronously, so a machine without it
  * still runs everything that does not need these calls, and the one that does fails with a
  * clear message (NativeUnavailableError).
@@ -20,6 +20,13 @@ interface Koffi {
   view: (pointer: unknown, length: number) => ArrayBuffer
   address: (pointer: unknown) => bigint
   errno: () => number
+  node?: { poll?: (fd: number, options: { readable: boolean }, callback: (status: number) => void) => KoffiPollHandle | null }
+}
+
+interface KoffiPollHandle {
+  start: (options: { readable: boolean }, callback: (status: number) => void) => void
+  stop: () => void
+  close: () => void
 }
 
 interface Libc {
@@ -33,6 +40,8 @@ interface Libc {
   readonly setsockopt: (fd: number, level: number, name: number, value: Int32Array, length: number) => number
   readonly flock: (fd: number, operation: number) => number
   readonly getsockopt: (fd: number, level: number, name: number, value: Buffer, length: number[]) => number
+  readonly fcntl: (fd: number, command: number, argument: number) => number
+  readonly read: (fd: number, buffer: Uint8Array, length: number) => number
   readonly epoll_create1: (flags: number) => number
   readonly epoll_ctl: (epfd: number, op: number, fd: number, event: Uint8Array | null) => number
   readonly epoll_wait: (epfd: number, events: Uint8Array, max: number, timeout: number) => number
@@ -61,6 +70,8 @@ function load (what: string): Libc {
         setsockopt: lib.func('int setsockopt(int fd, int level, int name, const int *value, uint32_t length)') as Libc['setsockopt'],
         flock: lib.func('int flock(int fd, int operation)') as Libc['flock'],
         getsockopt: lib.func('int getsockopt(int fd, int level, int optname, _Out_ uint8_t *optval, _Inout_ uint32_t *optlen)') as Libc['getsockopt'],
+        fcntl: lib.func('int fcntl(int fd, int command, int argument)') as Libc['fcntl'],
+        read: lib.func('intptr_t read(int fd, _Out_ void *buffer, size_t length)') as Libc['read'],
         epoll_create1: lib.func('int epoll_create1(int flags)') as Libc['epoll_create1'],
         epoll_ctl: lib.func('int epoll_ctl(int epfd, int op, int fd, void *event)') as Libc['epoll_ctl'],
         epoll_wait: lib.func('int epoll_wait(int epfd, _Out_ void *events, int max, int timeout)') as Libc['epoll_wait'],
@@ -242,6 +253,69 @@ export function peerCredentials (fd: number, what = 'peer credentials'): { pid: 
   const length = [12]
   if (c.getsockopt(fd, SOL_SOCKET, SO_PEERCRED, value, length) !== 0 || length[0] !== 12) return undefined
   return { pid: value.readInt32LE(0), uid: value.readUInt32LE(4), gid: value.readUInt32LE(8) }
+}
+
+const F_GETFL = 3
+const F_SETFL = 4
+const O_NONBLOCK = 0o4000
+
+/**
+ * Sets (or clears) O_NONBLOCK on the descriptor's open file: reads then answer EAGAIN instead
+ * of waiting (or wait again).
+ */
+export function setNonBlocking (fd: number, on = true): void {
+  const c = load('O_NONBLOCK')
+  const flags = c.fcntl(fd, F_GETFL, 0)
+  if (flags < 0 || c.fcntl(fd, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK) < 0) throw errnoError('fcntl(O_NONBLOCK)', c.koffi.errno())
+}
+
+/**
+ * read(2) into `buffer` without Node's fs layer: the byte count, or a negative errno (no
+ * exception: EAGAIN ends every drain of a non-blocking descriptor, and an Error per drain
+ * would cost more than the read).
+ */
+export function readFd (fd: number, buffer: Uint8Array): number {
+  const c = load('read(2)')
+  const n = Number(c.read(fd, buffer, buffer.length))
+  return n >= 0 ? n : -c.koffi.errno()
+}
+
+export interface FdPoll {
+  /** Calls `onReadable` (status 0, or a negative libuv error) whenever the descriptor is readable. */
+  start: () => void
+  stop: () => void
+  /** Stops for good; call it before closing the descriptor. */
+  close: () => void
+}
+
+/**
+ * The descriptor in Node's own event loop (libuv uv_poll, through koffi.node.poll): readiness
+ * arrives as a callback on the main thread, and whatever it starts (promises, ticks) runs
+ * before the loop waits again. Undefined when this koffi has no poll API.
+ */
+export function pollReadable (fd: number, onReadable: (status: number) => void): FdPoll | undefined {
+  let c: Libc
+  try {
+    c = load('polling a descriptor')
+  } catch {
+    return undefined
+  }
+  const poll = c.koffi.node?.poll
+  if (poll === undefined) return undefined
+  const options = { readable: true }
+  const handle = poll(fd, options, onReadable)
+  if (handle === null) return undefined
+  handle.stop()
+  let closed = false
+  return {
+    start: () => { if (!closed) handle.start(options, onReadable) },
+    stop: () => { if (!closed) handle.stop() },
+    close: () => {
+      if (closed) return
+      closed = true
+      handle.close()
+    }
+  }
 }
 
 const EPOLL_CLOEXEC = 0o2000000
