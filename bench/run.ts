@@ -1,5 +1,6 @@
 /**
  * `npm run bench [-- --quick] [-- --runs N --seconds S --only PREFIX,PREFIX --suite NAME,NAME]`
+ *   `[-- --baseline DIR] [-- --mount-variants 'OPTS;OPTS']`
  *
  * Starts its own nbdkit servers (lib/exports.ts), then measures every row with every contender
  * of its suite in the same run, alternating who goes first, and reports medians with min–max
@@ -28,7 +29,8 @@ const { values: args } = parseArgs({
     seconds: { type: 'string' },
     only: { type: 'string' },
     suite: { type: 'string' },
-    baseline: { type: 'string' }
+    baseline: { type: 'string' },
+    'mount-variants': { type: 'string' }
   }
 })
 const quick = args.quick === true
@@ -43,6 +45,9 @@ const progress = (text: string): void => { process.stderr.write(`${text}\n`) }
 const baseline = args.baseline === undefined
   ? undefined
   : { dir: path.resolve(args.baseline), label: execFileSync('git', ['-C', args.baseline, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim() }
+// --mount-variants 'reader=thread;busy_poll=0': this build mounted with other -o settings, each
+// a reference contender of the fuse suite (the -C 1 mount is left out then, to keep runs short).
+const variants = args['mount-variants']?.split(';').filter((v) => v !== '') ?? []
 const before = (c: (dir: string, label: string) => Contender): Contender[] => baseline === undefined ? [] : [c(baseline.dir, baseline.label)]
 
 const SUITES: ReadonlyArray<{ name: SuiteName, contenders: Contender[] }> = [
@@ -51,7 +56,11 @@ const SUITES: ReadonlyArray<{ name: SuiteName, contenders: Contender[] }> = [
   { name: 'tls', contenders: [nbdtsLibrary, nbdtsCopy, qemu, libnbd] },
   { name: 'copy', contenders: [nbdtsLibrary, nbdtsCopy, qemu, libnbd, vates] },
   { name: 'multi-conn', contenders: [nbdtsLibrary, nbdtsCopy, libnbd, vates, ...before(nbdtsBaseline)] },
-  { name: 'fuse', contenders: [nbdtsMount(), nbdtsMount(1), nbdfuse(4), ...before((dir, label) => nbdtsMount('auto', { dir, label }))] }
+  {
+    name: 'fuse',
+    contenders: [nbdtsMount(), ...(variants.length > 0 ? [] : [nbdtsMount(1)]), nbdfuse(4), ...before((dir, label) => nbdtsMount('auto', { dir, label })),
+      ...variants.map((options) => nbdtsMount('auto', undefined, options))]
+  }
 ]
 
 const bench = fileURLToPath(new URL('.', import.meta.url))

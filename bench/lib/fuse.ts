@@ -41,28 +41,34 @@ function peakRss (pid: number): number | undefined {
 
 /**
  * `nbdts mount` with its defaults (connections: auto, 4 with these servers), or with
- * `--connections N`; `baseline` mounts with another build's CLI instead (bench --baseline).
+ * `--connections N`; `baseline` mounts with another build's CLI instead (bench --baseline);
+ * `options` adds `-o OPTIONS` (bench --mount-variants: the same build with other settings, a
+ * reference measured in the same run).
  */
-export function nbdtsMount (connections: number | 'auto' = 'auto', baseline?: { dir: string, label: string }): Contender {
+export function nbdtsMount (connections: number | 'auto' = 'auto', baseline?: { dir: string, label: string }, options?: string): Contender {
   let file = ''
   let pid = 0
   let peak: number | undefined
   const cli = baseline === undefined ? CLI : path.join(baseline.dir, 'dist/cli/main.js')
-  const name = connections === 'auto' ? 'nbdts mount' : `nbdts mount -C ${connections}`
+  const name = (connections === 'auto' ? 'nbdts mount' : `nbdts mount -C ${connections}`) + (options === undefined ? '' : ` -o ${options}`)
+  const reference = baseline !== undefined || options !== undefined
   return {
     name: baseline === undefined ? name : `${name} @${baseline.label}`,
-    ours: baseline === undefined,
+    ours: !reference,
     ...(baseline !== undefined
       ? { note: `nbdts mount built from ${baseline.label} (bench --baseline); a reference for before/after` }
-      : connections === 'auto' ? { note: 'nbdts mount: the defaults (4 connections when the server allows multi-conn, as nbdfuse); daemon peak RSS is VmHWM after the suite' } : {}),
+      : options !== undefined
+        ? { note: `nbdts mount -o ${options} (bench --mount-variants): this build with other settings, a reference` }
+        : connections === 'auto' ? { note: 'nbdts mount: the defaults (4 connections when the server allows multi-conn, as nbdfuse); daemon peak RSS is VmHWM after the suite' } : {}),
     supports: (row) => row.kind === 'fuse',
     async setUp (ctx) {
       const e = ctx.exports.mem
-      file = path.join(ctx.dir, `nbdts-${String(connections)}${baseline === undefined ? '' : `-${baseline.label}`}.img`)
+      const variant = options === undefined ? '' : `-${options.replace(/[^a-z0-9]+/gi, '_')}`
+      file = path.join(ctx.dir, `nbdts-${String(connections)}${baseline === undefined ? '' : `-${baseline.label}`}${variant}.img`)
       const pidfile = `${file}.pid`
       writeFileSync(file, '')
       await runProc(process.execPath, [cli, 'mount', e.uri, file, '--connections', String(connections), '--pidfile', pidfile,
-        '--control-socket', `${file}.ctl`], 60_000)
+        '--control-socket', `${file}.ctl`, ...(options === undefined ? [] : ['-o', options])], 60_000)
       pid = Number(readFileSync(pidfile, 'utf8').trim())
     },
     async tearDown () {
