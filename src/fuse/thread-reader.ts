@@ -8,7 +8,7 @@ import { Worker } from 'node:worker_threads'
 import { setNonBlocking } from '../util/libc.ts'
 import type { DeviceReader, ReaderOptions, RequestHandler } from './device-reader.ts'
 import type { DeviceWorkerData } from './device-worker.ts'
-import { END, FREES, HEAD, IDLE, SLOT_FREE, TAIL, WAKE, next, ringLayout, type RingLayout } from './ring.ts'
+import { END, FREES, HEAD, IDLE, SLOT_FILLED, SLOT_FREE, TAIL, WAKE, next, ringLayout, type RingLayout } from './ring.ts'
 
 export interface ThreadReaderOptions extends ReaderOptions {
   /** Where the ring's HEAD and TAIL counters start (tests start them near the int32 wrap). */
@@ -86,7 +86,10 @@ export class ThreadReader implements DeviceReader {
   }
 
   release (slot: number): void {
-    Atomics.store(this.#state, slot, SLOT_FREE)
+    // As in the drained reader: a second release could free the slot under a newer request.
+    if (Atomics.compareExchange(this.#state, slot, SLOT_FILLED, SLOT_FREE) !== SLOT_FILLED) {
+      throw new Error(`FUSE slot ${slot} released while it holds no request`)
+    }
     const frees = this.#layout.control + FREES
     Atomics.add(this.#state, frees, 1)
     Atomics.notify(this.#state, frees)

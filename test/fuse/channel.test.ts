@@ -103,33 +103,37 @@ test('drain reader: a burst is read in one wake-up, replies may come later, and 
   }
 })
 
-test('drain reader: a slot released twice is refused (two requests never share one); close() stops it and lets go of the descriptor', async () => {
-  const [device, kernel] = socketPair(SOCK_SEQPACKET)
-  const held: Array<{ unique: number, slot: number }> = []
-  const channel = new FuseChannel({ fd: device, slotCount: 2, slotSize: 4096, reader: 'drain' }, (req, slot) => {
-    held.push({ unique: u64(req, 8), slot })
+for (const reader of ['drain', 'thread'] as const) {
+  test(`${reader} reader: a slot released twice is refused (two requests never share one); close() stops it and lets go of the descriptor`, async () => {
+    const [device, kernel] = socketPair(SOCK_SEQPACKET)
+    const held: Array<{ unique: number, slot: number }> = []
+    const channel = new FuseChannel({ fd: device, slotCount: 2, slotSize: 4096, reader }, (req, slot) => {
+      held.push({ unique: u64(req, 8), slot })
+    })
+    const ended = channel.ended.then((why) => why)
+    try {
+      writeSync(kernel, request(1))
+      await within((async () => { while (held.length < 1) await new Promise((resolve) => setImmediate(resolve)) })(), 5000, 'request 1')
+      const first = held[0]!
+      channel.reply(first.unique, 0, Buffer.alloc(8))
+      channel.release(first.slot)
+      assert.throws(() => { channel.release(first.slot) }, /released while it holds no request/)
+      assert.equal(await within(readReply(kernel), 5000, 'reply 1'), 1)
+      // The slot came back once: the next two requests get two different slots.
+      writeSync(kernel, request(2))
+      writeSync(kernel, request(3))
+      await within((async () => { while (held.length < 3) await new Promise((resolve) => setImmediate(resolve)) })(), 5000, 'requests 2 and 3')
+      assert.notEqual(held[1]!.slot, held[2]!.slot)
+      channel.close()
+      // The reader thread ends by itself once its blocking read fails (EBADF once closed, or the
+      // peer's end of stream below); the drained reader stops at once.
+      if (reader === 'drain') assert.equal(await within(ended, 5000, 'the reader stopping'), 'stopped')
+      // Closed: the device's descriptor is gone (no leak), so nothing more can be read.
+      assert.throws(() => writeSync(kernel, request(4)), { code: 'EPIPE' })
+      assert.equal(held.length, 3)
+    } finally {
+      closeSync(kernel)
+      channel.close()
+    }
   })
-  const ended = channel.ended.then((why) => why)
-  try {
-    writeSync(kernel, request(1))
-    await within((async () => { while (held.length < 1) await new Promise((resolve) => setImmediate(resolve)) })(), 5000, 'request 1')
-    const first = held[0]!
-    channel.reply(first.unique, 0, Buffer.alloc(8))
-    channel.release(first.slot)
-    assert.throws(() => { channel.release(first.slot) }, /released while it holds no request/)
-    assert.equal(await within(readReply(kernel), 5000, 'reply 1'), 1)
-    // The slot came back once: the next two requests get two different slots.
-    writeSync(kernel, request(2))
-    writeSync(kernel, request(3))
-    await within((async () => { while (held.length < 3) await new Promise((resolve) => setImmediate(resolve)) })(), 5000, 'requests 2 and 3')
-    assert.notEqual(held[1]!.slot, held[2]!.slot)
-    channel.close()
-    assert.equal(await within(ended, 5000, 'the reader stopping'), 'stopped')
-    // Closed: the device's descriptor is gone (no leak), so nothing more can be read.
-    assert.throws(() => writeSync(kernel, request(4)), { code: 'EPIPE' })
-    assert.equal(held.length, 3)
-  } finally {
-    closeSync(kernel)
-    channel.close()
-  }
-})
+}
