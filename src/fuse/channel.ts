@@ -75,8 +75,7 @@ export class FuseChannel {
       if (err === null) {
         this.repliesWritten++
         busyPoll.arm()
-      }
-      else if (err.code !== 'ENOENT' && !this.#closed) this.onError?.(err)
+      } else if (err.code !== 'ENOENT' && !this.#closed) this.onError?.(err)
       done()
       if (this.#writing === 0 && this.#closed) this.#closeFd()
     })
