@@ -1,5 +1,6 @@
 /**
  * `npm run bench [-- --quick] [-- --runs N --seconds S --only PREFIX,PREFIX --suite NAME,NAME]`
+ *   `[-- --baseline DIR] [-- --mount-variants 'OPTS;OPTS']`
  *
  * Starts its own nbdkit servers (lib/exports.ts), then measures every row with every contender
  * of its suite in the same run, alternating who goes first, and reports medians with min–max
@@ -7,12 +8,13 @@
  * an SVG chart to bench/results/ (latest.* for a full run, quick.* for --quick, partial.* when
  * --suite or --only leave rows out: only a full run replaces the published results).
  */
+import { execFileSync } from 'node:child_process'
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { libnbd, nbdtsCopy, nbdtsLibrary, qemu, vates, type Contender, type RunContext } from './lib/contenders.ts'
+import { libnbd, nbdtsBaseline, nbdtsCopy, nbdtsLibrary, nbdtsNoReplayLog, qemu, vates, type Contender, type RunContext } from './lib/contenders.ts'
 import { startServers } from './lib/exports.ts'
 import { nbdfuse, nbdtsMount } from './lib/fuse.ts'
 import { runProc } from './lib/proc.ts'
@@ -26,7 +28,9 @@ const { values: args } = parseArgs({
     runs: { type: 'string' },
     seconds: { type: 'string' },
     only: { type: 'string' },
-    suite: { type: 'string' }
+    suite: { type: 'string' },
+    baseline: { type: 'string' },
+    'mount-variants': { type: 'string' }
   }
 })
 const quick = args.quick === true
@@ -36,13 +40,27 @@ const only = args.only?.split(',')
 const suiteFilter = args.suite?.split(',')
 const progress = (text: string): void => { process.stderr.write(`${text}\n`) }
 
+// --baseline DIR: another build of nbdts (a worktree at an older commit, `npm ci` and built) runs
+// as a reference contender in the library, tcp, multi-conn and fuse suites: before/after in one run.
+const baseline = args.baseline === undefined
+  ? undefined
+  : { dir: path.resolve(args.baseline), label: execFileSync('git', ['-C', args.baseline, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim() }
+// --mount-variants 'reader=thread;busy_poll=0': this build mounted with other -o settings, each
+// a reference contender of the fuse suite (the -C 1 mount is left out then, to keep runs short).
+const variants = args['mount-variants']?.split(';').filter((v) => v !== '') ?? []
+const before = (c: (dir: string, label: string) => Contender): Contender[] => baseline === undefined ? [] : [c(baseline.dir, baseline.label)]
+
 const SUITES: ReadonlyArray<{ name: SuiteName, contenders: Contender[] }> = [
-  { name: 'library', contenders: [nbdtsLibrary, qemu, libnbd, vates] },
-  { name: 'tcp', contenders: [nbdtsLibrary, qemu, libnbd, vates] },
+  { name: 'library', contenders: [nbdtsLibrary, qemu, libnbd, vates, nbdtsNoReplayLog, ...before(nbdtsBaseline)] },
+  { name: 'tcp', contenders: [nbdtsLibrary, qemu, libnbd, vates, nbdtsNoReplayLog, ...before(nbdtsBaseline)] },
   { name: 'tls', contenders: [nbdtsLibrary, nbdtsCopy, qemu, libnbd] },
   { name: 'copy', contenders: [nbdtsLibrary, nbdtsCopy, qemu, libnbd, vates] },
-  { name: 'multi-conn', contenders: [nbdtsLibrary, nbdtsCopy, libnbd, vates] },
-  { name: 'fuse', contenders: [nbdtsMount(), nbdtsMount(1), nbdfuse(4)] }
+  { name: 'multi-conn', contenders: [nbdtsLibrary, nbdtsCopy, libnbd, vates, ...before(nbdtsBaseline)] },
+  {
+    name: 'fuse',
+    contenders: [nbdtsMount(), ...(variants.length > 0 ? [] : [nbdtsMount(1)]), nbdfuse(4), ...before((dir, label) => nbdtsMount('auto', { dir, label })),
+      ...variants.map((options) => nbdtsMount('auto', undefined, options))]
+  }
 ]
 
 const bench = fileURLToPath(new URL('.', import.meta.url))

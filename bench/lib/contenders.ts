@@ -3,6 +3,7 @@
  * library, and `nbdts copy` for copies), QEMU (`qemu-img bench`, and `qemu-img convert` for copies), libnbd (fio's nbd
  * engine, and nbdcopy for copies) and @vates/nbd-client.
  */
+import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { BenchExport, ExportName } from './exports.ts'
 import type { Job, WorkerResult } from './job.ts'
@@ -33,7 +34,7 @@ export interface Contender {
 
 const build = fileURLToPath(new URL('../.build/workers/', import.meta.url))
 
-async function worker (file: string, row: Row, ctx: RunContext): Promise<WorkerResult> {
+async function worker (file: string, row: Row, ctx: RunContext, extra: Pick<Job, 'lib' | 'options'> = {}): Promise<WorkerResult> {
   const e = ctx.exports[row.export]
   const job: Job = {
     mode: row.kind === 'copy' ? 'copy' : 'io',
@@ -44,7 +45,8 @@ async function worker (file: string, row: Row, ctx: RunContext): Promise<WorkerR
     seconds: ctx.seconds,
     connections: row.connections ?? 1,
     ...(e.socket !== undefined ? { socket: e.socket } : {}),
-    ...(e.port !== undefined ? { port: e.port } : {})
+    ...(e.port !== undefined ? { port: e.port } : {}),
+    ...extra
   }
   const { stdout } = await runProc(process.execPath, [build + file, JSON.stringify(job)], (ctx.seconds + 120) * 1000)
   return JSON.parse(stdout.trim().split('\n').pop()!) as WorkerResult
@@ -61,6 +63,34 @@ export const nbdtsLibrary: Contender = {
   note: 'copy rows time connect → close inside the process (Node start-up, ~40 ms, is not counted; the C tools are timed whole)',
   supports: (row) => row.kind !== 'fuse',
   run: async (row, ctx) => workerSample(row, ctx, await worker('nbdts.js', row, ctx))
+}
+
+/**
+ * The library with the replay log off (replayLog: 0), on the write rows only: what the copy of
+ * every acknowledged write costs. A reference, not a peer: listed as one so the table shows
+ * nbdts ÷ this (the price of the log) next to the real peers.
+ */
+export const nbdtsNoReplayLog: Contender = {
+  name: 'nbdts (no replay log)',
+  ours: false,
+  note: 'nbdts with replayLog: 0 (acknowledged writes are not kept for a replay after a lost connection); a reference for what the replay log costs, not a configuration we recommend',
+  supports: (row) => row.kind === 'io' && row.rw.endsWith('write'),
+  run: async (row, ctx) => workerSample(row, ctx, await worker('nbdts.js', row, ctx, { options: { replayLog: 0 } }))
+}
+
+/**
+ * The library as another build has it (bench --baseline DIR: a worktree at an older commit,
+ * built), with the same worker loop: before/after in one run.
+ */
+export function nbdtsBaseline (dir: string, label: string): Contender {
+  const lib = path.join(dir, 'dist/index.js')
+  return {
+    name: `nbdts @${label}`,
+    ours: false,
+    note: `nbdts built from ${label} (bench --baseline), same worker loop; a reference for before/after`,
+    supports: (row) => row.kind === 'io' && row.export !== 'tls',
+    run: async (row, ctx) => workerSample(row, ctx, await worker('nbdts.js', row, ctx, { lib }))
+  }
 }
 
 const cli = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url))

@@ -1,6 +1,7 @@
 /**
  * FUSE contenders: the same export mounted by nbdts and by nbdfuse (libnbd), each measured
- * with fio on the mounted file (libaio, direct=1), and `dd iflag=direct` for the copy row.
+ * with fio on the mounted file (libaio, direct=1), `dd iflag=direct` for the copy row, and dd
+ * and cp through the page cache for the buffered rows.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
@@ -13,8 +14,35 @@ import { bandwidth, type Row, type Sample } from './rows.ts'
 
 const CLI = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url))
 
+/** A local file of random data, the export's size, to write from (made once per run, cached). */
+async function localSource (ctx: RunContext, size: number): Promise<string> {
+  const source = path.join(ctx.dir, 'buffered-source.img')
+  if (!existsSync(source)) await runProc('sh', ['-c', `head -c ${size} /dev/urandom > ${source}.part && mv ${source}.part ${source}`], 300_000)
+  return source
+}
+
+/** Whole-file passes through the page cache, timed from start to end (dd's fsync included). */
+async function measureBuffered (file: string, row: Row, ctx: RunContext): Promise<Sample> {
+  const size = ctx.exports[row.export].size
+  let args: [string, string[]]
+  if (row.buffered === 'cp') {
+    args = ['cp', [await localSource(ctx, size), file]]
+  } else if (row.rw === 'write') {
+    args = ['dd', [`if=${await localSource(ctx, size)}`, `of=${file}`, `bs=${row.bs}`, 'conv=fsync,notrunc']]
+  } else {
+    // Drop what the page cache holds of the file (GNU dd: nocache with count=0), so the pass
+    // reads from the daemon, not from memory.
+    await runProc('dd', [`if=${file}`, 'iflag=nocache', 'count=0'], 60_000)
+    args = ['dd', [`if=${file}`, 'of=/dev/null', `bs=${row.bs}`]]
+  }
+  const t0 = performance.now()
+  await runProc(args[0], args[1], 300_000)
+  return { value: bandwidth(size, (performance.now() - t0) / 1000) }
+}
+
 async function measure (file: string, row: Row, ctx: RunContext): Promise<Sample> {
   const size = ctx.exports[row.export].size
+  if (row.buffered !== undefined) return await measureBuffered(file, row, ctx)
   if (row.id.endsWith('copy')) {
     const t0 = performance.now()
     await runProc('dd', [`if=${file}`, 'of=/dev/null', `bs=${row.bs}`, 'iflag=direct'], 300_000)
@@ -39,28 +67,41 @@ function peakRss (pid: number): number | undefined {
   }
 }
 
-/** `nbdts mount` with its defaults (connections: auto, 4 with these servers), or with `--connections N`. */
-export function nbdtsMount (connections: number | 'auto' = 'auto'): Contender {
+/**
+ * `nbdts mount` with its defaults (connections: auto, 4 with these servers), or with
+ * `--connections N`; `baseline` mounts with another build's CLI instead (bench --baseline);
+ * `options` adds `-o OPTIONS` (bench --mount-variants: the same build with other settings, a
+ * reference measured in the same run).
+ */
+export function nbdtsMount (connections: number | 'auto' = 'auto', baseline?: { dir: string, label: string }, options?: string): Contender {
   let file = ''
   let pid = 0
   let peak: number | undefined
+  const cli = baseline === undefined ? CLI : path.join(baseline.dir, 'dist/cli/main.js')
+  const name = (connections === 'auto' ? 'nbdts mount' : `nbdts mount -C ${connections}`) + (options === undefined ? '' : ` -o ${options}`)
+  const reference = baseline !== undefined || options !== undefined
   return {
-    name: connections === 'auto' ? 'nbdts mount' : `nbdts mount -C ${connections}`,
-    ours: true,
-    ...(connections === 'auto' ? { note: 'nbdts mount: the defaults (4 connections when the server allows multi-conn, as nbdfuse); daemon peak RSS is VmHWM after the suite' } : {}),
+    name: baseline === undefined ? name : `${name} @${baseline.label}`,
+    ours: !reference,
+    ...(baseline !== undefined
+      ? { note: `nbdts mount built from ${baseline.label} (bench --baseline); a reference for before/after` }
+      : options !== undefined
+        ? { note: `nbdts mount -o ${options} (bench --mount-variants): this build with other settings, a reference` }
+        : connections === 'auto' ? { note: 'nbdts mount: the defaults (4 connections when the server allows multi-conn, as nbdfuse); daemon peak RSS is VmHWM after the suite' } : {}),
     supports: (row) => row.kind === 'fuse',
     async setUp (ctx) {
       const e = ctx.exports.mem
-      file = path.join(ctx.dir, `nbdts-${String(connections)}.img`)
+      const variant = options === undefined ? '' : `-${options.replace(/[^a-z0-9]+/gi, '_')}`
+      file = path.join(ctx.dir, `nbdts-${String(connections)}${baseline === undefined ? '' : `-${baseline.label}`}${variant}.img`)
       const pidfile = `${file}.pid`
       writeFileSync(file, '')
-      await runProc(process.execPath, [CLI, 'mount', e.uri, file, '--connections', String(connections), '--pidfile', pidfile,
-        '--control-socket', `${file}.ctl`], 60_000)
+      await runProc(process.execPath, [cli, 'mount', e.uri, file, '--connections', String(connections), '--pidfile', pidfile,
+        '--control-socket', `${file}.ctl`, ...(options === undefined ? [] : ['-o', options])], 60_000)
       pid = Number(readFileSync(pidfile, 'utf8').trim())
     },
     async tearDown () {
       peak = peakRss(pid)
-      await runProc(process.execPath, [CLI, 'umount', file], 60_000)
+      await runProc(process.execPath, [cli, 'umount', file], 60_000)
     },
     peakRssMiB: () => peakRss(pid) ?? peak,
     run: async (row, ctx) => await measure(file, row, ctx)

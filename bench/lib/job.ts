@@ -12,6 +12,10 @@ export interface Job {
   /** For clients that cannot take a URI: a Unix socket path, or a TCP port on 127.0.0.1. */
   readonly socket?: string
   readonly port?: number
+  /** nbdts only: the package entry to load instead of this tree's (a baseline build's dist/index.js). */
+  readonly lib?: string
+  /** nbdts only: client options on top of the bench's (e.g. replayLog: 0). */
+  readonly options?: Readonly<Record<string, number | string | boolean>>
 }
 
 export interface WorkerResult {

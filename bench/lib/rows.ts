@@ -7,7 +7,7 @@
  *   copy        the whole export to nowhere (nbdcopy's job), dense and sparse
  *   multi-conn  4 connections (the servers advertise CAN_MULTI_CONN)
  *   fuse        fio (libaio, direct=1) on the mounted file: nbdts mount (its defaults, and one
- *               connection) against nbdfuse (its defaults)
+ *               connection) against nbdfuse (its defaults); dd and cp through the page cache
  */
 import type { ExportName } from './exports.ts'
 
@@ -34,6 +34,8 @@ export interface Row {
   readonly unit: 'IOPS' | 'MiB/s'
   /** Part of `--quick`. */
   readonly quick?: boolean
+  /** fuse rows through the page cache: dd (read or write, per `rw`) or cp onto the export. */
+  readonly buffered?: 'dd' | 'cp'
 }
 
 const K = 4096
@@ -49,7 +51,9 @@ export const ROWS: readonly Row[] = [
   { id: '1m-read-qd64', suite: 'library', label: '1 MiB sequential read, QD 64 (memory row)', kind: 'io', rw: 'read', bs: M, qd: 64, export: 'mem', unit: 'MiB/s' },
 
   { id: 'tcp-4k-randread-qd16', suite: 'tcp', label: 'TCP 4 KiB random read, QD 16', kind: 'io', rw: 'randread', bs: K, qd: 16, export: 'mem-tcp', unit: 'IOPS' },
+  { id: 'tcp-4k-randwrite-qd16', suite: 'tcp', label: 'TCP 4 KiB random write, QD 16', kind: 'io', rw: 'randwrite', bs: K, qd: 16, export: 'mem-tcp', unit: 'IOPS' },
   { id: 'tcp-1m-read-qd16', suite: 'tcp', label: 'TCP 1 MiB sequential read, QD 16', kind: 'io', rw: 'read', bs: M, qd: 16, export: 'mem-tcp', unit: 'MiB/s' },
+  { id: 'tcp-1m-write-qd16', suite: 'tcp', label: 'TCP 1 MiB sequential write, QD 16', kind: 'io', rw: 'write', bs: M, qd: 16, export: 'mem-tcp', unit: 'MiB/s' },
 
   { id: 'tls-1m-read-qd16', suite: 'tls', label: 'TLS 1 MiB sequential read, QD 16', kind: 'io', rw: 'read', bs: M, qd: 16, export: 'tls', unit: 'MiB/s' },
   { id: 'tls-copy', suite: 'tls', label: 'TLS copy 1 GiB to null, 1 MiB × 16', kind: 'copy', rw: 'read', bs: M, qd: 16, export: 'tls', unit: 'MiB/s', quick: true },
@@ -67,7 +71,12 @@ export const ROWS: readonly Row[] = [
   { id: 'fuse-4k-randwrite-4x16', suite: 'fuse', label: 'FUSE 4 KiB random write, 4 jobs × QD 16', kind: 'fuse', rw: 'randwrite', bs: K, qd: 16, jobs: 4, export: 'mem', unit: 'IOPS' },
   { id: 'fuse-1m-read-qd16', suite: 'fuse', label: 'FUSE 1 MiB sequential read, QD 16', kind: 'fuse', rw: 'read', bs: M, qd: 16, jobs: 1, export: 'mem', unit: 'MiB/s', quick: true },
   { id: 'fuse-1m-write-qd16', suite: 'fuse', label: 'FUSE 1 MiB sequential write, QD 16', kind: 'fuse', rw: 'write', bs: M, qd: 16, jobs: 1, export: 'mem', unit: 'MiB/s' },
-  { id: 'fuse-copy', suite: 'fuse', label: 'FUSE copy 1 GiB to null (dd bs=1M iflag=direct)', kind: 'fuse', rw: 'read', bs: M, qd: 1, jobs: 1, export: 'mem', unit: 'MiB/s' }
+  { id: 'fuse-copy', suite: 'fuse', label: 'FUSE copy 1 GiB to null (dd bs=1M iflag=direct)', kind: 'fuse', rw: 'read', bs: M, qd: 1, jobs: 1, export: 'mem', unit: 'MiB/s' },
+  // Buffered I/O, what cp, dd without iflag=direct and qemu-img's default cache mode use: the
+  // page cache and the kernel's readahead and request sizes decide, not fio's queue.
+  { id: 'fuse-buffered-read', suite: 'fuse', label: 'FUSE buffered read 1 GiB to null (dd bs=1M, cache dropped)', kind: 'fuse', rw: 'read', bs: M, qd: 1, jobs: 1, export: 'mem', unit: 'MiB/s', buffered: 'dd' },
+  { id: 'fuse-buffered-write', suite: 'fuse', label: 'FUSE buffered write 1 GiB (dd bs=1M conv=fsync)', kind: 'fuse', rw: 'write', bs: M, qd: 1, jobs: 1, export: 'mem', unit: 'MiB/s', buffered: 'dd' },
+  { id: 'fuse-buffered-cp', suite: 'fuse', label: 'FUSE cp of a 1 GiB local file onto the export', kind: 'fuse', rw: 'write', bs: M, qd: 1, jobs: 1, export: 'mem', unit: 'MiB/s', buffered: 'cp' }
 ]
 
 /** The result of one timed run. */

@@ -6,13 +6,15 @@
  *   copy: read the whole export to nowhere, `qd` requests of `bs` in flight, skipping what
  *         base:allocation says is a hole (as nbdcopy does); report the time from connect to close
  */
-import { NbdClient } from 'nbdts'
+import { pathToFileURL } from 'node:url'
 import { copyPlan, type Job, type WorkerResult } from '../lib/job.ts'
 
 const job = JSON.parse(process.argv[2]!) as Job
+// A baseline build (bench --baseline) is loaded from its own dist/, with the same loop.
+const { NbdClient } = (job.lib === undefined ? await import('nbdts') : await import(pathToFileURL(job.lib).href)) as typeof import('nbdts')
 const t0 = performance.now()
 // The bench wrote its own URIs (the tls row names its PSK file): they are trusted.
-const client = await NbdClient.connect(job.uri, { maxInFlight: Math.max(job.qd, 1), connections: job.connections ?? 1, allowLocalFile: true })
+const client = await NbdClient.connect(job.uri, { maxInFlight: Math.max(job.qd, 1), connections: job.connections ?? 1, allowLocalFile: true, ...job.options })
 let ops = 0
 let seconds: number
 

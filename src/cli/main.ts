@@ -53,7 +53,8 @@ export function buildProgram (commands: ServerCommands = []): Command {
     .argument('<file>', 'an existing regular file (mounted over) or a directory (the export appears as DIR/nbd)')
     .option('--readonly', 'refuse writes')
     .addOption(new Option('-o, --options <list>', 'FUSE mount options, comma-separated, repeatable: allow_other, uid=N, gid=N, mode=0644, ' +
-      'kernel_cache, ro, and the mount flags exec, noexec, async, sync, atime, noatime, dirsync, max_read=N').argParser(collect).default([], ''))
+      'kernel_cache, ro, busy_poll=µs (spin before sleeping while I/O flows; default 30, 0: off), reader=drain|thread (who reads /dev/fuse), ' +
+      'and the mount flags exec, noexec, async, sync, atime, noatime, dirsync, max_read=N').argParser(collect).default([], ''))
     .addOption(new Option('--reconnect-delay <duration>', 'how long I/O waits for a lost server before failing with EIO').default(30_000, '30s').argParser(parseDuration))
     .addOption(new Option('--open-timeout <duration>', 'keep retrying the first connect this long').default(0, '0: one attempt').argParser(parseDuration))
     .addOption(new Option('--max-in-flight <n>', 'NBD requests in flight per connection').default(64).argParser(parseCount))

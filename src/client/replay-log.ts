@@ -19,9 +19,18 @@
  *   reconnect ─────► pieces() replayed before anything else on the new connection
  *
  * Records are kept in acknowledgement order in a ring buffer (no allocation per write, no
- * page faults: the copy is the only cost); a range overwritten later is cut out of the older
- * record, so each byte has at most one piece, the newest. Pieces are indexed by 1 MiB bucket so
- * that supersede() looks only at the buckets a write touches.
+ * page faults: the copy is the only cost). A newer write does not cut the older records on
+ * the data path: supersede() appends a mark ("this range is owned by a newer write from
+ * here on") to the same sequence, and only pieces(), at a reconnect, sweeps the sequence from
+ * the newest entry back and keeps of each record what nothing after it covers, so each byte
+ * has at most one piece, the newest. (The first design cut records at every send through a
+ * bucket index: 15% of the CPU and a fifth of the garbage at 4 KiB QD 16.)
+ *
+ *   sequence:  R1 [0,4096)   T [1024,2048)   R2 [1024,2048)      (R: record, T: supersede)
+ *   pieces():  R2 → [1024,2048);  T covers [1024,2048);  R1 → [0,1024) and [2048,4096)
+ *
+ * A FLUSH frees from the front: records it covers, and marks that only older records could
+ * have needed.
  *
  * What the log cannot cover it says: `complete` turns false when a write could not be kept
  * (disabled, or the background FLUSH failed and the ring was full), and then a reconnect that
@@ -30,12 +39,16 @@
 
 export type PieceKind = 'data' | 'zero' | 'trim'
 
-interface LogRecord {
+/** An acknowledged write (data, zero or trim), or a supersede mark (kind null). */
+interface Entry {
+  readonly start: bigint
+  readonly end: bigint
+  readonly kind: PieceKind | null
+  /** FLUSH generation when it was acknowledged (records). */
   readonly gen: number
-  /** Where the record's bytes sit in the ring (data records only). */
+  /** Where the record's bytes sit in the ring, and how much of the ring it holds (data records). */
   readonly at: number
-  readonly bytes: number
-  readonly pieces: Set<Piece>
+  readonly footprint: number
 }
 
 export interface Piece {
@@ -44,10 +57,13 @@ export interface Piece {
   readonly kind: PieceKind
   /** The bytes of [start, end) for data pieces: a view of the ring, valid until the next flushDone(). */
   readonly data: Buffer | undefined
-  readonly record: LogRecord
 }
 
-const BUCKET_SHIFT = 20n
+/**
+ * Entries kept at most between FLUSHes: past half of it wantsFlush, past all of it record()
+ * refuses (zeroes and trims take no ring bytes, so bytes alone would not bound them).
+ */
+const MAX_ENTRIES = 1 << 17
 
 export class ReplayLog {
   readonly #limit: number
@@ -56,10 +72,11 @@ export class ReplayLog {
   #used = 0
   #head = 0
   #tail = 0
-  readonly #records: LogRecord[] = []
+  /** Records and marks in the order they happened; live from #first. */
+  readonly #entries: Entry[] = []
   #first = 0
-  readonly #buckets = new Map<number, Set<Piece>>()
-  #pieces = 0
+  /** Live records (not marks). */
+  #records = 0
   #gen = 0
   /** The generation of the newest acknowledged write, and of the newest FLUSH that succeeded. */
   #ackedGen = -1
@@ -93,19 +110,15 @@ export class ReplayLog {
     return this.#used
   }
 
-  /** Time for an early FLUSH: half the ring is taken. */
+  /** Time for an early FLUSH: half the ring (or half the entries) is taken. */
   get wantsFlush (): boolean {
-    return this.#limit > 0 && this.#used * 2 >= this.#limit
+    return this.#limit > 0 && (this.#used * 2 >= this.#limit || (this.#entries.length - this.#first) * 2 >= MAX_ENTRIES)
   }
 
   /** A write-like request now owns [start, end): older content there is no longer the newest. */
   supersede (start: bigint, end: bigint): void {
-    if (this.#pieces === 0) return
-    for (const piece of this.#overlapping(start, end)) {
-      this.#removePiece(piece)
-      if (piece.start < start) this.#addPiece(piece.record, piece.start, start, piece.kind, piece.data?.subarray(0, Number(start - piece.start)))
-      if (piece.end > end) this.#addPiece(piece.record, end, piece.end, piece.kind, piece.data?.subarray(Number(end - piece.start)))
-    }
+    if (this.#records === 0) return
+    this.#entries.push({ start, end, kind: null, gen: 0, at: 0, footprint: 0 })
   }
 
   /**
@@ -117,8 +130,12 @@ export class ReplayLog {
       this.#ackedGen = this.#gen
       return true
     }
+    if (this.#entries.length - this.#first >= MAX_ENTRIES) return false
     const bytes = kind === 'data' ? length : 0
-    let at = 0
+    // A record without bytes sits where the next one will start, so the oldest live record
+    // always says where the live bytes begin (#tail).
+    if (this.#used === 0) this.#head = this.#tail = 0
+    let at = this.#head
     let footprint = 0
     if (bytes > 0) {
       const place = this.#place(bytes)
@@ -130,9 +147,8 @@ export class ReplayLog {
       this.#used += footprint
     }
     this.#ackedGen = this.#gen
-    const record: LogRecord = { gen: this.#gen, at, bytes: footprint, pieces: new Set() }
-    this.#records.push(record)
-    this.#addPiece(record, start, start + BigInt(length), kind, bytes > 0 ? this.#ring!.subarray(at, at + bytes) : undefined)
+    this.#entries.push({ start, end: start + BigInt(length), kind, gen: this.#gen, at, footprint })
+    this.#records++
     return true
   }
 
@@ -152,29 +168,50 @@ export class ReplayLog {
   flushDone (marker: number): void {
     if (marker > this.#flushedGen) this.#flushedGen = marker
     if (!this.#complete && this.#limit > 0 && marker >= this.#lostGen) this.#complete = true
-    while (this.#first < this.#records.length && this.#records[this.#first]!.gen <= marker) {
-      const record = this.#records[this.#first++]!
-      for (const piece of record.pieces) this.#removePiece(piece)
-      this.#used -= record.bytes
+    const entries = this.#entries
+    // From the front: covered records, and marks with nothing older left to cut.
+    while (this.#first < entries.length) {
+      const e = entries[this.#first]!
+      if (e.kind !== null) {
+        if (e.gen > marker) break
+        this.#used -= e.footprint
+        this.#records--
+      }
+      this.#first++
     }
-    if (this.#first === this.#records.length) {
-      this.#records.length = 0
+    if (this.#records === 0) {
+      // Only marks may be left, and they only ever cut older records: none are left.
+      entries.length = 0
       this.#first = 0
       this.#head = this.#tail = this.#used = 0
-    } else {
-      this.#tail = this.#records[this.#first]!.at
-      if (this.#first > 1024 && this.#first * 2 > this.#records.length) {
-        this.#records.splice(0, this.#first)
-        this.#first = 0
-      }
+      return
+    }
+    this.#tail = entries[this.#first]!.at
+    if (this.#first > 1024 && this.#first * 2 > entries.length) {
+      entries.splice(0, this.#first)
+      this.#first = 0
     }
   }
 
   /** The newest content of every range written since the last FLUSH, oldest record first. */
   pieces (): Piece[] {
-    const out: Piece[] = []
-    for (let i = this.#first; i < this.#records.length; i++) out.push(...this.#records[i]!.pieces)
-    return out
+    const covered = new Coverage()
+    const newestFirst: Piece[][] = []
+    for (let i = this.#entries.length - 1; i >= this.#first; i--) {
+      const e = this.#entries[i]!
+      if (e.kind !== null) {
+        const kind = e.kind
+        const ring = this.#ring
+        newestFirst.push(covered.uncovered(e.start, e.end).map(([start, end]) => ({
+          start,
+          end,
+          kind,
+          data: kind === 'data' ? ring!.subarray(e.at + Number(start - e.start), e.at + Number(end - e.start)) : undefined
+        })))
+      }
+      covered.add(e.start, e.end)
+    }
+    return newestFirst.reverse().flat()
   }
 
   /**
@@ -198,43 +235,52 @@ export class ReplayLog {
     // Wrapped: live bytes are [tail, end) and [0, head); the room is [head, tail).
     return this.#tail - this.#head >= bytes ? { at: this.#head, footprint: bytes } : undefined
   }
+}
 
-  *#overlapping (start: bigint, end: bigint): Generator<Piece> {
-    const seen = new Set<Piece>()
-    const last = Number((end - 1n) >> BUCKET_SHIFT)
-    for (let b = Number(start >> BUCKET_SHIFT); b <= last; b++) {
-      const bucket = this.#buckets.get(b)
-      if (bucket === undefined) continue
-      for (const piece of [...bucket]) {
-        if (piece.start < end && start < piece.end && !seen.has(piece)) {
-          seen.add(piece)
-          yield piece
-        }
-      }
+/** Disjoint, sorted byte ranges [start, end), for the sweep in pieces(). */
+class Coverage {
+  readonly #starts: bigint[] = []
+  readonly #ends: bigint[] = []
+
+  /** The parts of [start, end) not covered, in order. */
+  uncovered (start: bigint, end: bigint): Array<[bigint, bigint]> {
+    const out: Array<[bigint, bigint]> = []
+    let at = start
+    for (let i = this.#firstEndingAfter(start); i < this.#starts.length && at < end; i++) {
+      const s = this.#starts[i]!
+      if (s >= end) break
+      if (s > at) out.push([at, s])
+      const e = this.#ends[i]!
+      if (e > at) at = e
     }
+    if (at < end) out.push([at, end])
+    return out
   }
 
-  #addPiece (record: LogRecord, start: bigint, end: bigint, kind: PieceKind, data: Buffer | undefined): void {
-    const piece: Piece = { start, end, kind, data, record }
-    record.pieces.add(piece)
-    this.#pieces++
-    const last = Number((end - 1n) >> BUCKET_SHIFT)
-    for (let b = Number(start >> BUCKET_SHIFT); b <= last; b++) {
-      let bucket = this.#buckets.get(b)
-      if (bucket === undefined) this.#buckets.set(b, bucket = new Set())
-      bucket.add(piece)
+  add (start: bigint, end: bigint): void {
+    // Merge every range that touches [start, end) into one.
+    const i = this.#firstEndingAfter(start - 1n)
+    let j = i
+    let s = start
+    let e = end
+    while (j < this.#starts.length && this.#starts[j]! <= end) {
+      if (this.#starts[j]! < s) s = this.#starts[j]!
+      if (this.#ends[j]! > e) e = this.#ends[j]!
+      j++
     }
+    this.#starts.splice(i, j - i, s)
+    this.#ends.splice(i, j - i, e)
   }
 
-  #removePiece (piece: Piece): void {
-    if (!piece.record.pieces.delete(piece)) return
-    this.#pieces--
-    const last = Number((piece.end - 1n) >> BUCKET_SHIFT)
-    for (let b = Number(piece.start >> BUCKET_SHIFT); b <= last; b++) {
-      const bucket = this.#buckets.get(b)
-      if (bucket === undefined) continue
-      bucket.delete(piece)
-      if (bucket.size === 0) this.#buckets.delete(b)
+  /** The first range whose end is past `at` (binary search). */
+  #firstEndingAfter (at: bigint): number {
+    let lo = 0
+    let hi = this.#ends.length
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      if (this.#ends[mid]! > at) hi = mid
+      else lo = mid + 1
     }
+    return lo
   }
 }

@@ -1,43 +1,36 @@
 /**
- * The main thread's end of /dev/fuse: requests arrive as views of shared slots (see
- * device-worker.ts), replies leave with one writev each. Replies are synchronous writes: the
- * device never blocks a writer, and a synchronous write lets one header buffer serve every
- * reply.
+ * The main thread's end of /dev/fuse: requests come from a device reader (device-reader.ts:
+ * drained on the main thread by default, a reader thread where koffi cannot poll), replies
+ * leave with one writev each. Replies are synchronous writes: the device never blocks a
+ * writer, and a synchronous write lets one header buffer serve every reply.
  */
 import { closeSync, writev, writevSync } from 'node:fs'
-import { Worker } from 'node:worker_threads'
 import { OUT_HEADER } from './abi.ts'
 import { encodeOutHeader } from './codec.ts'
-import type { DeviceWorkerData } from './device-worker.ts'
-import { END, FREES, HEAD, IDLE, SLOT_FREE, TAIL, WAKE, next, ringLayout, type RingLayout } from './ring.ts'
+import type { DeviceReader, ReaderKind, RequestHandler } from './device-reader.ts'
+import { DrainedReader } from './drained-reader.ts'
+import { ThreadReader } from './thread-reader.ts'
+import { busyPoll } from '../transport/busy-poll.ts'
+
+export type { RequestHandler } from './device-reader.ts'
 
 export interface ChannelOptions {
   readonly fd: number
   readonly slotCount: number
   /** Bytes per slot: the largest WRITE plus headers. */
   readonly slotSize: number
-  /** Where the ring's HEAD and TAIL counters start (tests start them near the int32 wrap). */
+  /** Who reads the device. @default 'drain' where koffi can poll, else 'thread' */
+  readonly reader?: ReaderKind
+  /** Thread reader: where the ring's HEAD and TAIL counters start (tests start them near the int32 wrap). */
   readonly ringStart?: number
 }
-
-export type RequestHandler = (request: Buffer, slot: number) => void
 
 /** Replies at least this large are written from the thread pool (see replyData). */
 const ASYNC_REPLY_MIN = 64 * 1024
 
-/** The worker's file next to this one, whether we run from src/ (tsx) or dist/. */
-function workerUrl (): URL {
-  const here = import.meta.url
-  return new URL(here.endsWith('.ts') ? './device-worker.ts' : './device-worker.js', here)
-}
-
 export class FuseChannel {
   readonly #fd: number
-  readonly #slots: SharedArrayBuffer
-  readonly #slotSize: number
-  readonly #state: Int32Array
-  readonly #layout: RingLayout
-  readonly #worker: Worker
+  readonly #reader: DeviceReader
   readonly #header = Buffer.alloc(OUT_HEADER)
   #closed = false
   /** Replies being written from the thread pool. */
@@ -48,61 +41,18 @@ export class FuseChannel {
 
   constructor (options: ChannelOptions, onRequest: RequestHandler) {
     this.#fd = options.fd
-    this.#slotSize = options.slotSize
-    this.#slots = new SharedArrayBuffer(options.slotCount * options.slotSize)
-    this.#layout = ringLayout(options.slotCount)
-    this.#state = new Int32Array(new SharedArrayBuffer(4 * this.#layout.words))
-    const control = this.#layout.control
-    this.#state[control + HEAD] = this.#state[control + TAIL] = options.ringStart ?? 0
-    // Idle until the first request: the reader wakes us with a message.
-    this.#state[control + IDLE] = 1
-    const data: DeviceWorkerData = {
-      fd: options.fd, slots: this.#slots, slotSize: options.slotSize, slotCount: options.slotCount, state: this.#state.buffer as SharedArrayBuffer
-    }
-    this.#worker = new Worker(workerUrl(), { workerData: data })
-    this.ended = new Promise((resolve) => {
-      this.#worker.on('message', (message: number | { error: string }) => {
-        if (message === WAKE) {
-          this.#drain(onRequest)
-        } else {
-          resolve(message === END ? 'unmounted' : `device error: ${(message as { error: string }).error}`)
-        }
-      })
-      this.#worker.on('error', (err) => { resolve(`device reader failed: ${err.message}`) })
-      this.#worker.on('exit', () => { resolve('device reader stopped') })
-    })
-    // The reader thread keeps the process alive while the filesystem is mounted: that is the
-    // daemon's life. It ends by itself once the device reports the unmount (ENODEV).
+    this.#reader = openReader(options, onRequest)
+    this.ended = this.#reader.ended
   }
 
-  /**
-   * Takes every request in the ring, then goes idle; re-checks after going idle, so a request
-   * that arrived in between is not left waiting for a wake-up that will not come.
-   */
-  #drain (onRequest: RequestHandler): void {
-    const state = this.#state
-    const { control, ring, mask } = this.#layout
-    for (;;) {
-      let tail = Atomics.load(state, control + TAIL)
-      while (tail !== Atomics.load(state, control + HEAD)) {
-        const slot = Atomics.load(state, ring + (tail & mask))
-        tail = next(tail)
-        Atomics.store(state, control + TAIL, tail)
-        onRequest(Buffer.from(this.#slots, slot * this.#slotSize, this.#slotSize), slot)
-      }
-      Atomics.store(state, control + IDLE, 1)
-      if (tail === Atomics.load(state, control + HEAD)) return
-      // More arrived while we were going idle; if the reader saw IDLE=1 it also posted a wake.
-      if (Atomics.exchange(state, control + IDLE, 0) === 0) return
-    }
+  /** Who reads the device. */
+  get reader (): ReaderKind {
+    return this.#reader.kind
   }
 
   /** Hands a slot back to the reader once its request is answered (and its data used). */
   release (slot: number): void {
-    Atomics.store(this.#state, slot, SLOT_FREE)
-    const frees = this.#layout.control + FREES
-    Atomics.add(this.#state, frees, 1)
-    Atomics.notify(this.#state, frees)
+    this.#reader.release(slot)
   }
 
   /**
@@ -122,8 +72,10 @@ export class FuseChannel {
     this.#writing++
     writev(this.#fd, [header, data], (err) => {
       this.#writing--
-      if (err === null) this.repliesWritten++
-      else if (err.code !== 'ENOENT' && !this.#closed) this.onError?.(err)
+      if (err === null) {
+        this.repliesWritten++
+        busyPoll.arm()
+      } else if (err.code !== 'ENOENT' && !this.#closed) this.onError?.(err)
       done()
       if (this.#writing === 0 && this.#closed) this.#closeFd()
     })
@@ -141,6 +93,8 @@ export class FuseChannel {
     try {
       writevSync(this.#fd, error === 0 ? [this.#header, ...parts] : [this.#header])
       this.repliesWritten++
+      // The caller often sends its next request at once: spin for it before sleeping.
+      busyPoll.arm()
     } catch (err) {
       // ENOENT: the request was interrupted and the kernel no longer waits for it.
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
@@ -149,11 +103,12 @@ export class FuseChannel {
 
   /**
    * Closes the device (once the replies being written are out: the descriptor must not be
-   * reused under them). The reader thread ends when its blocking read returns (ENODEV).
+   * reused under them), after the reader stopped.
    */
   close (): void {
     if (this.#closed) return
     this.#closed = true
+    this.#reader.stop()
     if (this.#writing === 0) this.#closeFd()
   }
 
@@ -162,4 +117,16 @@ export class FuseChannel {
       closeSync(this.#fd)
     } catch { /* already closed */ }
   }
+}
+
+function openReader (options: ChannelOptions, onRequest: RequestHandler): DeviceReader {
+  if (options.reader !== 'thread') {
+    try {
+      return new DrainedReader(options, onRequest)
+    } catch (err) {
+      if (options.reader === 'drain') throw err
+      // No poll support here: the reader thread works everywhere.
+    }
+  }
+  return new ThreadReader(options, onRequest)
 }

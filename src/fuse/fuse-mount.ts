@@ -5,7 +5,7 @@
  * unmount, then let go of the device.
  *
  *   mount()     pin target ─► mount on /proc/self/fd/N (or fusermount3) ─► check mountinfo
- *               ─► reader thread ─► INIT ─► first allocation count ─► ready
+ *               ─► device reader ─► INIT ─► first allocation count ─► ready
  *   unmount()   in-flight done ─► NBD FLUSH ─► umount ─┬─► device ends ─► FLUSH ─► closed
  *                                                      └─ busy: detach (umount -l) and go on
  *                                                         serving until the last user closes
@@ -19,6 +19,7 @@ import type { NbdClient } from '../client/nbd-client.ts'
 import { InvalidArgumentError, MountError } from '../errors.ts'
 import { IN_HEADER, S_IFDIR, S_IFREG, WRITE_IN } from './abi.ts'
 import type { AllocationOptions } from './allocation.ts'
+import { busyPoll } from '../transport/busy-poll.ts'
 import { FuseChannel } from './channel.ts'
 import { mountState } from './daemon-check.ts'
 import { ExportFileSystem, type FuseStats } from './file-system.ts'
@@ -44,6 +45,11 @@ export interface MountExportOptions {
   readonly maxWrite?: number
   /** FUSE requests that can be held at once (device read slots). @default 128 */
   readonly slots?: number
+  /**
+   * Who reads the device (device-reader.ts); overrides `-o reader=`. @default 'drain' where
+   * koffi can poll, else 'thread'
+   */
+  readonly reader?: 'drain' | 'thread'
   readonly log?: LogFn
   /** Pacing of the st_blocks count (tests make it quick). */
   readonly allocation?: AllocationOptions
@@ -141,7 +147,10 @@ export class FuseMount {
         mounted = false
         throw new MountError('unsafe-target', `refusing to mount over ${target}: it was moved or replaced while being mounted (the mount was undone)`)
       }
-      channel = new FuseChannel({ fd, slotCount: options.slots ?? 128, slotSize: IN_HEADER + WRITE_IN + maxWrite + 4096 },
+      const reader = options.reader ?? opts.reader
+      // Process-wide: this daemon spins while requests flow (the highest budget asked wins).
+      busyPoll.enable(opts.busyPollUs)
+      channel = new FuseChannel({ fd, slotCount: options.slots ?? 128, slotSize: IN_HEADER + WRITE_IN + maxWrite + 4096, ...(reader !== undefined && { reader }) },
         (request, slot) => { fs!.handle(request, slot) })
       channel.onError = (err) => { log('error', `FUSE reply failed: ${err.message}`) }
       fs = new ExportFileSystem(channel, {
@@ -160,7 +169,7 @@ export class FuseMount {
       }
       await fs.allocation.step(1000, 4096)
       const mount = new FuseMount({ path: target, layout, readonly, channel, fs, client: options.client, log, connection: connectionNumber(entry) })
-      log('info', `mounted ${mount.file} (${readonly ? 'read-only' : 'read-write'}, ${options.client.sizeBigInt} bytes, ${uid === 0 ? 'mount(8)' : 'fusermount3'}, -o ${kernel.join(',')})`)
+      log('info', `mounted ${mount.file} (${readonly ? 'read-only' : 'read-write'}, ${options.client.sizeBigInt} bytes, ${uid === 0 ? 'mount(8)' : 'fusermount3'}, -o ${kernel.join(',')}, ${channel.reader} reader)`)
       return mount
     } catch (err) {
       fs?.close()

@@ -1,7 +1,9 @@
 /**
  * `-o` FUSE mount options, as nbdfuse and libfuse take them (comma-separated, repeatable).
  *
- *   ours          allow_other, uid=N, gid=N, mode=OCTAL, kernel_cache, ro / rw
+ *   ours          allow_other, uid=N, gid=N, mode=OCTAL, kernel_cache, ro / rw,
+ *                 busy_poll=µs (spin before sleeping while requests flow; 0 turns it off),
+ *                 reader=drain|thread (who reads /dev/fuse: device-reader.ts)
  *   passed on     the mount flags fusermount3 knows (exec, noexec, async, sync, atime, noatime,
  *                 dirsync) and max_read=N
  *   implied       default_permissions, nosuid, nodev (accepted, always on)
@@ -26,11 +28,17 @@ export interface MountOptionSet {
   readonly readonly: boolean
   /** FOPEN_KEEP_CACHE: the page cache survives close and reopen. */
   readonly keepCache: boolean
+  /** Microseconds to spin before the daemon sleeps while requests flow (busy-poll.ts); 0: never. */
+  readonly busyPollUs: number
+  /** Who reads /dev/fuse (device-reader.ts); undefined: drain where koffi can poll, else thread. */
+  readonly reader: 'drain' | 'thread' | undefined
   /** Passed to the kernel (mount(8) or fusermount3) as they are. */
   readonly kernel: readonly string[]
 }
 
 export const DEFAULT_MODE = 0o600
+/** The spin that beat nbdfuse at QD 1 on these machines (bench/README.md, 2026-12-01). */
+export const DEFAULT_BUSY_POLL_US = 30
 
 /** The mount flags fusermount3 (3.14) passes on, so a root and a user mount take the same ones. */
 const FLAGS = new Set(['exec', 'noexec', 'async', 'sync', 'atime', 'noatime', 'dirsync'])
@@ -45,6 +53,8 @@ export function parseMountOptions (values: readonly string[]): MountOptionSet {
   let mode = DEFAULT_MODE
   let readonly = false
   let keepCache = false
+  let busyPollUs = DEFAULT_BUSY_POLL_US
+  let reader: 'drain' | 'thread' | undefined
   const kernel: string[] = []
   for (const option of values.flatMap((v) => v.split(',')).map((o) => o.trim()).filter((o) => o !== '')) {
     const eq = option.indexOf('=')
@@ -59,12 +69,14 @@ export function parseMountOptions (values: readonly string[]): MountOptionSet {
     else if (name === 'gid') gid = id(option, value)
     else if (name === 'mode') mode = octalMode(option, value)
     else if (name === 'max_read') kernel.push(`max_read=${id(option, value)}`)
+    else if (name === 'busy_poll') busyPollUs = microseconds(option, value)
+    else if (name === 'reader') reader = readerKind(option, value)
     else if (OURS.has(name)) throw new InvalidArgumentError(`mount option "${option}": nbdts sets ${name} itself`)
     else if (name === 'suid' || name === 'dev' || name === 'blkdev') throw new InvalidArgumentError(`mount option "${option}" is refused: the export is mounted nosuid,nodev as a plain file`)
     else if (name === 'allow_root') throw new InvalidArgumentError('mount option "allow_root" is not supported: allow_other with the default mode 0600 lets only you and root in')
     else throw new InvalidArgumentError(`unknown mount option "${option}" (see nbdts mount --help)`)
   }
-  return { allowOther, uid, gid, mode, readonly, keepCache, kernel }
+  return { allowOther, uid, gid, mode, readonly, keepCache, busyPollUs, reader, kernel }
 }
 
 function id (option: string, value: string | undefined): number {
@@ -72,6 +84,23 @@ function id (option: string, value: string | undefined): number {
     throw new InvalidArgumentError(`mount option "${option}" needs a number`)
   }
   return Number(value)
+}
+
+/** A spin longer than this would hold the loop (timers, the control socket) for too long. */
+export const MAX_BUSY_POLL_US = 500
+
+function microseconds (option: string, value: string | undefined): number {
+  if (value === undefined || !/^\d{1,3}$/.test(value) || Number(value) > MAX_BUSY_POLL_US) {
+    throw new InvalidArgumentError(`mount option "${option}" needs microseconds, 0 to ${MAX_BUSY_POLL_US} (0: no spinning)`)
+  }
+  return Number(value)
+}
+
+function readerKind (option: string, value: string | undefined): 'drain' | 'thread' {
+  if (value !== 'drain' && value !== 'thread') {
+    throw new InvalidArgumentError(`mount option "${option}" needs drain (the main thread reads the device) or thread (a reader thread)`)
+  }
+  return value
 }
 
 function octalMode (option: string, value: string | undefined): number {

@@ -8,12 +8,37 @@ import type { Duplex } from 'node:stream'
 import { AbortedError, ConnectionError } from '../errors.ts'
 import type { NbdAddress } from '../protocol/uri.ts'
 import { ReadHook } from './read-hook.ts'
+import { setSendBuffer } from '../util/libc.ts'
+import { busyPoll } from './busy-poll.ts'
 
 /** Opens a fresh connection to the server; rejects promptly when `signal` fires. */
 export type OpenSocket = (signal: AbortSignal) => Promise<Duplex>
 
 export function describeAddress (address: NbdAddress): string {
   return address.transport === 'unix' ? `unix:${address.path}` : `${address.host}:${address.port}`
+}
+
+/**
+ * A Unix socket's send buffer bounds what a writer has on its way: by default 208 KiB, so a
+ * 1 MiB WRITE leaves in five pieces, each after an event-loop turn that waits for the server to
+ * read the last one, and the server idles whenever our loop is busy. 4 MiB (the kernel's usual
+ * net.core.wmem_max; it caps and doubles what we ask) lets several payloads queue in the kernel:
+ * 1 MiB writes QD 16 went from 2.0 to 3.2 GB/s. TCP tunes its own buffers (setting one would
+ * switch that off: no gain measured).
+ */
+const UNIX_SEND_BUFFER = 4 * 1024 * 1024
+
+function socketFd (socket: net.Socket): number {
+  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd
+  return typeof fd === 'number' ? fd : -1
+}
+
+function widenSendBuffer (fd: number): void {
+  try {
+    setSendBuffer(fd, UNIX_SEND_BUFFER)
+  } catch {
+    // Without koffi (or with a smaller cap) the default buffer works, only slower.
+  }
 }
 
 /** The default opener: TCP with Nagle off (both sides SHOULD set TCP_NODELAY), or a Unix socket. */
@@ -35,6 +60,12 @@ export function socketOpener (address: NbdAddress): OpenSocket {
     }
     const onConnect = (): void => {
       cleanup()
+      const fd = socketFd(socket)
+      if (fd >= 0) {
+        if (address.transport === 'unix') widenSendBuffer(fd)
+        busyPoll.watch(fd)
+        socket.once('close', () => { busyPoll.unwatch(fd) })
+      }
       resolve(socket)
     }
     const onError = (err: NodeJS.ErrnoException): void => {

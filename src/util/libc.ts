@@ -2,7 +2,9 @@
  * The few libc calls Node lacks, through koffi, in one place: socketpair(2) and recvmsg(2) with
  * SCM_RIGHTS (fusermount3 hands the /dev/fuse descriptor back that way), prctl(2), a Unix
  * datagram socket with sendto(2) (systemd's notification socket; Node has no datagram Unix
- * sockets), flock(2) (the pidfile) and getsockopt(SO_PEERCRED) (the control socket's peers).
+ * sockets), setsockopt(SO_SNDBUF) (a Unix socket's send buffer), flock(2) (the pidfile),
+ * getsockopt(SO_PEERCRED) (the control socket's peers), and a descriptor read on the main
+ * thread: fcntl(2) O_NONBLOCK, read(2) and a libuv poll handle (koffi.node.poll).
  * koffi is an optional dependency, loaded on first use, synchronously, so a machine without it
  * still runs everything that does not need these calls, and the one that does fails with a
  * clear message (NativeUnavailableError).
@@ -18,6 +20,13 @@ interface Koffi {
   view: (pointer: unknown, length: number) => ArrayBuffer
   address: (pointer: unknown) => bigint
   errno: () => number
+  node?: { poll?: (fd: number, options: { readable: boolean }, callback: (status: number) => void) => KoffiPollHandle | null }
+}
+
+interface KoffiPollHandle {
+  start: (options: { readable: boolean }, callback: (status: number) => void) => void
+  stop: () => void
+  close: () => void
 }
 
 interface Libc {
@@ -28,8 +37,15 @@ interface Libc {
   readonly prctl: (option: number, a: number, b: number, c: number, d: number) => number
   readonly socket: (domain: number, type: number, protocol: number) => number
   readonly sendto: (fd: number, data: Buffer, length: number, flags: number, address: Buffer, addressLength: number) => number
+  readonly setsockopt: (fd: number, level: number, name: number, value: Int32Array, length: number) => number
   readonly flock: (fd: number, operation: number) => number
   readonly getsockopt: (fd: number, level: number, name: number, value: Buffer, length: number[]) => number
+  readonly fcntl: (fd: number, command: number, argument: number) => number
+  readonly read: (fd: number, buffer: Uint8Array, length: number) => number
+  readonly epoll_create1: (flags: number) => number
+  readonly epoll_ctl: (epfd: number, op: number, fd: number, event: Uint8Array | null) => number
+  readonly epoll_wait: (epfd: number, events: Uint8Array, max: number, timeout: number) => number
+  readonly sched_yield: () => number
 }
 
 export class NativeUnavailableError extends Error {
@@ -51,8 +67,15 @@ function load (what: string): Libc {
         prctl: lib.func('int prctl(int option, unsigned long a, unsigned long b, unsigned long c, unsigned long d)') as Libc['prctl'],
         socket: lib.func('int socket(int domain, int type, int protocol)') as Libc['socket'],
         sendto: lib.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)') as Libc['sendto'],
+        setsockopt: lib.func('int setsockopt(int fd, int level, int name, const int *value, uint32_t length)') as Libc['setsockopt'],
         flock: lib.func('int flock(int fd, int operation)') as Libc['flock'],
-        getsockopt: lib.func('int getsockopt(int fd, int level, int optname, _Out_ uint8_t *optval, _Inout_ uint32_t *optlen)') as Libc['getsockopt']
+        getsockopt: lib.func('int getsockopt(int fd, int level, int optname, _Out_ uint8_t *optval, _Inout_ uint32_t *optlen)') as Libc['getsockopt'],
+        fcntl: lib.func('int fcntl(int fd, int command, int argument)') as Libc['fcntl'],
+        read: lib.func('intptr_t read(int fd, _Out_ void *buffer, size_t length)') as Libc['read'],
+        epoll_create1: lib.func('int epoll_create1(int flags)') as Libc['epoll_create1'],
+        epoll_ctl: lib.func('int epoll_ctl(int epfd, int op, int fd, void *event)') as Libc['epoll_ctl'],
+        epoll_wait: lib.func('int epoll_wait(int epfd, _Out_ void *events, int max, int timeout)') as Libc['epoll_wait'],
+        sched_yield: lib.func('int sched_yield()') as Libc['sched_yield']
       }
     } catch (err) {
       libc = err as Error
@@ -199,6 +222,14 @@ export function sendDatagram (fd: number, target: string, message: Buffer): void
   if (n < 0) throw errnoError('sendto', c.koffi.errno())
 }
 
+const SO_SNDBUF = 7
+
+/** setsockopt(SO_SNDBUF): the kernel caps it at net.core.wmem_max (and doubles it). */
+export function setSendBuffer (fd: number, bytes: number): void {
+  const c = load('SO_SNDBUF')
+  if (c.setsockopt(fd, SOL_SOCKET, SO_SNDBUF, Int32Array.of(bytes), 4) !== 0) throw errnoError('setsockopt(SO_SNDBUF)', c.koffi.errno())
+}
+
 const LOCK_EX = 2
 const LOCK_NB = 4
 const EWOULDBLOCK = 11
@@ -222,4 +253,114 @@ export function peerCredentials (fd: number, what = 'peer credentials'): { pid: 
   const length = [12]
   if (c.getsockopt(fd, SOL_SOCKET, SO_PEERCRED, value, length) !== 0 || length[0] !== 12) return undefined
   return { pid: value.readInt32LE(0), uid: value.readUInt32LE(4), gid: value.readUInt32LE(8) }
+}
+
+const F_GETFL = 3
+const F_SETFL = 4
+const O_NONBLOCK = 0o4000
+
+/**
+ * Sets (or clears) O_NONBLOCK on the descriptor's open file: reads then answer EAGAIN instead
+ * of waiting (or wait again).
+ */
+export function setNonBlocking (fd: number, on = true): void {
+  const c = load('O_NONBLOCK')
+  const flags = c.fcntl(fd, F_GETFL, 0)
+  if (flags < 0 || c.fcntl(fd, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK) < 0) throw errnoError('fcntl(O_NONBLOCK)', c.koffi.errno())
+}
+
+/**
+ * read(2) into `buffer` without Node's fs layer: the byte count, or a negative errno (no
+ * exception: EAGAIN ends every drain of a non-blocking descriptor, and an Error per drain
+ * would cost more than the read).
+ */
+export function readFd (fd: number, buffer: Uint8Array): number {
+  const c = load('read(2)')
+  const n = Number(c.read(fd, buffer, buffer.length))
+  return n >= 0 ? n : -c.koffi.errno()
+}
+
+export interface FdPoll {
+  /** Calls `onReadable` (status 0, or a negative libuv error) whenever the descriptor is readable. */
+  start: () => void
+  stop: () => void
+  /** Stops for good; call it before closing the descriptor. */
+  close: () => void
+}
+
+/**
+ * The descriptor in Node's own event loop (libuv uv_poll, through koffi.node.poll): readiness
+ * arrives as a callback on the main thread, and whatever it starts (promises, ticks) runs
+ * before the loop waits again. Undefined when this koffi has no poll API.
+ */
+export function pollReadable (fd: number, onReadable: (status: number) => void): FdPoll | undefined {
+  let c: Libc
+  try {
+    c = load('polling a descriptor')
+  } catch {
+    return undefined
+  }
+  const poll = c.koffi.node?.poll
+  if (poll === undefined) return undefined
+  const options = { readable: true }
+  const handle = poll(fd, options, onReadable)
+  if (handle === null) return undefined
+  handle.stop()
+  let closed = false
+  return {
+    start: () => { if (!closed) handle.start(options, onReadable) },
+    stop: () => { if (!closed) handle.stop() },
+    close: () => {
+      if (closed) return
+      closed = true
+      handle.close()
+    }
+  }
+}
+
+const EPOLL_CLOEXEC = 0o2000000
+const EPOLL_CTL_ADD = 1
+const EPOLL_CTL_DEL = 2
+const EPOLLIN = 1
+
+/**
+ * An epoll set of our own, to ask "is any of these readable?" without blocking (busy-poll.ts).
+ * Only the count of ready descriptors is used, so the layout of struct epoll_event (12 bytes
+ * packed on x86-64, 16 elsewhere) matters only for its first field, `events`.
+ */
+export class ReadySet {
+  readonly #c: Libc
+  readonly #fd: number
+  readonly #event = new Uint8Array(16)
+  readonly #out = new Uint8Array(16)
+
+  constructor () {
+    this.#c = load('an epoll set')
+    this.#fd = this.#c.epoll_create1(EPOLL_CLOEXEC)
+    if (this.#fd < 0) throw errnoError('epoll_create1', this.#c.koffi.errno())
+    new DataView(this.#event.buffer).setUint32(0, EPOLLIN, true)
+  }
+
+  add (fd: number): boolean {
+    return this.#c.epoll_ctl(this.#fd, EPOLL_CTL_ADD, fd, this.#event) === 0
+  }
+
+  /** Forgets `fd` (a descriptor already closed is gone from the set by itself). */
+  remove (fd: number): void {
+    this.#c.epoll_ctl(this.#fd, EPOLL_CTL_DEL, fd, this.#event)
+  }
+
+  /** Is anything in the set readable now? */
+  ready (): boolean {
+    return this.#c.epoll_wait(this.#fd, this.#out, 1, 0) > 0
+  }
+
+  close (): void {
+    this.#c.close(this.#fd)
+  }
+}
+
+/** sched_yield(2): let whatever else is runnable on this CPU run. */
+export function schedYield (): void {
+  load('sched_yield').sched_yield()
 }

@@ -103,6 +103,58 @@ describe('replay log', () => {
     assert.deepEqual(log.pieces().map((p) => p.start), [8192n], 'only what came after the FLUSH was sent')
   })
 
+  test('random records, supersedes and FLUSHes: pieces() is what a byte-by-byte model says, and the ring is reused', () => {
+    // The model: for every byte, the latest event that touched it (a record's byte, or
+    // "superseded"); a FLUSH with marker m forgets the records acknowledged before it was sent.
+    let seed = 7
+    const random = (n: number): number => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed % n }
+    const SPACE = 256
+    const log = new ReplayLog(2048)
+    const model: Array<{ gen: number, value: number } | null> = new Array(SPACE).fill(null)
+    let gen = 0
+    const markers: number[] = []
+    for (let step = 0; step < 4000; step++) {
+      const start = random(SPACE - 1)
+      const length = 1 + random(Math.min(64, SPACE - start))
+      const what = random(10)
+      if (what < 4) {
+        log.supersede(BigInt(start), BigInt(start + length))
+        for (let i = start; i < start + length; i++) model[i] = null
+      } else if (what < 8) {
+        const value = step & 0xff
+        const zero = random(4) === 0
+        // As Ordering does: the range is superseded when the write is sent, recorded once acknowledged.
+        log.supersede(BigInt(start), BigInt(start + length))
+        if (!log.record(BigInt(start), zero ? 'zero' : 'data', length, Buffer.alloc(length, value))) {
+          // No room: a FLUSH of everything so far frees it (as Ordering does), then it fits.
+          const m = log.flushSent()
+          gen++
+          log.flushDone(m)
+          for (let i = 0; i < SPACE; i++) if (model[i] !== null && model[i]!.gen <= m) model[i] = null
+          assert.ok(log.record(BigInt(start), zero ? 'zero' : 'data', length, Buffer.alloc(length, value)))
+        }
+        for (let i = start; i < start + length; i++) model[i] = { gen, value: zero ? -1 : value }
+      } else if (what === 8) {
+        markers.push(log.flushSent())
+        gen++
+      } else if (markers.length > 0) {
+        const m = markers.shift()!
+        log.flushDone(m)
+        for (let i = 0; i < SPACE; i++) if (model[i] !== null && model[i]!.gen <= m) model[i] = null
+      }
+      if (step % 50 === 0 || step === 3999) {
+        const got: Array<number | null> = new Array(SPACE).fill(null)
+        for (const p of log.pieces()) {
+          for (let i = Number(p.start); i < Number(p.end); i++) {
+            assert.equal(got[i], null, `byte ${i} in two pieces at step ${step}`)
+            got[i] = p.kind === 'zero' ? -1 : p.data![i - Number(p.start)]!
+          }
+        }
+        assert.deepEqual(got, model.map((m) => m === null ? null : m.value), `step ${step}`)
+      }
+    }
+  })
+
   test('a full ring refuses until a FLUSH frees room; a log that lost a write says so until a FLUSH covers it', () => {
     const log = new ReplayLog(8192)
     assert.ok(log.record(0n, 'data', 4096, Buffer.alloc(4096)))

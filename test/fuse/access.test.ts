@@ -71,7 +71,9 @@ describe('access to the mounted export', () => {
       ['bogus', /unknown mount option "bogus"/],
       ['allow_other,fsname=x', /mount option "fsname=x": nbdts sets fsname itself/],
       ['mode=999', /mode=999" needs permission bits in octal/],
-      ['suid', /"suid" is refused/]
+      ['suid', /"suid" is refused/],
+      ['busy_poll=501', /"busy_poll=501" needs microseconds, 0 to 500/],
+      ['reader=uring', /"reader=uring" needs drain .* or thread/]
     ] as const) {
       const r = await nbdts(['mount', s.uri(), file, '-o', option])
       assert.equal(r.code, 1, option)

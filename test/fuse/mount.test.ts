@@ -63,21 +63,25 @@ function logLines (file: string, verb: string): string[] {
 }
 
 describe('nbdts mount', () => {
-  test('fio with crc32c verification: random writes then reads, 4 KiB to 1 MiB, iodepth 16', async () => {
-    const s = await server('fio', ['memory', '256M'])
-    const m = await mounted(s.uri(), 'fio.img')
-    assert.equal(statSync(m.file).size, 256 * MiB)
-    const r = await fio(['--name=verify', `--filename=${m.file}`, '--rw=randwrite', '--bsrange=4k-1m', '--ioengine=libaio',
-      '--direct=1', '--iodepth=16', '--size=128M', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--randrepeat=0'])
-    assert.match(r.stdout, /err= 0/)
-    assert.doesNotMatch(r.stdout, /verify: bad/)
-    // What the file shows is what the server holds.
-    const { stdout } = await run('nbdcopy', [s.uri(), '-'])
-    assert.ok(stdout.subarray(0, 128 * MiB).equals(readFileSync(m.file).subarray(0, 128 * MiB)))
-    await m.unmount()
-    assert.equal(isMounted(m.target), false)
-    assert.equal(existsSync(`${m.target}.pid`), false, 'the pidfile goes with the daemon')
-  })
+  // The default reader (drained on the main thread) and the fallback (a reader thread, -o reader=thread).
+  for (const reader of ['drain', 'thread'] as const) {
+    test(`fio with crc32c verification: random writes then reads, 4 KiB to 1 MiB, iodepth 16 (${reader} reader)`, async () => {
+      const s = await server(`fio-${reader}`, ['memory', '256M'])
+      const m = await mounted(s.uri(), `fio-${reader}.img`, reader === 'thread' ? ['-o', 'reader=thread'] : [])
+      assert.equal(statSync(m.file).size, 256 * MiB)
+      assert.match(m.logText(), new RegExp(`, ${reader} reader\\)`))
+      const r = await fio(['--name=verify', `--filename=${m.file}`, '--rw=randwrite', '--bsrange=4k-1m', '--ioengine=libaio',
+        '--direct=1', '--iodepth=16', `--size=${reader === 'drain' ? 128 : 64}M`, '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--randrepeat=0'])
+      assert.match(r.stdout, /err= 0/)
+      assert.doesNotMatch(r.stdout, /verify: bad/)
+      // What the file shows is what the server holds.
+      const { stdout } = await run('nbdcopy', [s.uri(), '-'])
+      assert.ok(stdout.subarray(0, 128 * MiB).equals(readFileSync(m.file).subarray(0, 128 * MiB)))
+      await m.unmount()
+      assert.equal(isMounted(m.target), false)
+      assert.equal(existsSync(`${m.target}.pid`), false, 'the pidfile goes with the daemon')
+    })
+  }
 
   test('losetup + mkfs.ext4 + mount + files + umount: e2fsck -fn is clean and nbdcopy sees what the file showed', async () => {
     const s = await server('ext4', ['memory', '256M'])

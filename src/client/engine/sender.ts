@@ -11,6 +11,7 @@ import { Mutex } from 'async-mutex'
 import { AbortedError, ConnectionError } from '../../errors.ts'
 import { NBD_CMD, NBD_CMD_FLAG, NBD_EXTENDED_REQUEST_HEADER, NBD_REQUEST_HEADER } from '../../protocol/constants.ts'
 import { encodeRequest } from '../../protocol/request.ts'
+import { busyPoll } from '../../transport/busy-poll.ts'
 import type { Link } from './link.ts'
 import { Reply } from './reply.ts'
 import type { Request } from './request.ts'
@@ -85,6 +86,8 @@ export class Sender {
       req.queuePayload()
       socket.write(req.payload, req.releasePayload)
     }
+    // A reply is due: spin before the loop sleeps, where busy polling is on.
+    busyPoll.arm()
   }
 
   #mustDrain (): boolean {
