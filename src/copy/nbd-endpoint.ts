@@ -30,6 +30,9 @@ export interface NbdEndpointOptions {
 
 async function connectAll (options: NbdEndpointOptions): Promise<NbdClient[]> {
   const connectOptions: NbdClientOptions = {
+    // The URIs come from our own command line, typed by our user (as nbdcopy takes them): they
+    // may name local files (tls-psk-file, tls-certificates, sockets).
+    allowLocalFile: true,
     maxInFlight: options.requests,
     reconnectDelay: options.reconnectDelay,
     metaContexts: options.extents ? ['base:allocation'] : [],

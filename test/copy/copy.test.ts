@@ -15,6 +15,7 @@ import { after, before, describe, test } from 'node:test'
 import { within } from '../helpers/assert.ts'
 import { CLI } from '../helpers/cli.ts'
 import { run, startNbdkit, tempDir, type RunningServer } from '../helpers/servers.ts'
+import { makePsk } from '../helpers/tls-keys.ts'
 
 const dir = tempDir()
 const M = 1 << 20
@@ -151,6 +152,19 @@ describe('nbdts copy', () => {
     await ok(['copy', '-', stdinToFile], image)
     assert.ok(readFileSync(stdinToFile).equals(image), 'trailing zeroes from a pipe are kept (the file is sized at EOF)')
     await ok(['copy', src.uri(), 'null:'])
+  })
+
+  test('a URI on the command line may name local files, as nbdcopy\'s may: TLS with tls-psk-file', async () => {
+    const psk = makePsk(path.join(dir, 'psk'))
+    const tls = await startNbdkit(dir, ['--tls=require', `--tls-psk=${psk}`, 'memory', String(SIZE)], 'tls-copy')
+    try {
+      const uri = `nbds+unix://alice@/?socket=${tls.socket}&tls-psk-file=${psk}`
+      await ok(['copy', '-', uri], image)
+      const out = await ok(['copy', uri, '-'])
+      assert.ok(out.stdout.equals(image))
+    } finally {
+      await tls.stop()
+    }
   })
 
   test('a block device (a loop device over a file): written and read back', async () => {
