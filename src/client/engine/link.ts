@@ -40,6 +40,9 @@ import { deferred } from '../../util/deferred.ts'
 
 export type LinkState = 'RECOVERING' | 'ACTIVE' | 'DRAINING' | 'IN_DOUBT' | 'CLOSED'
 
+/** How long a server may take to close after NBD_CMD_DISC (nothing is on the wire then). */
+const DISC_CLOSE_MS = 5000
+
 /** Commands that change the export: in doubt when their connection is given up under them. */
 const WRITE_LIKE = new Set<number>([NBD_CMD.WRITE, NBD_CMD.WRITE_ZEROES, NBD_CMD.TRIM])
 
@@ -91,6 +94,7 @@ export class Link {
   #progress = 0
   #drainTimer: NodeJS.Timeout | null = null
   #answerTimer: NodeJS.Timeout | null = null
+  #closeTimer: NodeJS.Timeout | null = null
   readonly #hooks: LinkHooks
 
   constructor (conn: Connection, state: LinkState, hooks: LinkHooks) {
@@ -147,19 +151,27 @@ export class Link {
     const before = this.state === 'DRAINING' && this.error === null ? this.#beforeDisc : null
     if (before === null) {
       this.#settleDurable()
-      this.sender.disconnect()
+      this.#sendDisc()
       return
     }
     this.#discFlush = true
     before().then(() => {
       this.#discFlush = false
       this.#durable.resolve(true)
-      this.sender.disconnect()
+      this.#sendDisc()
     }, () => {
       this.#discFlush = false
       this.#settleDurable()
-      this.sender.disconnect()
+      this.#sendDisc()
     })
+  }
+
+  /** DISC, and a bound on the server's close: idle, so destroying the socket loses nothing. */
+  #sendDisc (): void {
+    this.sender.disconnect()
+    if (this.state === 'CLOSED') return
+    this.#closeTimer = setTimeout(() => { this.conn.socket.destroy() }, DISC_CLOSE_MS)
+    this.#closeTimer.unref()
   }
 
   /**
@@ -259,8 +271,10 @@ export class Link {
   #clearDrainTimer (): void {
     if (this.#drainTimer !== null) clearTimeout(this.#drainTimer)
     if (this.#answerTimer !== null) clearTimeout(this.#answerTimer)
+    if (this.#closeTimer !== null) clearTimeout(this.#closeTimer)
     this.#drainTimer = null
     this.#answerTimer = null
+    this.#closeTimer = null
   }
 }
 
