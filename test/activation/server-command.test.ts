@@ -4,9 +4,9 @@
  */
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { existsSync, readFileSync, statSync } from 'node:fs'
+import { existsSync, readFileSync, rmSync, statSync } from 'node:fs'
 import path from 'node:path'
-import { describe, test } from 'node:test'
+import { after, describe, test } from 'node:test'
 import { NbdClient } from '../../src/index.ts'
 import { startServerCommand } from '../../src/activation/index.ts'
 import { rejectsWithCode, within } from '../helpers/assert.ts'
@@ -92,13 +92,18 @@ describe('startServerCommand', () => {
     const script = `
       import { startServerCommand } from ${JSON.stringify(new URL('../../src/activation/index.ts', import.meta.url).href)}
       const s = await startServerCommand(['nbdkit', 'memory', '1M'], { stderr: 'ignore' })
-      process.stdout.write(String(s.child.pid) + '\\n')
+      process.stdout.write(String(s.child.pid) + ' ' + s.socket + '\\n')
       setInterval(() => {}, 1000)
     `
     const parent = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] })
-    const pid = await within(new Promise<number>((resolve) => {
-      parent.stdout.setEncoding('utf8').once('data', (d: string) => { resolve(Number(d.trim())) })
+    const [pid, socket] = await within(new Promise<[number, string]>((resolve) => {
+      parent.stdout.setEncoding('utf8').once('data', (d: string) => {
+        const [p, s] = d.trim().split(' ')
+        resolve([Number(p), s!])
+      })
     }), 20_000, 'the parent starting nbdkit')
+    // A parent killed by SIGKILL runs no exit hook: its private socket directory is ours to remove.
+    after(() => { rmSync(path.dirname(socket), { recursive: true, force: true }) })
     assert.ok(alive(pid))
     const gone = new Promise((resolve) => parent.once('exit', resolve))
     parent.kill('SIGKILL')
