@@ -31,7 +31,7 @@ import type { Engine, RecoveryChannel } from './engine/engine.ts'
 import { deferred, type Deferred } from '../util/deferred.ts'
 import { settle } from './geometry.ts'
 import { RangeLock, type HeldRange } from './range-lock.ts'
-import { ReplayLog, type PieceKind } from './replay-log.ts'
+import { ReplayLog, type Piece, type PieceKind } from './replay-log.ts'
 import { WriteOrder } from './write-order.ts'
 
 /** Replay writes in flight at once on a recovering connection. */
@@ -58,6 +58,8 @@ export class Ordering {
   readonly #atGate = (): Promise<void> | undefined => this.#gate?.promise
   /** Acknowledged writes may be gone and could not be written again: the next FLUSH says so. */
   #lost = false
+  /** A background FLUSH found writes of a closing connection uncovered: the next barrier rewrites the log. */
+  #owed = false
   /** A FLUSH that finished while a replay ran: applied after it (the replay reads the ring). */
   #flushedDuringReplay = -1
 
@@ -172,7 +174,11 @@ export class Ordering {
     const marker = this.#log.flushSent()
     const flush = settle(this.#flushEngines!().map((engine) => engine.submit({ type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }, undefined, { beforeSend: this.#atGate })))
       .then(async () => {
-        if (!await this.#drainsDurable()) this.#lost = true
+        // A closing connection's writes its own FLUSH did not cover: kept for the next barrier.
+        if (!await this.#drainsDurable()) {
+          this.#owed = true
+          return
+        }
         this.#flushDone(marker)
       })
     this.#backgroundFlush = flush
@@ -192,22 +198,43 @@ export class Ordering {
     const entering = this.#order.enter('flush', signal)
     if (entering !== undefined) await entering
     const marker = this.#log.flushSent()
-    let left = engines.length
+    // One place per FLUSH, and one for what follows them here (a rewrite of the log must not
+    // meet a later write of the same range).
+    let left = engines.length + 1
     const leave = (): void => { if (--left === 0) this.#order.leave('flush') }
-    await settle(engines.map((engine) => {
-      // Its life on the wire ends, or it is in doubt (then later writes need not wait for it:
-      // a FLUSH changes no data); whichever comes first lets go of its place, once.
-      let done = false
-      const once = (): void => { if (!done) { done = true; leave() } }
-      return engine.submit({ type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }, signal, { beforeSend: this.#atGate, settled: once, inDoubt: once })
-    }))
-    if (!await this.#drainsDurable()) this.#lost = true
-    this.#flushDone(marker)
+    try {
+      await settle(engines.map((engine) => {
+        // Its life on the wire ends, or it is in doubt (then later writes need not wait for it:
+        // a FLUSH changes no data); whichever comes first lets go of its place, once.
+        let done = false
+        const once = (): void => { if (!done) { done = true; leave() } }
+        return engine.submit({ type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }, signal, { beforeSend: this.#atGate, settled: once, inDoubt: once })
+      }))
+      let durable = true
+      if (!await this.#drainsDurable() || this.#owed) {
+        // A connection that closed acknowledged writes no FLUSH of its own covered: they are
+        // still in the log, so they are written again here and FLUSHed, inside the barrier.
+        this.#owed = false
+        durable = await this.#rewrite(engines).then(() => true, () => false)
+      }
+      if (durable) this.#flushDone(marker)
+      else this.#lost = true
+    } finally {
+      leave()
+    }
     // A reconnect while it was on its way (it was then sent again after the replay) counts too.
     if (this.#lost) {
       this.#lost = false
       throw new DurabilityError('writes acknowledged before the connection to the server was lost may not have reached stable storage, and could not be written again')
     }
+  }
+
+  /** The log written again through `engines[0]`, then a FLUSH on every one of them. */
+  async #rewrite (engines: readonly Engine[]): Promise<void> {
+    if (!this.#log.complete) throw new DurabilityError('the replay log is not complete')
+    const target = engines[0]!
+    await writePieces(this.#log.pieces(), (command) => target.submit(command, undefined, { beforeSend: this.#atGate }))
+    await settle(engines.map((engine) => engine.submit({ type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }, undefined, { beforeSend: this.#atGate })))
   }
 
   /** Records up to `marker` are durable; while a replay reads them, later. */
@@ -253,18 +280,23 @@ export class Ordering {
   }
 
   async #replay (channel: RecoveryChannel): Promise<void> {
-    const queue = this.#log.pieces()
-    const worker = async (): Promise<void> => {
-      for (let piece = queue.shift(); piece !== undefined; piece = queue.shift()) {
-        await channel.submit(replayCommand(piece.kind, piece.start, Number(piece.end - piece.start), piece.data))
-      }
-    }
-    await Promise.all(Array.from({ length: REPLAY_DEPTH }, worker))
+    await writePieces(this.#log.pieces(), (command) => channel.submit(command))
   }
+
 }
 
 function kindOf (command: Command): PieceKind {
   return command.type === NBD_CMD.WRITE ? 'data' : command.type === NBD_CMD.TRIM ? 'trim' : 'zero'
+}
+
+/** Writes the log's pieces again, REPLAY_DEPTH at a time. */
+async function writePieces (pieces: Piece[], submit: (command: Command) => Promise<unknown>): Promise<void> {
+  const worker = async (): Promise<void> => {
+    for (let piece = pieces.shift(); piece !== undefined; piece = pieces.shift()) {
+      await submit(replayCommand(piece.kind, piece.start, Number(piece.end - piece.start), piece.data))
+    }
+  }
+  await Promise.all(Array.from({ length: REPLAY_DEPTH }, worker))
 }
 
 function replayCommand (kind: PieceKind, offset: bigint, length: number, data: Buffer | undefined): Command {

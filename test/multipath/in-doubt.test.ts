@@ -96,6 +96,32 @@ describe('multipath: ordering across paths', () => {
     assert.equal(readFileSync(disk)[0], 0xaa, 'the acknowledged write survived its server')
   })
 
+  test('a connection that leaves a path and dies before its own FLUSH: the next FLUSH writes its writes again (from the log) and vouches for them', async () => {
+    const disk = image('owed')
+    const log = path.join(dir, 'owed-b.log')
+    // Two eval servers over one file, alike but for path 1's slow writes and slower FLUSH.
+    const methods = (slow: boolean): string[] => [
+      'get_size=echo 4194304',
+      `pread=dd if=${disk} skip=$4 count=$3 iflag=skip_bytes,count_bytes status=none`,
+      `pwrite=${slow ? 'sleep 1; ' : ''}dd of=${disk} seek=$4 conv=notrunc oflag=seek_bytes status=none`,
+      `flush=${slow ? 'sleep 5' : 'exit 0'}`
+    ]
+    const a = await nbdkit('owed-a', ['eval', ...methods(true)])
+    const b = await nbdkit('owed-b', ['--filter=log', 'eval', ...methods(false), `logfile=${log}`])
+    const client = await NbdClient.connect({ uri: a.uri(), paths: [b.uri()], failback: 'manual', reconnectDelay: 30_000, pollingInterval: 60_000, backoff })
+    defer(() => client.close())
+    const inFlight = handled(client.write(Buffer.alloc(4096, 0xaa), 0))
+    await sleep(200)
+    client.switchPath(2)
+    await within(inFlight, 10_000, 'the write in flight on path 1')
+    // Path 1's own FLUSH is on its way (5 s): its server dies first.
+    await sleep(300)
+    await a.stop('SIGKILL')
+    await within(client.flush(), 10_000, 'the FLUSH')
+    assert.match(readFileSync(log, 'utf8'), /Write id=\d+ offset=0x0 count=0x1000/, 'the write was written again on path 2')
+    assert.equal(readFileSync(disk)[0], 0xaa)
+  })
+
   test('round-robin: a FLUSH while one path\'s connection reconnects waits for its replay; a write that path\'s lost cache held is on the disk', async () => {
     const disk = image('rr-cache')
     const args = ['--filter=multi-conn', '--filter=cache', 'file', disk, 'cache=writeback', 'multi-conn-mode=plugin']
