@@ -12,7 +12,7 @@ import { describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { NbdClient } from '../../src/index.ts'
 import { handled, liveHandles, rejectsWithCode, within } from '../helpers/assert.ts'
-import { startQemuNbd, stopServer, testScene } from '../helpers/servers.ts'
+import { startQemuNbd, stopServer, testScene, type RunningServer } from '../helpers/servers.ts'
 
 const { dir, nbdkit, defer } = testScene()
 const backoff = { initialMs: 50, maxMs: 250 }
@@ -29,6 +29,17 @@ async function until (what: string, condition: () => boolean, ms = 10_000): Prom
     if (Date.now() > deadline) throw new Error(`timed out waiting: ${what}`)
     await sleep(20)
   }
+}
+
+/** A client on path 1 that switches to path 2 while a write of 0xAA at 0 is in flight there; once it is acknowledged. */
+async function switchWithWriteInFlight (a: RunningServer, b: RunningServer): Promise<NbdClient> {
+  const client = await NbdClient.connect({ uri: a.uri(), paths: [b.uri()], failback: 'manual', reconnectDelay: 30_000, pollingInterval: 60_000, backoff })
+  defer(() => client.close())
+  const inFlight = handled(client.write(Buffer.alloc(4096, 0xaa), 0))
+  await sleep(200)
+  client.switchPath(2)
+  await within(inFlight, 10_000, 'the write in flight on path 1')
+  return client
 }
 
 describe('multipath: ordering across paths', () => {
@@ -82,12 +93,7 @@ describe('multipath: ordering across paths', () => {
     // Path 1 keeps writes in a volatile cache (nbdkit's cache filter) and takes 1 s per write.
     const a = await nbdkit('cache-a', ['--filter=log', '--filter=delay', '--filter=cache', 'file', disk, 'wdelay=1', 'cache=writeback', `logfile=${log}`])
     const b = await nbdkit('cache-b', ['--filter=cache', 'file', disk, 'cache=writeback'])
-    const client = await NbdClient.connect({ uri: a.uri(), paths: [b.uri()], failback: 'manual', reconnectDelay: 30_000, pollingInterval: 60_000, backoff })
-    defer(() => client.close())
-    const inFlight = handled(client.write(Buffer.alloc(4096, 0xaa), 0))
-    await sleep(200)
-    client.switchPath(2)
-    await within(inFlight, 10_000, 'the write in flight on path 1')
+    const client = await switchWithWriteInFlight(a, b)
     await client.flush()
     await until('path 1\'s connection disconnected', () => readFileSync(log, 'utf8').includes('Disconnect'))
     const events = readFileSync(log, 'utf8').split('\n').flatMap((line) => /\.\.\.(Write|Flush) id=\d+ return=0|Disconnect/.exec(line)?.[0] ?? [])
@@ -108,12 +114,7 @@ describe('multipath: ordering across paths', () => {
     ]
     const a = await nbdkit('owed-a', ['eval', ...methods(true)])
     const b = await nbdkit('owed-b', ['--filter=log', 'eval', ...methods(false), `logfile=${log}`])
-    const client = await NbdClient.connect({ uri: a.uri(), paths: [b.uri()], failback: 'manual', reconnectDelay: 30_000, pollingInterval: 60_000, backoff })
-    defer(() => client.close())
-    const inFlight = handled(client.write(Buffer.alloc(4096, 0xaa), 0))
-    await sleep(200)
-    client.switchPath(2)
-    await within(inFlight, 10_000, 'the write in flight on path 1')
+    const client = await switchWithWriteInFlight(a, b)
     // Path 1's own FLUSH is on its way (5 s): its server dies first.
     await sleep(300)
     await a.stop('SIGKILL')
