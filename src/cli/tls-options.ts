@@ -4,10 +4,10 @@
  * system's CAs.
  */
 import { Option, type Command } from 'commander'
-import type { NbdClientOptions } from '../client/options.ts'
+import { givenTls, type GivenTlsOptions, type NbdClientOptions } from '../client/options.ts'
 
 /** The TLS flags are the library's TLS options, under the same names (--no-tls-verify-peer: false). */
-export type TlsFlags = Pick<NbdClientOptions, 'tls' | 'tlsCertificates' | 'tlsPskFile' | 'tlsUsername' | 'tlsHostname' | 'tlsVerifyPeer'>
+export type TlsFlags = GivenTlsOptions
 
 export function addTlsOptions (command: Command): Command {
   return command
@@ -24,15 +24,7 @@ export function addTlsOptions (command: Command): Command {
  * URI on our command line was typed by our user, so it may name local files (allowLocalFile).
  */
 export function tlsClientOptions (flags: TlsFlags): TlsFlags & Pick<NbdClientOptions, 'allowLocalFile'> {
-  return {
-    allowLocalFile: true,
-    ...(flags.tls !== undefined && { tls: flags.tls }),
-    ...(flags.tlsCertificates !== undefined && { tlsCertificates: flags.tlsCertificates }),
-    ...(flags.tlsPskFile !== undefined && { tlsPskFile: flags.tlsPskFile }),
-    ...(flags.tlsUsername !== undefined && { tlsUsername: flags.tlsUsername }),
-    ...(flags.tlsHostname !== undefined && { tlsHostname: flags.tlsHostname }),
-    ...(flags.tlsVerifyPeer === false && { tlsVerifyPeer: false })
-  }
+  return { allowLocalFile: true, ...givenTls(flags) }
 }
 
 /** The same flags again, for the detached daemon's command line. */

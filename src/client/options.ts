@@ -129,6 +129,24 @@ export interface NbdClientOptions {
 }
 
 /** Several paths to one export, each resolved on its own (its URI's TLS and address). */
+/** The library's TLS options, under their own names: what a command line or a config may set. */
+export type GivenTlsOptions = Pick<NbdClientOptions, 'tls' | 'tlsCertificates' | 'tlsPskFile' | 'tlsUsername' | 'tlsHostname' | 'tlsVerifyPeer'>
+
+/**
+ * The TLS settings that were given, as client options: the rest is left to the URI. Only
+ * `tlsVerifyPeer: false` is an override (true is what a URI says unless it says otherwise).
+ */
+export function givenTls (settings: GivenTlsOptions): GivenTlsOptions {
+  return {
+    ...(settings.tls !== undefined && { tls: settings.tls }),
+    ...(settings.tlsCertificates !== undefined && { tlsCertificates: settings.tlsCertificates }),
+    ...(settings.tlsPskFile !== undefined && { tlsPskFile: settings.tlsPskFile }),
+    ...(settings.tlsUsername !== undefined && { tlsUsername: settings.tlsUsername }),
+    ...(settings.tlsHostname !== undefined && { tlsHostname: settings.tlsHostname }),
+    ...(settings.tlsVerifyPeer === false && { tlsVerifyPeer: false })
+  }
+}
+
 export interface ResolvedPaths {
   readonly uris: readonly string[]
   readonly endpoints: readonly ResolvedOptions[]

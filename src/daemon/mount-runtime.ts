@@ -12,6 +12,7 @@
  */
 import type { ServerCommand } from '../activation/index.ts'
 import { NbdClient, type ClientStateChange } from '../client/nbd-client.ts'
+import { givenTls } from '../client/options.ts'
 import type { PathChange } from '../multipath/index.ts'
 import type { TeardownMode } from '../control/grammar.ts'
 import { describeMountSettings, type MountSettings } from '../control/words.ts'
@@ -129,12 +130,7 @@ export class MountRuntime {
         connections: s.connections,
         // Only root may add a mount, and the URI is root's own: it may name local files.
         allowLocalFile: true,
-        ...(s.tls !== undefined && { tls: s.tls }),
-        ...(s.tlsCertificates !== undefined && { tlsCertificates: s.tlsCertificates }),
-        ...(s.tlsPskFile !== undefined && { tlsPskFile: s.tlsPskFile }),
-        ...(s.tlsUsername !== undefined && { tlsUsername: s.tlsUsername }),
-        ...(s.tlsHostname !== undefined && { tlsHostname: s.tlsHostname }),
-        ...(s.tlsVerifyPeer === false && { tlsVerifyPeer: false }),
+        ...givenTls(s),
         ...(s.paths !== undefined && s.paths.length > 0 && {
           paths: s.paths,
           ...(s.pathSelector !== undefined && { pathSelector: s.pathSelector }),

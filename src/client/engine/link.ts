@@ -53,8 +53,6 @@ export interface LinkHooks {
   readonly failed: (link: Link, error: NbdError) => void
   /** The socket is closed. */
   readonly closed: (link: Link) => void
-  /** The drain's bound passed with writes on the wire: `count` requests are in doubt. */
-  readonly inDoubt?: (link: Link, count: number) => void
 }
 
 let nextId = 1
@@ -247,7 +245,6 @@ export class Link {
     // Over TCP, a peer that vanished (a partition) is noticed in the end, and the link closes.
     const socket = this.conn.socket as { setKeepAlive?: (on: boolean, ms: number) => void }
     socket.setKeepAlive?.(true, 10_000)
-    this.#hooks.inDoubt?.(this, requests.length)
   }
 
   /** Did bytes move since the last look? Updates lastProgressAt when they did. */
