@@ -12,7 +12,7 @@
  */
 import { EventEmitter } from 'node:events'
 import type { Readable, Writable } from 'node:stream'
-import { InvalidArgumentError, NotSupportedError, OffsetRangeError } from '../errors.ts'
+import { ClosedError, InvalidArgumentError, NotSupportedError, OffsetRangeError } from '../errors.ts'
 import { NBD_CMD, NBD_FLAG } from '../protocol/constants.ts'
 import { listExports, type ListedExport } from '../connector/list-exports.ts'
 import type { ExportInfo } from '../connector/export-info.ts'
@@ -30,6 +30,9 @@ import type { Multipath } from '../multipath/open-paths.ts'
 import type { Failback, PathChange, PathStatus } from '../multipath/index.ts'
 
 export type { BlockStatus, Extent, Offset }
+
+/** How long requests wait for a replay with neither a reconnect delay nor liveness (ms). */
+const DEFAULT_REPLAY_BOUND = 60_000
 
 export interface RequestOptions {
   readonly signal?: AbortSignal
@@ -98,9 +101,19 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: 
     const resolved = resolveOptions(target, options)
     const signal = typeof target === 'string' ? options.signal : target.signal ?? options.signal
     let ordering: Ordering | undefined
-    const pool = await EnginePool.open(resolved, async (channel) => { await ordering?.recover(channel) }, signal)
+    // The ledger is made once the first connection says whether the server has a write cache;
+    // nothing is written before that.
+    const pool = await EnginePool.open(resolved, {
+      gate: (req) => ordering?.gate(req),
+      lost: (unflushed) => { ordering?.hooks.lost?.(unflushed) }
+    }, signal)
     const info = pool.engines[0]!.info
-    ordering = new Ordering({ logBytes: resolved.replayLog, volatileCache: (info.flags & NBD_FLAG.SEND_FLUSH) !== 0 && (info.flags & NBD_FLAG.READ_ONLY) === 0 })
+    const engine = pool.engines[0]!
+    ordering = new Ordering({
+      logBytes: resolved.replayLog,
+      volatileCache: (info.flags & NBD_FLAG.SEND_FLUSH) !== 0 && (info.flags & NBD_FLAG.READ_ONLY) === 0,
+      bound: () => engine.reconnectDelay > 0 ? engine.reconnectDelay : resolved.requestTimeout > 0 ? resolved.requestTimeout : DEFAULT_REPLAY_BOUND
+    })
     return new NbdClient(resolved, pool, ordering)
   }
 
@@ -346,10 +359,17 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: 
   requestsInFlight (): ReturnType<EnginePool['requests']> { return this.#pool.requests() }
 
   /** Finishes every request, sends NBD_CMD_DISC and closes. Leaves no timers or sockets. */
-  async close (): Promise<void> { await this.#pool.close() }
+  async close (): Promise<void> {
+    // Requests still waiting for a replay are not sent any more; those on the wire finish.
+    this.#g.ordering.close()
+    await this.#pool.close()
+  }
 
   /** Fails every request now and closes. */
-  destroy (): void { this.#pool.destroy() }
+  destroy (): void {
+    this.#g.ordering.close(new ClosedError('client destroyed'))
+    this.#pool.destroy()
+  }
 
   /** `await using client = await NbdClient.connect(...)` closes it at the end of the scope. */
   async [Symbol.asyncDispose] (): Promise<void> { await this.close() }

@@ -3,69 +3,92 @@
  * acknowledged, for every connection of a client:
  *
  *   write ──► range lock (overlapping writes go in submission order)
- *         ──► write order (the FLUSH barrier) ──► engine
- *         ──► at each send: wait while a replay runs; then the replay log forgets the range
- *         ──► life on the wire over: a copy recorded if it succeeded; order left, range released
- *         ──► the caller is answered
+ *         ──► write order (the FLUSH barrier) ──► engine (the gate: the epoch's replay done)
+ *         ──► acknowledged: the ledger records it (a copy, or the caller's buffer for now)
+ *         ──► life on the wire over: order left, range released ──► the caller is answered
  *
  *   flush ──► write order (after every earlier write's life on the wire) ──► engine
- *         ──► the log's records up to it are durable: dropped
+ *         ──► answered in the epoch it was sent in: the ledger's records before it are durable;
+ *             in another: nothing is, so it is sent again after that epoch's replay
  *
- *   a connection after the first ──► recover(): sends pause on every connection, the log's
- *         pieces are written again on the new one, sends go on; once per loss (connections
- *         lost before a replay that has run, or is running, do not replay again)
+ *   a connection lost (or drained) with writes no FLUSH of its own covered ──► a new epoch:
+ *         the gate closes for every request on every connection; once no write is left on a
+ *         wire, the replay writes the ledger again on a connected engine; the gate opens
  *
  * The range lock and the write order are released by the request's life on the wire (the
  * engine's `settled` hook), never by the caller's promise, so an aborted or timed-out write
  * still holds back a later overlapping write and the next FLUSH until the server is done with
- * it. The log forgets a range only when a newer write to it is actually sent, so a write that
- * never went out (aborted while it waited) leaves the older acknowledged content protected;
- * and since every piece in the log is then disjoint from every write on the wire, a replay
- * needs no range locks: pausing new sends while it runs is enough to keep it behind nothing
- * and ahead of everything newer.
+ * it. The ledger (write-ledger.ts) states the invariant a FLUSH relies on.
+ *
+ * One replay runs at a time, for the newest epoch: a replay that an epoch change overtook, or
+ * that failed, leaves the epoch unreplayed and runs again. Every wait at the gate has the
+ * bound of the request's first failure (or the epoch's start) plus the reconnect delay (the
+ * liveness bound when there is none), and the replay's own requests are covered by liveness.
  */
+import { performance } from 'node:perf_hooks'
+import { AbortedError, ClosedError, DurabilityError, NbdError, ReconnectDelayError, isTransportError } from '../errors.ts'
 import { NBD_CMD, NBD_CMD_FLAG } from '../protocol/constants.ts'
-import { DurabilityError } from '../errors.ts'
-import type { Command } from './engine/request.ts'
-import type { Engine, RecoveryChannel } from './engine/engine.ts'
-import { deferred, type Deferred } from '../util/deferred.ts'
+import type { Command, SubmitHooks } from './engine/request.ts'
+import type { Engine, LedgerHooks } from './engine/engine.ts'
+import type { Request } from './engine/request.ts'
 import { settle } from './geometry.ts'
 import { RangeLock, type HeldRange } from './range-lock.ts'
-import { ReplayLog, type Piece, type PieceKind } from './replay-log.ts'
+import { WriteLedger, type FlushMark, type LedgerRecord, type Piece, type PieceKind } from './write-ledger.ts'
 import { WriteOrder } from './write-order.ts'
 
-/** Replay writes in flight at once on a recovering connection. */
+/** Replay writes in flight at once. */
 const REPLAY_DEPTH = 8
+/** A failed replay is tried again after this, doubling up to a second. */
+const REPLAY_RETRY_MS = 50
+
+const FLUSH_COMMAND: Command = { type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }
+
+interface Waiter {
+  readonly resolve: () => void
+  readonly reject: (err: Error) => void
+}
+
+export interface OrderingOptions {
+  readonly logBytes: number
+  /** The server has a volatile cache (it advertises FLUSH): acknowledged writes are kept. */
+  readonly volatileCache: boolean
+  /** How long a request may wait for a replay, from its first failure (ms). */
+  readonly bound: () => number
+}
 
 export class Ordering {
   readonly #ranges = new RangeLock()
   readonly #order = new WriteOrder()
-  readonly #log: ReplayLog
-  /** The server has a volatile cache: acknowledged writes are kept until a FLUSH covers them. */
+  readonly #ledger: WriteLedger
   readonly #logging: boolean
+  readonly #bound: () => number
   #backgroundFlush: Promise<void> | null = null
   /** Where background FLUSHes go: one connection per server whose cache may hold writes. */
   #flushEngines: (() => Engine[]) | null = null
-  /** Every engine of the client: their connections that are closing may owe a FLUSH. */
   #engines: () => readonly Engine[] = () => []
   /** Told of each write-like command before it is submitted, and of its outcome (multipath's identity bytes). */
   watch: ((command: Command) => ((ok: boolean) => void) | undefined) | undefined
-  /** A replay finished at this time (performance.now()); one in progress, and when it began. */
-  #replayedAt = -1
-  #replaying: { readonly startedAt: number, readonly done: Promise<void> } | null = null
-  /** Closed while a replay runs: sends of writes and flushes wait for it. */
-  #gate: Deferred<void> | null = null
-  readonly #atGate = (): Promise<void> | undefined => this.#gate?.promise
-  /** Acknowledged writes may be gone and could not be written again: the next FLUSH says so. */
-  #lost = false
-  /** A background FLUSH found writes of a closing connection uncovered: the next barrier rewrites the log. */
-  #owed = false
-  /** A FLUSH that finished while a replay ran: applied after it (the replay reads the ring). */
-  #flushedDuringReplay = -1
+  /** Write-like requests on some connection's wire (not in doubt): a replay waits for none. */
+  #onWire = 0
+  #quiet: Array<() => void> = []
+  /** Requests waiting for the replay of the current epoch. */
+  readonly #gateWaiters = new Set<Waiter>()
+  /** When the current unreplayed stretch began (performance.now()); -1 when replayed. */
+  #lostAt = -1
+  #replaying: Promise<void> | null = null
+  /** An engine changed state (the replay looks for a connected one again). */
+  #stateChanged: (() => void) | null = null
+  #closed: NbdError | null = null
 
-  constructor (options: { readonly logBytes: number, readonly volatileCache: boolean }) {
+  constructor (options: OrderingOptions) {
     this.#logging = options.volatileCache
-    this.#log = new ReplayLog(options.volatileCache ? options.logBytes : 0)
+    this.#ledger = new WriteLedger(options.volatileCache ? options.logBytes : 0)
+    this.#bound = options.bound
+  }
+
+  /** What every engine of the client asks and tells (see LedgerHooks). */
+  get hooks (): LedgerHooks {
+    return { gate: (req) => this.gate(req), lost: (unflushed) => { this.#epochLost(unflushed) } }
   }
 
   /** Where background FLUSHes go (as a barrier FLUSH would: every path in multipath). */
@@ -75,20 +98,16 @@ export class Ordering {
 
   set engines (all: () => readonly Engine[]) {
     this.#engines = all
-  }
-
-  /**
-   * A FLUSH vouches for a write acknowledged by a connection that was already closing only
-   * once that connection's own FLUSH succeeded (the write may have come after the next
-   * connection's replay, and another server's FLUSH covers nothing of it). False: one did not.
-   */
-  async #drainsDurable (): Promise<boolean> {
-    const owed = this.#engines().map((engine) => engine.drainsDurable())
-    return (await Promise.all(owed)).every(Boolean)
+    for (const engine of all()) engine.on('state', () => { this.#stateChanged?.() })
   }
 
   get ranges (): RangeLock {
     return this.#ranges
+  }
+
+  /** The ledger, for statistics and tests. */
+  get ledger (): WriteLedger {
+    return this.#ledger
   }
 
   /**
@@ -109,61 +128,70 @@ export class Ordering {
       throw err
     }
     let pinned = false
+    let wired = false
+    let rec: LedgerRecord | undefined
     const watched = this.watch?.(command)
-    await engine.submit(command, signal, {
-      beforeSend: () => {
-        if (this.#gate !== null) return this.#gate.promise
-        this.#log.supersede(command.offset, end)
-        return undefined
+    const hooks: SubmitHooks = {
+      wire: (on) => {
+        if (on) {
+          wired = true
+          this.#onWire++
+        } else if (wired) {
+          wired = false
+          this.#offWire()
+        }
+      },
+      acked: () => {
+        if (this.#logging) rec = this.#ledger.acknowledged(command.offset, kindOf(command), command.length, (command.flags & NBD_CMD_FLAG.FUA) !== 0, command.payload)
       },
       inDoubt: () => {
         pinned = true
         this.#order.pin()
         this.#ranges.pin(range ?? held!.range)
+        // Nothing waits for a write in doubt: the replay may overtake it (its caller was told
+        // it failed, so either content is allowed there).
+        if (wired) {
+          wired = false
+          this.#offWire()
+        }
       },
       settled: (ok) => {
         watched?.(ok)
-        return this.#settled(command, ok, range, held?.done, pinned)
+        return this.#settled(rec, range, held?.done, pinned)
       }
-    })
+    }
+    await engine.submit(command, signal, hooks)
   }
 
-  /** A write's life on the wire is over: record it (a copy) if it succeeded, then let others go. */
-  #settled (command: Command, ok: boolean, range: HeldRange | undefined, done: (() => void) | undefined, pinned: boolean): void | Promise<void> {
+  /** A write's life on the wire is over: its caller's buffer freed from the ledger, then others go. */
+  #settled (rec: LedgerRecord | undefined, range: HeldRange | undefined, done: (() => void) | undefined, pinned: boolean): void | Promise<void> {
     const release = (): void => {
       if (!pinned) this.#order.leave('write')
       if (range !== undefined) this.#ranges.release(range)
       done?.()
     }
-    if (!ok || !this.#logging || (command.flags & NBD_CMD_FLAG.FUA) !== 0) {
+    if (rec === undefined || this.#ledger.keep(rec)) {
       release()
+      if (this.#ledger.wantsFlush) this.#flushEarly(false).catch(() => {})
       return
     }
-    if (this.#log.limit > 0 && command.length > this.#log.limit / 4) {
-      // Too big to keep a copy of: made durable before its caller hears (a FLUSH sent after it).
-      return this.#flushEarly(true).catch(() => { this.#log.lose() }).finally(release)
-    }
-    if (this.#log.record(command.offset, kindOf(command), command.length, command.payload)) {
-      release()
-      if (this.#log.wantsFlush) this.#flushEarly(false).catch(() => {})
-      return
-    }
-    // The ring is full: the caller's answer waits until a FLUSH frees room (payload still valid).
-    return this.#recordLater(command).finally(release)
+    // Kept as the caller's own buffer (too big for the ring, or the ring is full): its caller
+    // waits until a FLUSH covers it or the ring takes a copy.
+    return this.#keep(rec).finally(release)
   }
 
-  async #recordLater (command: Command): Promise<void> {
+  async #keep (rec: LedgerRecord): Promise<void> {
     for (let tries = 0; tries < 3; tries++) {
-      await this.#flushEarly(tries > 0).catch(() => {})
-      if (this.#log.record(command.offset, kindOf(command), command.length, command.payload)) return
+      await this.#flushEarly(true).catch(() => {})
+      if (this.#ledger.keep(rec)) return
     }
-    this.#log.lose()
+    this.#ledger.lose(rec)
   }
 
   /**
    * A FLUSH in the background (not a barrier: it covers what was acknowledged before it was
    * sent, and writes go on meanwhile). Joins the one on its way unless `fresh` asks for one
-   * sent from now on (the write it must cover was acknowledged after the other left).
+   * sent from now on.
    */
   async #flushEarly (fresh: boolean): Promise<void> {
     if (this.#backgroundFlush !== null) {
@@ -171,16 +199,9 @@ export class Ordering {
       await this.#backgroundFlush.catch(() => {})
       if (this.#backgroundFlush !== null) return await this.#flushEarly(true)
     }
-    const marker = this.#log.flushSent()
-    const flush = settle(this.#flushEngines!().map((engine) => engine.submit({ type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }, undefined, { beforeSend: this.#atGate })))
-      .then(async () => {
-        // A closing connection's writes its own FLUSH did not cover: kept for the next barrier.
-        if (!await this.#drainsDurable()) {
-          this.#owed = true
-          return
-        }
-        this.#flushDone(marker)
-      })
+    const flush = this.#sendFlushes(this.#flushEngines!(), undefined).then((mark) => {
+      if (mark !== undefined) this.#ledger.flushed(mark)
+    })
     this.#backgroundFlush = flush
     try {
       await flush
@@ -190,116 +211,199 @@ export class Ordering {
   }
 
   /**
+   * One FLUSH to each of `engines`; resolves with the mark they share (all sent in one epoch),
+   * or undefined when they were not. `place`: each FLUSH's place in the barrier (see flush()).
+   */
+  async #sendFlushes (engines: readonly Engine[], signal: AbortSignal | undefined, place?: () => () => void): Promise<FlushMark | undefined> {
+    const marks: Array<FlushMark | undefined> = engines.map(() => undefined)
+    await settle(engines.map((engine, i) => {
+      const once = place?.()
+      return engine.submit(FLUSH_COMMAND, signal, {
+        // Each send marks anew: a FLUSH sent again after a reconnect covers from there.
+        wire: (on) => { if (on) marks[i] = this.#ledger.mark() },
+        ...(once !== undefined && { settled: once, inDoubt: once })
+      })
+    }))
+    const first = marks[0]
+    if (first === undefined) return undefined
+    let seq = first.seq
+    for (const m of marks) {
+      if (m === undefined || m.epoch !== first.epoch) return undefined
+      if (m.seq < seq) seq = m.seq
+    }
+    return { seq, epoch: first.epoch }
+  }
+
+  /**
    * FLUSH as a barrier: after every earlier write's life on the wire, before every later one.
    * Sent to each of `engines` (one per server whose cache may hold writes: paths in
-   * round-robin), and done once all are.
+   * round-robin), and done once all are and the ledger says they covered what came before.
    */
   async flush (engines: readonly Engine[], signal: AbortSignal | undefined): Promise<void> {
+    const called = this.#ledger.mark()
     const entering = this.#order.enter('flush', signal)
     if (entering !== undefined) await entering
-    const marker = this.#log.flushSent()
-    // One place per FLUSH, and one for what follows them here (a rewrite of the log must not
-    // meet a later write of the same range).
-    let left = engines.length + 1
+    // One place per FLUSH, and one for the whole call: later writes go once every FLUSH is
+    // over on the wire (or in doubt: a FLUSH changes no data) and this call is done.
+    let left = 1
     const leave = (): void => { if (--left === 0) this.#order.leave('flush') }
+    const place = (): () => void => {
+      left++
+      let done = false
+      return () => { if (!done) { done = true; leave() } }
+    }
     try {
-      await settle(engines.map((engine) => {
-        // Its life on the wire ends, or it is in doubt (then later writes need not wait for it:
-        // a FLUSH changes no data); whichever comes first lets go of its place, once.
-        let done = false
-        const once = (): void => { if (!done) { done = true; leave() } }
-        return engine.submit({ type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }, signal, { beforeSend: this.#atGate, settled: once, inDoubt: once })
-      }))
-      let durable = true
-      if (!await this.#drainsDurable() || this.#owed) {
-        // A connection that closed acknowledged writes no FLUSH of its own covered: they are
-        // still in the log, so they are written again here and FLUSHed, inside the barrier.
-        this.#owed = false
-        durable = await this.#rewrite(engines).then(() => true, () => false)
+      let deadline = Infinity
+      for (;;) {
+        const mark = await this.#sendFlushes(engines, signal, place)
+        if (!this.#logging || (mark !== undefined && this.#ledger.flushed(mark))) break
+        // A connection was lost while it was on its way: it covers nothing. Once that epoch's
+        // replay is done it is sent again, within the bound from this first miss.
+        if (deadline === Infinity) deadline = performance.now() + this.#bound()
+        await this.#waitReplayed(deadline, signal)
       }
-      if (durable) this.#flushDone(marker)
-      else this.#lost = true
     } finally {
       leave()
     }
-    // A reconnect while it was on its way (it was then sent again after the replay) counts too.
-    if (this.#lost) {
-      this.#lost = false
+    if (this.#ledger.lostBefore(called)) {
       throw new DurabilityError('writes acknowledged before the connection to the server was lost may not have reached stable storage, and could not be written again')
     }
   }
 
-  /** The log written again through `engines[0]`, then a FLUSH on every one of them. */
-  async #rewrite (engines: readonly Engine[]): Promise<void> {
-    if (!this.#log.complete) throw new DurabilityError('the replay log is not complete')
-    const target = engines[0]!
-    await writePieces(this.#log.pieces(), (command) => target.submit(command, undefined, { beforeSend: this.#atGate }))
-    await settle(engines.map((engine) => engine.submit({ type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }, undefined, { beforeSend: this.#atGate })))
+  // ── epochs and the replay ────────────────────────────────────────────────────────────
+
+  /** The engines' gate: every send waits while the current epoch is not replayed. */
+  gate (req: Request): Promise<void> | undefined {
+    if (this.#ledger.replayed && this.#closed === null) return undefined
+    const from = req.firstFailureAt >= 0 ? req.firstFailureAt : this.#lostAt >= 0 ? this.#lostAt : performance.now()
+    return this.#waitReplayed(from + this.#bound(), req.signal)
   }
 
-  /** Records up to `marker` are durable; while a replay reads them, later. */
-  #flushDone (marker: number): void {
-    if (this.#replaying === null) this.#log.flushDone(marker)
-    else this.#flushedDuringReplay = Math.max(this.#flushedDuringReplay, marker)
+  #epochLost (unflushed: boolean): void {
+    if (!this.#logging || this.#closed !== null || !unflushed) return
+    const wasReplayed = this.#ledger.replayed
+    this.#ledger.newEpoch()
+    if (this.#ledger.replayed) return
+    if (wasReplayed) this.#lostAt = performance.now()
+    this.#replaying ??= this.#replayLoop().catch(() => {}).finally(() => { this.#replaying = null })
   }
 
-  /**
-   * Engine `recover` hook: before a new connection takes requests, the log's pieces are
-   * written again on it. With several connections a loss is replayed once: a connection lost
-   * before a replay that has finished (or is running) does not replay again.
-   */
-  async recover (channel: RecoveryChannel): Promise<void> {
-    if (!this.#log.dirty) return
-    if (this.#replayedAt > channel.lostAt) return
-    const running = this.#replaying
-    if (running !== null && running.startedAt > channel.lostAt) {
-      await running.done
-      return
-    }
-    if (!this.#log.complete) {
-      // Something acknowledged is not in the log: the next FLUSH cannot vouch for it.
-      this.#lost = true
-    }
-    const startedAt = performance.now()
-    const gate = deferred()
-    this.#gate = gate
-    const done = this.#replay(channel)
-    this.#replaying = { startedAt, done: done.catch(() => {}) }
-    try {
-      await done
-      this.#replayedAt = startedAt
-    } finally {
-      if (this.#replaying?.startedAt === startedAt) this.#replaying = null
-      if (this.#gate === gate) this.#gate = null
-      gate.resolve()
-      if (this.#replaying === null && this.#flushedDuringReplay >= 0) {
-        this.#log.flushDone(this.#flushedDuringReplay)
-        this.#flushedDuringReplay = -1
+  /** Replays until the newest epoch is replayed (or the client closes). */
+  async #replayLoop (): Promise<void> {
+    let retry = REPLAY_RETRY_MS
+    while (!this.#ledger.replayed && this.#closed === null) {
+      const epoch = this.#ledger.epoch
+      await this.#whenQuiet()
+      const engine = await this.#connectedEngine()
+      if (engine === undefined) return
+      if (epoch !== this.#ledger.epoch) continue
+      try {
+        await writePieces(this.#ledger.pieces(), (command) => engine.replay(command))
+        this.#ledger.replayDone(epoch)
+        retry = REPLAY_RETRY_MS
+      } catch (err) {
+        // A lost connection starts the next epoch on its own; a server that refused a write
+        // (EIO) is tried again a little later. Either way this epoch stays unreplayed.
+        if (!isTransportError(err)) {
+          await sleep(retry)
+          retry = Math.min(retry * 2, 1000)
+        }
       }
     }
+    if (this.#ledger.replayed) {
+      this.#lostAt = -1
+      for (const w of this.#gateWaiters) w.resolve()
+      this.#gateWaiters.clear()
+    }
   }
 
-  async #replay (channel: RecoveryChannel): Promise<void> {
-    await writePieces(this.#log.pieces(), (command) => channel.submit(command))
+  /** Resolves once no write-like request is on any wire (in doubt ones aside). */
+  #whenQuiet (): Promise<void> | undefined {
+    if (this.#onWire === 0) return undefined
+    return new Promise((resolve) => { this.#quiet.push(resolve) })
   }
 
+  #offWire (): void {
+    if (--this.#onWire > 0) return
+    const quiet = this.#quiet
+    this.#quiet = []
+    for (const resolve of quiet) resolve()
+  }
+
+  /** A connected engine: now, or once one connects; undefined once the client is closed. */
+  async #connectedEngine (): Promise<Engine | undefined> {
+    for (;;) {
+      if (this.#closed !== null) return undefined
+      const engine = this.#engines().find((e) => e.state === 'CONNECTED')
+      if (engine !== undefined) return engine
+      await new Promise<void>((resolve) => {
+        // A state event, or a look now and then (an engine's first connect is not announced).
+        const timer = setTimeout(() => { this.#stateChanged = null; resolve() }, 250)
+        timer.unref()
+        this.#stateChanged = () => { clearTimeout(timer); this.#stateChanged = null; resolve() }
+      })
+    }
+  }
+
+  /** Waits until the current epoch is replayed, until `deadline` (performance.now()) at the latest. */
+  #waitReplayed (deadline: number, signal: AbortSignal | undefined): Promise<void> {
+    if (this.#closed !== null) return Promise.reject(this.#closed)
+    if (this.#ledger.replayed) return Promise.resolve()
+    if (signal?.aborted === true) return Promise.reject(new AbortedError(signal.reason))
+    return new Promise<void>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined
+      const onAbort = (): void => { finish(new AbortedError(signal!.reason)) }
+      const finish = (err?: Error): void => {
+        if (!this.#gateWaiters.delete(waiter)) return
+        clearTimeout(timer)
+        signal?.removeEventListener('abort', onAbort)
+        if (err === undefined) resolve()
+        else reject(err)
+      }
+      const waiter: Waiter = { resolve: () => { finish() }, reject: finish }
+      this.#gateWaiters.add(waiter)
+      const ms = deadline - performance.now()
+      timer = setTimeout(() => {
+        finish(new ReconnectDelayError(`the writes acknowledged before a lost connection could not be written again within ${Math.round(this.#bound())} ms`))
+      }, Math.max(0, ms))
+      signal?.addEventListener('abort', onAbort, { once: true })
+    })
+  }
+
+  /** The client is closing: waiters fail, the replay stops. */
+  close (error: NbdError = new ClosedError('client closed')): void {
+    if (this.#closed !== null) return
+    this.#closed = error
+    for (const w of [...this.#gateWaiters]) w.reject(error)
+    this.#stateChanged?.()
+    const quiet = this.#quiet
+    this.#quiet = []
+    for (const resolve of quiet) resolve()
+  }
 }
 
 function kindOf (command: Command): PieceKind {
   return command.type === NBD_CMD.WRITE ? 'data' : command.type === NBD_CMD.TRIM ? 'trim' : 'zero'
 }
 
-/** Writes the log's pieces again, REPLAY_DEPTH at a time. */
-async function writePieces (pieces: Piece[], submit: (command: Command) => Promise<unknown>): Promise<void> {
-  const worker = async (): Promise<void> => {
-    for (let piece = pieces.shift(); piece !== undefined; piece = pieces.shift()) {
-      await submit(replayCommand(piece.kind, piece.start, Number(piece.end - piece.start), piece.data))
-    }
-  }
-  await Promise.all(Array.from({ length: REPLAY_DEPTH }, worker))
+function sleep (ms: number): Promise<void> {
+  return new Promise((resolve) => { setTimeout(resolve, ms).unref() })
 }
 
-function replayCommand (kind: PieceKind, offset: bigint, length: number, data: Buffer | undefined): Command {
-  if (kind === 'data') return { type: NBD_CMD.WRITE, flags: 0, offset, length, payload: data! }
-  return { type: kind === 'trim' ? NBD_CMD.TRIM : NBD_CMD.WRITE_ZEROES, flags: 0, offset, length }
+/** Writes the ledger's pieces again, REPLAY_DEPTH at a time. */
+async function writePieces (pieces: Piece[], submit: (command: Command) => Promise<unknown>): Promise<void> {
+  let next = 0
+  const worker = async (): Promise<void> => {
+    while (next < pieces.length) {
+      const piece = pieces[next++]!
+      await submit(replayCommand(piece))
+    }
+  }
+  await settle(Array.from({ length: Math.min(REPLAY_DEPTH, pieces.length) }, worker))
+}
+
+function replayCommand (piece: Piece): Command {
+  const length = Number(piece.end - piece.start)
+  if (piece.kind === 'data') return { type: NBD_CMD.WRITE, flags: 0, offset: piece.start, length, payload: piece.data! }
+  return { type: piece.kind === 'trim' ? NBD_CMD.TRIM : NBD_CMD.WRITE_ZEROES, flags: 0, offset: piece.start, length }
 }

@@ -13,7 +13,7 @@ import { establish, type Establish, type EstablishOptions } from '../connector/c
 import type { ExportInfo } from '../connector/export-info.ts'
 import { openMultipath, type Multipath } from '../multipath/open-paths.ts'
 import { ClientStats, type StatsSnapshot } from '../stats/client-stats.ts'
-import { Engine, type EngineOptions, type Recover } from './engine/engine.ts'
+import { Engine, type EngineOptions, type LedgerHooks } from './engine/engine.ts'
 import type { NbdClientState } from './engine/lifecycle.ts'
 import type { ResolvedOptions } from './options.ts'
 import { checkReconnectedExport } from './reconnect-check.ts'
@@ -50,15 +50,15 @@ export class EnginePool {
 
   /**
    * Opens the first connection, then, when more are asked for and the server allows
-   * multi-conn, the rest. `recover` runs on each connection after its first. With several
+   * multi-conn, the rest. `hooks` are the write ledger's, on every connection. With several
    * paths (resolved.multipath) every connection chooses its path (see multipath/).
    */
-  static async open (resolved: ResolvedOptions, recover: Recover, signal: AbortSignal | undefined): Promise<EnginePool> {
+  static async open (resolved: ResolvedOptions, hooks: LedgerHooks, signal: AbortSignal | undefined): Promise<EnginePool> {
     if (resolved.multipath !== undefined) {
-      const { engines, multipath } = await openMultipath(resolved, resolved.multipath, recover, signal)
+      const { engines, multipath } = await openMultipath(resolved, resolved.multipath, hooks, signal)
       return new EnginePool(engines, multipath)
     }
-    const open = (label: string): Promise<Engine> => Engine.open(engineOptions(resolved, label, recover, (s) => establish(connectOptions(resolved), s)), signal)
+    const open = (label: string): Promise<Engine> => Engine.open(engineOptions(resolved, label, hooks, (s) => establish(connectOptions(resolved), s)), signal)
     const first = await open('connection 1')
     let connections: number
     try {
@@ -157,7 +157,7 @@ export function connectOptions (resolved: ResolvedOptions): EstablishOptions {
 }
 
 /** An engine of `resolved`, connecting with `establishOne`. */
-export function engineOptions (resolved: ResolvedOptions, label: string, recover: Recover, establishOne: Establish, extra: Partial<EngineOptions> = {}): EngineOptions {
+export function engineOptions (resolved: ResolvedOptions, label: string, hooks: LedgerHooks, establishOne: Establish, extra: Partial<EngineOptions> = {}): EngineOptions {
   const address = resolved.address
   return {
     establish: establishOne,
@@ -166,7 +166,7 @@ export function engineOptions (resolved: ResolvedOptions, label: string, recover
     reconnectDelay: resolved.reconnectDelay,
     openTimeout: resolved.openTimeout,
     label,
-    recover,
+    ...hooks,
     ...(resolved.backoff !== undefined && { backoff: resolved.backoff }),
     ...(address?.transport === 'unix' && resolved.injectedOpen !== true && resolved.multipath === undefined && { watchPath: address.path }),
     ...extra

@@ -24,7 +24,7 @@ import { establish, type Connection } from '../connector/connection.ts'
 import type { ExportInfo } from '../connector/export-info.ts'
 import type { RecoveryChannel } from '../client/engine/connections.ts'
 import type { Command } from '../client/engine/request.ts'
-import { Engine, type Recover } from '../client/engine/engine.ts'
+import { Engine, type LedgerHooks } from '../client/engine/engine.ts'
 import type { ResolvedOptions, ResolvedPaths } from '../client/options.ts'
 import { connectOptions, connectionCount, engineOptions } from '../client/pool.ts'
 import { PathChecker } from './checker.ts'
@@ -44,7 +44,7 @@ export interface Multipath {
   stop: () => Promise<void>
 }
 
-export async function openMultipath (resolved: ResolvedOptions, mp: ResolvedPaths, recover: Recover, signal: AbortSignal | undefined): Promise<{ engines: Engine[], multipath: Multipath }> {
+export async function openMultipath (resolved: ResolvedOptions, mp: ResolvedPaths, hooks: LedgerHooks, signal: AbortSignal | undefined): Promise<{ engines: Engine[], multipath: Multipath }> {
   const paths = new PathSet(mp.uris, mp.selector, mp.failback)
   const n = mp.uris.length
   let reference: ExportInfo | undefined
@@ -142,7 +142,7 @@ export async function openMultipath (resolved: ResolvedOptions, mp: ResolvedPath
     ? undefined
     : async (channel: RecoveryChannel): Promise<void> => { if (channel.path !== undefined) await checkIdentityBytes(channel.path, channel.submit, false) }
 
-  const open = (connection: number): Promise<Engine> => Engine.open(engineOptions(resolved, `connection ${connection + 1}`, recover, establishFor(connection), {
+  const open = (connection: number): Promise<Engine> => Engine.open(engineOptions(resolved, `connection ${connection + 1}`, hooks, establishFor(connection), {
     pathFailed: (path, reason) => { paths.failed(path, reason) },
     alternative: () => paths.anyUsable(),
     ...(vet !== undefined && { vet })

@@ -38,7 +38,7 @@ export class SimConnection {
   stallNext = false
   closed = false
   #phase: 'flags' | 'options' | 'transmission' = 'flags'
-  #buffer = Buffer.alloc(0)
+  #buffer: Buffer = Buffer.alloc(0)
   #disc = false
 
   constructor (id: number, server: SimServer) {

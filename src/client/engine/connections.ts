@@ -19,7 +19,7 @@ import {
   AbortedError, ClosedError, ConnectionError, NbdError, ProtocolError, ReconnectDelayError, ServerChangedError,
   TimeoutError, isTransportError
 } from '../../errors.ts'
-import { NBD_CMD, NBD_FLAG } from '../../protocol/constants.ts'
+import { NBD_CMD } from '../../protocol/constants.ts'
 import { commandName } from '../../protocol/names.ts'
 import type { Connection, Establish } from '../../connector/connection.ts'
 import { Connector } from '../../connector/connector.ts'
@@ -34,17 +34,15 @@ import { checkLiveness } from './liveness.ts'
 import type { CommandResult } from './reply.ts'
 import type { Command, Request } from './request.ts'
 
-/** A new connection, before it takes requests: send what must come first (see ReplayLog). */
+/** A new connection, before it takes requests: what may be sent on it first (multipath's identity check). */
 export interface RecoveryChannel {
-  /** When the connection this one replaces was lost (performance.now()). */
-  readonly lostAt: number
   /** Multipath: the path (0-based) it runs over. */
   readonly path: number | undefined
   /** Sends on this connection only; a failure there fails the recovery (and the connection). */
   submit: (command: Command) => Promise<CommandResult>
 }
 
-export type Recover = (channel: RecoveryChannel) => Promise<void>
+export type Vet = (channel: RecoveryChannel) => Promise<void>
 
 export interface ConnectionsOptions {
   readonly establish: Establish
@@ -55,7 +53,8 @@ export interface ConnectionsOptions {
   readonly backoff?: BackoffOptions | undefined
   readonly label?: string | undefined
   readonly watchPath?: string | undefined
-  readonly recover?: Recover | undefined
+  /** A link stopped carrying requests; `unflushed`: see EngineOptions.lost. */
+  readonly lost?: ((unflushed: boolean) => void) | undefined
   readonly stats: ClientStats
   readonly emit: (change: StateChange) => void
   /** Requests wait for a connection, or hold a slot: keep reconnect attempts dense. */
@@ -71,10 +70,10 @@ export interface ConnectionsOptions {
    */
   readonly alternative?: (() => boolean) | undefined
   /**
-   * Runs on every connection, the first included, before it takes requests (and before the
-   * replay): multipath's identity bytes. A rejection fails the connection.
+   * Runs on every connection, the first included, before it takes requests: multipath's
+   * identity bytes. A rejection fails the connection.
    */
-  readonly vet?: Recover | undefined
+  readonly vet?: Vet | undefined
 }
 
 /** How long a failover to a usable path may take before its requests count as failed. */
@@ -101,13 +100,9 @@ export class Connections {
   /** Disconnected on purpose (disconnect()): the connector waits for reconnect(). */
   #held = false
   closing = false
-  /** A closing link acknowledged writes that no FLUSH of its own covered (told to one FLUSH). */
-  drainFlushMissed = false
   #tick: NodeJS.Timeout | null = null
   readonly #opened: Deferred<void> = deferred()
   #first = true
-  /** When the link that the next one replaces was lost. */
-  #lostAt = -1
 
   /** The bound on waiting for a connection now: the reconnect delay, or a failover's. */
   get #bound (): number {
@@ -249,29 +244,24 @@ export class Connections {
       }
       this.#options.stats.reconnects++
     }
-    const replay = first ? undefined : this.#options.recover
-    const vet = this.#options.vet
-    const recover: Recover | undefined = vet === undefined ? replay : replay === undefined ? vet : async (c) => { await vet(c); await replay(c) }
+    const recover = this.#options.vet
     const link = new Link(conn, recover === undefined ? 'ACTIVE' : 'RECOVERING', {
       counters: this.#options.stats.chunks,
       failed: (l, err) => { this.#linkFailed(l, err) },
       closed: (l) => { this.links.delete(l) }
     })
     this.links.add(link)
-    // Its durable promise settles by the time it closes; a FLUSH asks later (drainsDurable).
-    void link.durable.then((ok) => { if (!ok) this.drainFlushMissed = true })
     if (recover === undefined) {
       this.#install(link)
       return
     }
-    const channel: RecoveryChannel = { lostAt: this.#lostAt, path: conn.path, submit: (command) => this.#options.runOn(link, command) }
+    const channel: RecoveryChannel = { path: conn.path, submit: (command) => this.#options.runOn(link, command) }
     recover(channel).then(() => {
       if (link.state === 'RECOVERING' && link.error === null) this.#install(link)
     }, (err: unknown) => {
-      // The replay (or the vetting) could not finish here: this connection is lost too; the
-      // connector goes on.
+      // The vetting could not finish here: this connection is lost too; the connector goes on.
       const own = err instanceof ProtocolError || err instanceof ServerChangedError || isTransportError(err)
-      link.fail(own ? err : new ConnectionError('the replay of acknowledged writes failed', { cause: err }))
+      link.fail(own ? err : new ConnectionError('the new connection could not be checked', { cause: err }))
     })
   }
 
@@ -279,7 +269,6 @@ export class Connections {
     link.state = 'ACTIVE'
     this.active = link
     this.#delayExpired = false
-    this.#lostAt = -1
     const first = this.#first
     this.#first = false
     this.#lifecycle.set('CONNECTED', first ? 'connected' : 'reconnected', !first)
@@ -291,6 +280,8 @@ export class Connections {
   // ── losing one ───────────────────────────────────────────────────────────────────────
 
   #linkFailed (link: Link, error: NbdError): void {
+    // A link that was drained told the ledger when it stopped taking requests (drain()).
+    if (link === this.active || link.state === 'RECOVERING') this.#options.lost?.(link.unflushed)
     // A link that was closing on purpose says nothing about its path; one that was in use does.
     if (link.conn.path !== undefined && (link === this.active || link.state === 'RECOVERING')) this.#options.pathFailed?.(link.conn.path, error.message)
     if (error instanceof ProtocolError) {
@@ -307,7 +298,6 @@ export class Connections {
     if (link !== this.active) return
     this.active = null
     if (link.lostAt < 0) link.lostAt = performance.now()
-    this.#lostAt = link.lostAt
     if (this.closing) {
       // Nobody is coming back for these requests: close() fails them rather than reconnect.
       this.quit(new ClosedError(`client closed after the connection was lost: ${reason}`))
@@ -344,25 +334,24 @@ export class Connections {
     // (IN_DOUBT) rather than wait on for a server that may never answer.
     const ms = failing ? Math.max(MIN_DRAIN_MS, delay) : Math.max(MIN_DRAIN_MS, delay, this.#options.requestTimeout)
     const timeout = (): NbdError => new TimeoutError(`the server did not finish the requests of a closed connection within ${ms} ms`)
-    // What this connection acknowledged is made durable here before it goes: a FLUSH on
-    // another connection covers it only with multi-conn, and never on another server.
-    const flushFirst = (link.conn.info.flags & NBD_FLAG.SEND_FLUSH) === 0
-      ? undefined
-      : async (): Promise<void> => { if (link.unflushed) await this.#options.runOn(link, { type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }) }
+    // What this connection acknowledged (and what it may still acknowledge) is not covered by a
+    // FLUSH on another connection (not without multi-conn, never on another server): a new
+    // epoch, whose replay waits for this wire and writes it all again on the next connection.
+    if (link === this.active) this.#options.lost?.(link.unflushed || link.writesOnWire)
     if (!failing) {
-      link.drain(ms, timeout, undefined, flushFirst)
+      link.drain(ms, timeout)
     } else {
       if (report && link.conn.path !== undefined) this.#options.pathFailed?.(link.conn.path, reason)
       const now = performance.now()
       for (const req of link.table.requests()) if (req.firstFailureAt < 0) req.firstFailureAt = now
       if (delay === 0) {
         for (const req of link.table.requests()) req.answerEarly(new TimeoutError(reason))
-        link.drain(ms, timeout, undefined, flushFirst)
+        link.drain(ms, timeout)
       } else {
         link.drain(ms, timeout, {
           ms: delay,
           error: () => new ReconnectDelayError(`the server did not come back within the reconnect delay (${delay} ms)`, { cause: new TimeoutError(reason) })
-        }, flushFirst)
+        })
       }
     }
     this.#lost(link, reason)

@@ -40,16 +40,30 @@ import type { Establish } from '../../connector/connection.ts'
 import type { BackoffOptions } from '../../connector/backoff.ts'
 import type { ExportInfo } from '../../connector/export-info.ts'
 import { ClientStats, type StatsSnapshot } from '../../stats/client-stats.ts'
-import { Connections, MIN_DRAIN_MS, type Recover } from './connections.ts'
+import { Connections, MIN_DRAIN_MS, type Vet } from './connections.ts'
 import type { NbdClientState, StateChange } from './lifecycle.ts'
 import type { Link } from './link.ts'
 import type { CommandResult } from './reply.ts'
 import { Request, type Command, type SubmitHooks } from './request.ts'
 import { Admission } from './slots.ts'
 
-export type { Recover, RecoveryChannel } from './connections.ts'
+export type { Vet, RecoveryChannel } from './connections.ts'
 
-export interface EngineOptions {
+/** What the client's write ledger (Ordering) hears from, and asks of, every engine. */
+export interface LedgerHooks {
+  /**
+   * Asked before every send of every request, on every connection of the client: undefined to
+   * go on, or a wait (the write ledger's replay: Ordering.gate). Replay requests skip it.
+   */
+  readonly gate?: ((req: Request) => Promise<void> | undefined) | undefined
+  /**
+   * A connection stopped carrying requests (lost, or drained); `unflushed`: it acknowledged
+   * write-like commands that no FLUSH of its own covered (a new server epoch: Ordering).
+   */
+  readonly lost?: ((unflushed: boolean) => void) | undefined
+}
+
+export interface EngineOptions extends LedgerHooks {
   readonly establish: Establish
   /** Requests in flight at most (slots). */
   readonly maxInFlight: number
@@ -64,25 +78,25 @@ export interface EngineOptions {
   readonly label?: string
   /** A Unix socket path: a reappearing socket file is tried at once. */
   readonly watchPath?: string
-  /** Runs on every connection after the first, before it takes requests. */
-  readonly recover?: Recover
   /** A connection over a path of several failed (see Connection.path). */
   readonly pathFailed?: (path: number, reason: string) => void
   /** Multipath: another path is usable now (see ConnectionsOptions.alternative). */
   readonly alternative?: () => boolean
   /** Runs on every connection, the first included, before it takes requests. */
-  readonly vet?: Recover
+  readonly vet?: Vet
 }
 
 export class Engine extends EventEmitter<{ state: [StateChange] }> {
   readonly stats = new ClientStats()
   readonly #admission: Admission
   readonly #connections: Connections
+  readonly #gate: ((req: Request) => Promise<void> | undefined) | undefined
   #closed: Promise<void> | null = null
 
   private constructor (options: EngineOptions) {
     super()
     this.#admission = new Admission(options.maxInFlight)
+    this.#gate = options.gate
     this.#connections = new Connections({
       ...options,
       stats: this.stats,
@@ -203,7 +217,7 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
         await connections.waitConnected(req)
         continue
       }
-      const gate = req.beforeSend()
+      const gate = this.#gate?.(req) ?? req.beforeSend()
       if (gate !== undefined) {
         await gate
         continue
@@ -261,7 +275,9 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
       } else if (req.type === NBD_CMD.WRITE || req.type === NBD_CMD.WRITE_ZEROES || req.type === NBD_CMD.TRIM) {
         link.unflushed = true
         link.lastWriteAt = performance.now()
-        if (link.state !== 'ACTIVE' && link.state !== 'RECOVERING') link.drainAcks = true
+        // Recorded now, while this link is known to be alive: a loss after this starts a new
+        // epoch, whose replay includes it (see WriteLedger).
+        req.acked()
       }
       return result
     } catch (err) {
@@ -301,14 +317,13 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
   /** QEMU's cancel_in_flight: waiting requests fail now instead of at the end of the delay. */
   cancelInFlight (): void { this.#connections.cancelInFlight() }
   /**
-   * Whether every connection of this engine that acknowledged writes while closing has made
-   * them durable with a FLUSH of its own (waits for those FLUSHes; see Link.durable).
+   * One command of the write ledger's replay, on the active connection now: outside admission,
+   * retries and the gate (it is what the gate waits for). Rejects when not connected.
    */
-  async drainsDurable (): Promise<boolean> {
-    const owed = [...this.#connections.links].filter((link) => link.drainAcks).map((link) => link.durable)
-    const ok = (await Promise.all(owed)).every(Boolean) && !this.#connections.drainFlushMissed
-    this.#connections.drainFlushMissed = false
-    return ok
+  async replay (command: Command): Promise<CommandResult> {
+    const link = this.#connections.active
+    if (link === null || this.#connections.state !== 'CONNECTED') throw new ConnectionError('not connected')
+    return await this.#runOn(link, command)
   }
 
   /** Reconnects without failing anything (see Connections.reconnect). */

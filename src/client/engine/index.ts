@@ -1,4 +1,4 @@
-export { Engine, type EngineOptions, type Recover, type RecoveryChannel } from './engine.ts'
+export { Engine, type EngineOptions, type LedgerHooks, type RecoveryChannel } from './engine.ts'
 export { NBD_CLIENT_STATE, stateChannel, type NbdClientState, type StateChange } from './lifecycle.ts'
 export { MAX_IN_FLIGHT } from './slots.ts'
 export type { Command, Settled, SubmitHooks } from './request.ts'

@@ -36,7 +36,6 @@ import type { ChunkCounters } from './reply.ts'
 import type { Request } from './request.ts'
 import { Sender } from './sender.ts'
 import { CookieTable } from './slots.ts'
-import { deferred } from '../../util/deferred.ts'
 
 export type LinkState = 'RECOVERING' | 'ACTIVE' | 'DRAINING' | 'IN_DOUBT' | 'CLOSED'
 
@@ -76,17 +75,7 @@ export class Link {
   /** A write-like command succeeded here since the last FLUSH did (and when the last did). */
   unflushed = false
   lastWriteAt = -1
-  /**
-   * A write-like command succeeded here after the link stopped taking new requests: possibly
-   * after the next connection's replay ran, so only this link's own drain FLUSH covers it.
-   */
-  drainAcks = false
-  /** Run once the link is idle, before NBD_CMD_DISC (a drain's FLUSH). */
-  #beforeDisc: (() => Promise<unknown>) | null = null
   #disconnecting = false
-  /** The drain's FLUSH is on its way: the one request a DRAINING link still sends. */
-  #discFlush = false
-  readonly #durable = deferred<boolean>()
   /** When bytes last moved either way (liveness). */
   lastProgressAt = performance.now()
   #progress = 0
@@ -127,10 +116,16 @@ export class Link {
     return this.conn.info.tls
   }
 
+  /** A write-like command is on this link's wire. */
+  get writesOnWire (): boolean {
+    for (const req of this.table.requests()) if (WRITE_LIKE.has(req.type)) return true
+    return false
+  }
+
   /** Throws unless new requests may go out here. */
   checkSendable (): void {
     if (this.error !== null) throw new ConnectionError('the connection was lost before the request could be sent', { cause: this.error })
-    if (this.state !== 'ACTIVE' && this.state !== 'RECOVERING' && !(this.state === 'DRAINING' && this.#discFlush)) {
+    if (this.state !== 'ACTIVE' && this.state !== 'RECOVERING') {
       throw new ConnectionError('the connection is being closed; the request goes to the next one')
     }
   }
@@ -139,29 +134,15 @@ export class Link {
   release (req: Request): void {
     this.receiver.leave(req)
     this.table.unregister(req)
+    req.wire(false)
     if ((this.state === 'DRAINING' || this.state === 'IN_DOUBT') && this.table.count === 0) this.#disconnect()
   }
 
-  /** Idle and closing: the drain's FLUSH if it has one, then NBD_CMD_DISC. */
+  /** Idle and closing: NBD_CMD_DISC (what it acknowledged is the write ledger's: see Ordering). */
   #disconnect (): void {
     if (this.#disconnecting) return
     this.#disconnecting = true
-    const before = this.state === 'DRAINING' && this.error === null ? this.#beforeDisc : null
-    if (before === null) {
-      this.#settleDurable()
-      this.#sendDisc()
-      return
-    }
-    this.#discFlush = true
-    before().then(() => {
-      this.#discFlush = false
-      this.#durable.resolve(true)
-      this.#sendDisc()
-    }, () => {
-      this.#discFlush = false
-      this.#settleDurable()
-      this.#sendDisc()
-    })
+    this.#sendDisc()
   }
 
   /** DISC, and a bound on the server's close: idle, so destroying the socket loses nothing. */
@@ -170,19 +151,6 @@ export class Link {
     if (this.state === 'CLOSED') return
     this.#closeTimer = setTimeout(() => { this.conn.socket.destroy() }, DISC_CLOSE_MS)
     this.#closeTimer.unref()
-  }
-
-  /**
-   * Whether what this link acknowledged while draining is covered by a FLUSH of its own: true
-   * once that FLUSH succeeded, or if there was nothing to cover; false once the link is gone
-   * (or in doubt) without one. Only meaningful for a link that left ACTIVE.
-   */
-  get durable (): Promise<boolean> {
-    return this.#durable.promise
-  }
-
-  #settleDurable (): void {
-    this.#durable.resolve(!this.drainAcks)
   }
 
   /**
@@ -206,16 +174,13 @@ export class Link {
    * NBD_CMD_DISC; for at most `ms`, then IN_DOUBT or destroyed (see above), what is still on
    * it failing with `onTimeout()`. With `answer`, the callers of what is still on the wire
    * after `answer.ms` are answered with `answer.error()` (their bound passed), while the
-   * requests themselves stay until the end. `flushFirst` runs once the link is idle, before
-   * the DISC: a server without multi-conn need not let a FLUSH on another connection cover
-   * what this one acknowledged, nor need another server (multipath).
+   * requests themselves stay until the end.
    */
-  drain (ms: number, onTimeout: () => NbdError, answer?: { readonly ms: number, readonly error: () => Error }, flushFirst?: () => Promise<unknown>): void {
+  drain (ms: number, onTimeout: () => NbdError, answer?: { readonly ms: number, readonly error: () => Error }): void {
     if (this.state === 'DRAINING' || this.state === 'IN_DOUBT' || this.state === 'CLOSED') return
     this.state = 'DRAINING'
     if (this.lostAt < 0) this.lostAt = performance.now()
     if (this.error !== null) return
-    this.#beforeDisc = flushFirst ?? null
     if (this.table.count === 0) this.#disconnect()
     this.#drainTimer = setTimeout(() => { this.#deadline(onTimeout()) }, ms)
     this.#drainTimer.unref()
@@ -237,7 +202,6 @@ export class Link {
       return
     }
     this.state = 'IN_DOUBT'
-    this.#settleDurable()
     if (this.#answerTimer !== null) clearTimeout(this.#answerTimer)
     this.#answerTimer = null
     // Everything here is answered now; whatever orders against it is told (see Request).
@@ -259,7 +223,6 @@ export class Link {
 
   #setClosed (): void {
     this.#clearDrainTimer()
-    this.#settleDurable()
     if (this.state === 'CLOSED') return
     this.state = 'CLOSED'
     this.#hooks.closed(this)

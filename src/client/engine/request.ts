@@ -53,6 +53,13 @@ export interface SubmitHooks {
    * `settled`, which still comes when the life on the wire ends.
    */
   readonly inDoubt?: () => void
+  /**
+   * A write-like command was acknowledged by the server (called as its reply is taken, while
+   * its connection is known to be alive; not for a request answered early).
+   */
+  readonly acked?: () => void
+  /** One send is on a connection's wire (true: registered there), or no longer (false). */
+  readonly wire?: (on: boolean) => void
 }
 
 export class Request implements PayloadSink, ReplyTarget {
@@ -108,6 +115,21 @@ export class Request implements PayloadSink, ReplyTarget {
     this.payload = command.payload
     this.dest = command.dest ?? null
     this.#hooks = hooks
+  }
+
+  /** Registered on a link's wire, until that link lets go of it. */
+  #onWire = false
+
+  /** The server acknowledged this write-like command (see SubmitHooks.acked). */
+  acked (): void {
+    if (!this.abandoned) this.#hooks?.acked?.()
+  }
+
+  /** Its link registered it (true) or let go of it (false); see SubmitHooks.wire. */
+  wire (on: boolean): void {
+    if (this.#onWire === on) return
+    this.#onWire = on
+    this.#hooks?.wire?.(on)
   }
 
   /** The beforeSend hook's answer (undefined: send now). */

@@ -68,6 +68,7 @@ export class Sender {
     const info = link.conn.info
     const extended = info.mode === 'extended'
     link.table.register(req)
+    req.wire(true)
     req.link = link
     req.reply = new Reply(req, info.mode, info.contexts, link.counters)
     const header = link.table.headerOf(req)

@@ -1,0 +1,357 @@
+/**
+ * The write ledger: every write the server acknowledged that no FLUSH has covered yet, with
+ * the data to write it again, so that a FLUSH vouches only for what the server is known to
+ * hold.
+ *
+ * THE INVARIANT
+ *
+ *   Server epochs: any loss of a connection that could have been a server restart starts a
+ *   new epoch (newEpoch()), for every connection at once. Within one epoch, the server that
+ *   acknowledged a write still holds it (in its cache or on disk).
+ *
+ *   For every byte b, if a write-like command (WRITE, WRITE_ZEROES, TRIM) to b was
+ *   acknowledged by the server and no FLUSH has covered it since, then exactly one segment
+ *   covers b, and it names the newest such acknowledgement (newest = last acknowledged:
+ *   overlapping writes are never on the wire together), with its data (a copy in the ring,
+ *   or the caller's own buffer while its caller still waits) — or that write is counted as
+ *   lost (#lostSeq), and the first FLUSH of a later epoch fails with NBD_ERR_DURABILITY.
+ *   A write acknowledged with FUA is durable: it only cuts what it overwrote.
+ *
+ *   A FLUSH covers exactly the records acknowledged before it was sent (seq < marker), and
+ *   only if it was sent and answered in the same epoch; otherwise it covers nothing. No
+ *   FLUSH, and no other request, is sent in an epoch before that epoch's replay is done
+ *   (the caller's gate: Ordering), and the replay writes every segment again: so when a
+ *   FLUSH covers a record, the server of this epoch holds that record's data.
+ *
+ *   ack W (seq s) ──► record: cut [start, end) from older segments, insert W's segment
+ *   ack W with FUA ─► cut only (durable already)
+ *   W failed ───────► nothing: the older record still owns the range
+ *   FLUSH sent ─────► mark = { seq, epoch }
+ *   FLUSH ok ───────► flushed(mark): same epoch? drop records with seq < mark.seq
+ *   connection lost ► newEpoch(): every segment must be replayed before anything is sent
+ *   replay done ────► replayed(epoch)
+ *
+ * Memory: the ring holds at most `limit` bytes of copies and the ledger at most MAX_RECORDS
+ * records; segments are at most twice the records (a write inside an older one splits it).
+ * Every operation is O(log n) plus the segments it touches, except flushed() and pieces(),
+ * which are O(n) and run once per FLUSH and per replay.
+ */
+export type PieceKind = 'data' | 'zero' | 'trim'
+
+export interface LedgerRecord {
+  readonly start: bigint
+  readonly end: bigint
+  readonly kind: PieceKind
+  /** Acknowledgement order. */
+  readonly seq: number
+  /** The epoch whose server holds it: where it was acknowledged, or replayed since. */
+  epoch: number
+  /** The bytes to write again (data records): a view of the ring, or the caller's buffer while borrowed. */
+  data: Uint8Array | null
+  /** `data` is the caller's: valid only until its caller is answered (keep() or lose() first). */
+  borrowed: boolean
+  /** Where the copy sits in the ring, and how much of the ring it holds. */
+  at: number
+  footprint: number
+  /** Not yet covered by a FLUSH. */
+  live: boolean
+}
+
+interface Segment {
+  start: bigint
+  end: bigint
+  readonly rec: LedgerRecord
+}
+
+export interface Piece {
+  readonly start: bigint
+  readonly end: bigint
+  readonly kind: PieceKind
+  /** The bytes of [start, end) for data pieces; valid until the next flushed(). */
+  readonly data: Uint8Array | undefined
+}
+
+/** Sequence numbers from min to max (not all of them need be lost writes: conservative). */
+interface SeqRange {
+  readonly min: number
+  readonly max: number
+}
+
+function merge (a: SeqRange | null, b: SeqRange): SeqRange {
+  return a === null ? b : { min: Math.min(a.min, b.min), max: Math.max(a.max, b.max) }
+}
+
+/** What of `range` is at or past `seq` (conservatively: from seq on). */
+function below (range: SeqRange | null, seq: number): SeqRange | null {
+  if (range === null || range.max < seq) return null
+  return range.min >= seq ? range : { min: seq, max: range.max }
+}
+
+export interface FlushMark {
+  readonly seq: number
+  readonly epoch: number
+}
+
+/** Records kept at most: past half of it the ledger wants a FLUSH; past all of it writes are borrowed or lost. */
+export const MAX_RECORDS = 1 << 16
+
+export class WriteLedger {
+  readonly #limit: number
+  #ring: Buffer | null = null
+  #used = 0
+  #head = 0
+  #tail = 0
+  /** Live records, oldest first, from #first. */
+  readonly #records: LedgerRecord[] = []
+  #first = 0
+  /** Disjoint, sorted by start. */
+  #segments: Segment[] = []
+  #seq = 0
+  #epoch = 0
+  #replayedEpoch = 0
+  /** Acknowledged writes that could not be kept, not yet covered by a FLUSH (their seqs). */
+  #pendingLost: SeqRange | null = null
+  /**
+   * Lost writes whose epoch ended before a FLUSH covered them: every FLUSH called after one
+   * of them was acknowledged fails with NBD_ERR_DURABILITY, until one such FLUSH has.
+   */
+  #owedLost: SeqRange | null = null
+
+  /** `limit`: bytes of copies kept at most (0 keeps none: every write is lost on a new epoch). */
+  constructor (limit: number) {
+    this.#limit = limit
+  }
+
+  get limit (): number { return this.#limit }
+  get epoch (): number { return this.#epoch }
+  /** This epoch's replay is done: requests may be sent. */
+  get replayed (): boolean { return this.#replayedEpoch === this.#epoch }
+  /** Ring bytes in use. */
+  get bytes (): number { return this.#used }
+  get records (): number { return this.#records.length - this.#first }
+  get segments (): number { return this.#segments.length }
+  /** Something acknowledged is not yet covered by a FLUSH. */
+  get dirty (): boolean { return this.records > 0 || this.#pendingLost !== null }
+  /** Time for an early FLUSH: half the ring, or half the records, is taken. */
+  get wantsFlush (): boolean {
+    return (this.#limit > 0 && this.#used * 2 >= this.#limit) || this.records * 2 >= MAX_RECORDS
+  }
+
+  /**
+   * The server acknowledged a write-like command. Keeps a copy when the ring has room; else
+   * borrows `payload` (the caller must keep() or lose() it before its caller is answered);
+   * returns the record, or undefined when nothing needs keeping (FUA: durable already, or
+   * lost).
+   */
+  acknowledged (start: bigint, kind: PieceKind, length: number, fua: boolean, payload?: Uint8Array): LedgerRecord | undefined {
+    const end = start + BigInt(length)
+    const seq = this.#seq++
+    this.#cut(start, end)
+    if (fua) return undefined
+    if ((kind === 'data' && this.#limit === 0) || this.records >= MAX_RECORDS) {
+      this.#lose(seq)
+      return undefined
+    }
+    const rec: LedgerRecord = { start, end, kind, seq, epoch: this.#epoch, data: null, borrowed: false, at: this.#head, footprint: 0, live: true }
+    if (this.#used === 0) this.#head = this.#tail = rec.at = 0
+    if (kind === 'data') {
+      if (!this.#copy(rec, payload!)) {
+        rec.data = payload!
+        rec.borrowed = true
+      }
+    }
+    this.#records.push(rec)
+    this.#insert({ start, end, rec })
+    return rec
+  }
+
+  /** A borrowed record into the ring, if there is room now. True when the caller's buffer is free. */
+  keep (rec: LedgerRecord): boolean {
+    if (!rec.borrowed) return true
+    if (!rec.live) {
+      rec.borrowed = false
+      rec.data = null
+      return true
+    }
+    // Only the newest record may take ring space late: the ring frees in acknowledgement order.
+    if (this.#records[this.#records.length - 1] !== rec || !this.#copy(rec, rec.data!)) return false
+    rec.borrowed = false
+    return true
+  }
+
+  /** A borrowed record's caller must be answered without a copy: the write is lost. */
+  lose (rec: LedgerRecord): void {
+    if (!rec.borrowed) return
+    rec.borrowed = false
+    rec.data = null
+    if (!rec.live) return
+    // Its segments go (it already cut what it overwrote). Lost in an epoch that already ended,
+    // it is owed now; else when this epoch ends before a FLUSH covers it.
+    this.#segments = this.#segments.filter((s) => s.rec !== rec)
+    if (rec.epoch === this.#epoch) this.#lose(rec.seq)
+    else this.#owedLost = merge(this.#owedLost, { min: rec.seq, max: rec.seq })
+  }
+
+  /** A FLUSH is being sent (each send: a FLUSH sent again after a reconnect marks again). */
+  mark (): FlushMark {
+    return { seq: this.#seq, epoch: this.#epoch }
+  }
+
+  /**
+   * A FLUSH sent at `mark` succeeded. Covers every record acknowledged before it, if the epoch
+   * did not change since; returns whether it did cover them.
+   */
+  flushed (mark: FlushMark): boolean {
+    if (mark.epoch !== this.#epoch || !this.replayed) return false
+    this.#pendingLost = below(this.#pendingLost, mark.seq)
+    const records = this.#records
+    let covered = 0
+    while (this.#first < records.length && records[this.#first]!.seq < mark.seq) {
+      const rec = records[this.#first++]!
+      rec.live = false
+      this.#used -= rec.footprint
+      covered++
+    }
+    if (covered === 0) return true
+    if (this.#first === records.length) {
+      records.length = 0
+      this.#first = 0
+      this.#segments = []
+      this.#head = this.#tail = this.#used = 0
+      return true
+    }
+    this.#segments = this.#segments.filter((s) => s.rec.live)
+    this.#tail = records[this.#first]!.at
+    if (this.#first > 1024 && this.#first * 2 > records.length) {
+      records.splice(0, this.#first)
+      this.#first = 0
+    }
+    return true
+  }
+
+  /**
+   * A connection was lost that may have been a server restart: a new epoch begins, in which
+   * nothing may be sent before replayed(). Writes that could not be kept are now reported.
+   */
+  newEpoch (): number {
+    this.#epoch++
+    if (this.#pendingLost !== null) {
+      this.#owedLost = merge(this.#owedLost, this.#pendingLost)
+      this.#pendingLost = null
+    }
+    if (this.records === 0) this.#replayedEpoch = this.#epoch
+    return this.#epoch
+  }
+
+  /** The replay of `epoch` is done (every piece acknowledged in it). */
+  replayDone (epoch: number): void {
+    if (epoch !== this.#epoch) return
+    this.#replayedEpoch = epoch
+    for (let i = this.#first; i < this.#records.length; i++) this.#records[i]!.epoch = epoch
+  }
+
+  /**
+   * Whether a FLUSH called at `called` (the ledger's mark then) must fail with
+   * NBD_ERR_DURABILITY: a write acknowledged before it was lost with its epoch. Those it
+   * reports are then reported.
+   */
+  lostBefore (called: FlushMark): boolean {
+    const owed = this.#owedLost
+    if (owed === null || owed.min >= called.seq) return false
+    this.#owedLost = below(owed, called.seq)
+    return true
+  }
+
+  /** Every segment, in offset order: what a replay writes. */
+  pieces (): Piece[] {
+    return this.#segments.map((s) => {
+      const rec = s.rec
+      const from = Number(s.start - rec.start)
+      const to = Number(s.end - rec.start)
+      return { start: s.start, end: s.end, kind: rec.kind, data: rec.kind === 'data' ? rec.data!.subarray(from, to) : undefined }
+    })
+  }
+
+  #lose (seq: number): void {
+    this.#pendingLost = merge(this.#pendingLost, { min: seq, max: seq })
+  }
+
+  /** Copies `payload` into the ring for `rec`; false when there is no room. */
+  #copy (rec: LedgerRecord, payload: Uint8Array): boolean {
+    const bytes = payload.length
+    const place = this.#place(bytes)
+    if (place === undefined) return false
+    this.#ring!.set(payload, place.at)
+    this.#head = place.at + bytes
+    this.#used += place.footprint
+    rec.at = place.at
+    rec.footprint = place.footprint
+    rec.data = this.#ring!.subarray(place.at, place.at + bytes)
+    if (this.#records[this.#first] === rec || this.records === 0) this.#tail = place.at
+    return true
+  }
+
+  /**
+   * Where `bytes` fit in the ring, and how much of it they take: the unused end of the ring
+   * is charged to a record that wraps to the start, and freed with it.
+   */
+  #place (bytes: number): { at: number, footprint: number } | undefined {
+    if (bytes === 0) return { at: this.#head, footprint: 0 }
+    if (this.#used + bytes > this.#limit) return undefined
+    this.#ring ??= Buffer.allocUnsafe(this.#limit)
+    if (this.#used === 0) {
+      this.#head = this.#tail = 0
+      return { at: 0, footprint: bytes }
+    }
+    if (this.#head >= this.#tail) {
+      if (this.#limit - this.#head >= bytes) return { at: this.#head, footprint: bytes }
+      const gap = this.#limit - this.#head
+      if (this.#tail >= bytes && this.#used + bytes + gap <= this.#limit) return { at: 0, footprint: bytes + gap }
+      return undefined
+    }
+    return this.#tail - this.#head >= bytes ? { at: this.#head, footprint: bytes } : undefined
+  }
+
+  /** Removes [start, end) from every segment. */
+  #cut (start: bigint, end: bigint): void {
+    const segs = this.#segments
+    let i = this.#firstEndingAfter(start)
+    if (i >= segs.length || segs[i]!.start >= end) return
+    const s = segs[i]!
+    if (s.start < start && s.end > end) {
+      // A hole in the middle: split in two.
+      segs.splice(i + 1, 0, { start: end, end: s.end, rec: s.rec })
+      s.end = start
+      return
+    }
+    if (s.start < start) {
+      s.end = start
+      i++
+    }
+    let j = i
+    while (j < segs.length && segs[j]!.end <= end) j++
+    if (j < segs.length && segs[j]!.start < end) segs[j]!.start = end
+    if (j > i) segs.splice(i, j - i)
+  }
+
+  #insert (seg: Segment): void {
+    const segs = this.#segments
+    // After #cut nothing overlaps: the first segment ending after seg.start starts after it.
+    const i = this.#firstEndingAfter(seg.start)
+    if (i === segs.length) segs.push(seg)
+    else segs.splice(i, 0, seg)
+  }
+
+  /** The first segment whose end is past `at` (binary search). */
+  #firstEndingAfter (at: bigint): number {
+    const segs = this.#segments
+    let lo = 0
+    let hi = segs.length
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      if (segs[mid]!.end > at) hi = mid
+      else lo = mid + 1
+    }
+    return lo
+  }
+}
