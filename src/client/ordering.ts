@@ -73,8 +73,6 @@ export class Ordering {
   #quiet: Array<() => void> = []
   /** Requests waiting for the replay of the current epoch. */
   readonly #gateWaiters = new Set<Waiter>()
-  /** When the current unreplayed stretch began (performance.now()); -1 when replayed. */
-  #lostAt = -1
   #replaying: Promise<void> | null = null
   /** An engine changed state (the replay looks for a connected one again). */
   #stateChanged: (() => void) | null = null
@@ -275,16 +273,14 @@ export class Ordering {
   /** The engines' gate: every send waits while the current epoch is not replayed. */
   gate (req: Request): Promise<void> | undefined {
     if (this.#ledger.replayed && this.#closed === null) return undefined
-    const from = req.firstFailureAt >= 0 ? req.firstFailureAt : this.#lostAt >= 0 ? this.#lostAt : performance.now()
+    // From its first failure; one that never failed (sent after the loss) from now.
+    const from = req.firstFailureAt >= 0 ? req.firstFailureAt : performance.now()
     return this.#waitReplayed(from + this.#bound(), req.signal)
   }
 
   #epochLost (unflushed: boolean): void {
     if (!this.#logging || this.#closed !== null || !unflushed) return
-    const wasReplayed = this.#ledger.replayed
     this.#ledger.newEpoch()
-    if (this.#ledger.replayed) return
-    if (wasReplayed) this.#lostAt = performance.now()
     this.#replaying ??= this.#replayLoop().catch(() => {}).finally(() => { this.#replaying = null })
   }
 
@@ -294,6 +290,12 @@ export class Ordering {
     while (!this.#ledger.replayed && this.#closed === null) {
       const epoch = this.#ledger.epoch
       await this.#whenQuiet()
+      if (epoch !== this.#ledger.epoch) continue
+      const pieces = this.#ledger.pieces()
+      if (pieces.length === 0) {
+        this.#ledger.replayDone(epoch)
+        continue
+      }
       const engine = await this.#connectedEngine()
       if (engine === undefined) return
       if (epoch !== this.#ledger.epoch) continue
@@ -311,7 +313,6 @@ export class Ordering {
       }
     }
     if (this.#ledger.replayed) {
-      this.#lostAt = -1
       for (const w of this.#gateWaiters) w.resolve()
       this.#gateWaiters.clear()
     }

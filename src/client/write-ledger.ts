@@ -44,7 +44,7 @@ export interface LedgerRecord {
   readonly kind: PieceKind
   /** Acknowledgement order. */
   readonly seq: number
-  /** The epoch whose server holds it: where it was acknowledged, or replayed since. */
+  /** The epoch whose server holds it: where it was acknowledged, or replayed since (-1: not known). */
   epoch: number
   /** The bytes to write again (data records): a view of the ring, or the caller's buffer while borrowed. */
   data: Uint8Array | null
@@ -149,10 +149,15 @@ export class WriteLedger {
     this.#cut(start, end)
     if (fua) return undefined
     if ((kind === 'data' && this.#limit === 0) || this.records >= MAX_RECORDS) {
-      this.#lose(seq)
+      // Acknowledged before this epoch's replay: by a connection that is being left, whose
+      // server a FLUSH elsewhere need not cover. Owed at once.
+      if (this.replayed) this.#lose(seq)
+      else this.#owedLost = merge(this.#owedLost, { min: seq, max: seq })
       return undefined
     }
-    const rec: LedgerRecord = { start, end, kind, seq, epoch: this.#epoch, data: null, borrowed: false, at: this.#head, footprint: 0, live: true }
+    // Acknowledged before this epoch's replay (by a connection still draining): which server
+    // holds it is not known until the replay has written it.
+    const rec: LedgerRecord = { start, end, kind, seq, epoch: this.replayed ? this.#epoch : -1, data: null, borrowed: false, at: this.#head, footprint: 0, live: true }
     if (this.#used === 0) this.#head = this.#tail = rec.at = 0
     if (kind === 'data') {
       if (!this.#copy(rec, payload!)) {
@@ -239,7 +244,6 @@ export class WriteLedger {
       this.#owedLost = merge(this.#owedLost, this.#pendingLost)
       this.#pendingLost = null
     }
-    if (this.records === 0) this.#replayedEpoch = this.#epoch
     return this.#epoch
   }
 

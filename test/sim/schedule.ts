@@ -45,7 +45,7 @@ export async function runSchedule (seed: number): Promise<ScheduleResult> {
   const connections = rng.chance(0.35) ? 2 : 1
   const reconnectDelay = rng.pick([0, 0, 1000, 5000, 30_000])
   const requestTimeout = rng.pick([60_000, 3000])
-  const replayLog = rng.pick([32 << 20, 32 << 20, 32 << 20, 4 * BLOCK, 16 * BLOCK, 0])
+  const replayLog = rng.pick([32 << 20, 32 << 20, 32 << 20, 4 * BLOCK, 8 * BLOCK, 16 * BLOCK, 0])
   const maxInFlight = rng.pick([16, 3])
   const config = `blocks=${blocks} connections=${connections} reconnectDelay=${reconnectDelay} requestTimeout=${requestTimeout} replayLog=${replayLog} maxInFlight=${maxInFlight}`
   // Reads are judged only where the client can keep every acknowledged write (nothing lost).
@@ -56,7 +56,7 @@ export async function runSchedule (seed: number): Promise<ScheduleResult> {
   const bound = reconnectDelay + 3 * requestTimeout + 60_000
 
   const writers: Writer[] = Array.from({ length: 1 + rng.int(4) }, () => ({ left: 3 + rng.int(10), busy: false }))
-  let faults = rng.int(5)
+  let faults = rng.int(7)
   const pending = new Set<{ op: Op, startedAt: number }>()
   const aborts: AbortController[] = []
   let failure: string | undefined
@@ -123,6 +123,8 @@ export async function runSchedule (seed: number): Promise<ScheduleResult> {
         history.settle(op, true)
         note(`#${op.index} ${kind} ok`)
         if (kind === 'read' && judgeReads && data !== undefined) failure ??= history.checkRead(op, data)
+        // A FLUSH that vouched wrongly may be repaired later by a replay: judge it now.
+        if (kind === 'flush') failure ??= history.checkDurable(server.durable)
       }, (err: unknown) => {
         const e = err as { code?: string, message?: string }
         history.settle(op, false, `${e.code ?? ''} ${e.message ?? String(err)}`)
@@ -220,11 +222,14 @@ function serveAny (server: SimServer, rng: Rng): void {
 function fault (rng: Rng, server: SimServer, time: VirtualTime, client: NbdClient, _aborts: AbortController[], note: (s: string) => void): void {
   const roll = rng.next()
   const conns = [...server.connections].filter((c) => !c.closed)
-  if (roll < 0.4) {
-    const down = rng.int(3000)
-    note(`crash (restart in ${down} ms)`)
+  if (roll < 0.45) {
+    if (!server.alive) return
+    const down = rng.chance(0.5) ? rng.int(50) : rng.int(3000)
+    // Some servers come back failing writes for a moment: the first replay fails.
+    const eio = rng.chance(0.3) ? 1 + rng.int(4) : 0
+    note(`crash (restart in ${down} ms${eio > 0 ? `, then ${eio} write-like requests fail with EIO` : ''})`)
     server.crash()
-    setTimeout(() => { note('restart'); server.restart() }, down)
+    setTimeout(() => { note('restart'); server.restart(); server.eio = eio }, down)
   } else if (roll < 0.55 && conns.length > 0) {
     const c = rng.pick(conns)
     note(`drop conn ${c.id}`)

@@ -11,6 +11,9 @@
  *   stall        the next READ reply on a connection stops half-way through its payload
  *   writeback    one cached block reaches the durable store on its own
  *
+ * Without multi-conn a FLUSH persists only what its own connection wrote (the spec allows no
+ * more): writes acknowledged on a connection that was left stay volatile until written back.
+ *
  * Handshake: fixed newstyle, NBD_OPT_GO only (everything else is unsupported), simple replies.
  */
 import { Duplex } from 'node:stream'
@@ -168,9 +171,9 @@ export class SimConnection {
     else if (writeLike && server.eio > 0) {
       server.eio--
       error = EIO
-    } else if (req.type === NBD_CMD.WRITE) server.write(req.offset, req.payload!, (req.flags & NBD_CMD_FLAG.FUA) !== 0)
-    else if (req.type === NBD_CMD.WRITE_ZEROES || req.type === NBD_CMD.TRIM) server.write(req.offset, Buffer.alloc(req.length), (req.flags & NBD_CMD_FLAG.FUA) !== 0)
-    else if (req.type === NBD_CMD.FLUSH) server.flush()
+    } else if (req.type === NBD_CMD.WRITE) server.write(req.offset, req.payload!, (req.flags & NBD_CMD_FLAG.FUA) !== 0, this.id)
+    else if (req.type === NBD_CMD.WRITE_ZEROES || req.type === NBD_CMD.TRIM) server.write(req.offset, Buffer.alloc(req.length), (req.flags & NBD_CMD_FLAG.FUA) !== 0, this.id)
+    else if (req.type === NBD_CMD.FLUSH) server.flush(this.id)
     else if (req.type === NBD_CMD.READ) data = server.read(req.offset, req.length)
     else error = EINVAL
     const head = Buffer.alloc(16)
@@ -201,6 +204,9 @@ export class SimServer {
   readonly durable: Buffer
   /** Written but not yet durable, by block index. */
   readonly cache = new Map<number, Buffer>()
+  /** Which connection last wrote each cached block. */
+  readonly owner = new Map<number, number>()
+  readonly multiConn: boolean
   /** Bumped whenever the durable store changes (the checker looks again then). */
   durableVersion = 0
   alive = true
@@ -214,6 +220,7 @@ export class SimServer {
     this.blockSize = blockSize
     this.size = blocks * blockSize
     this.durable = Buffer.alloc(this.size)
+    this.multiConn = multiConn
     this.flags = NBD_FLAG.HAS_FLAGS | NBD_FLAG.SEND_FLUSH | NBD_FLAG.SEND_FUA | NBD_FLAG.SEND_TRIM | NBD_FLAG.SEND_WRITE_ZEROES |
       (multiConn ? NBD_FLAG.CAN_MULTI_CONN : 0)
   }
@@ -241,7 +248,7 @@ export class SimServer {
     return out
   }
 
-  write (offset: number, data: Buffer, fua: boolean): void {
+  write (offset: number, data: Buffer, fua: boolean, conn: number): void {
     for (let at = 0; at < data.length;) {
       const pos = offset + at
       const block = Math.floor(pos / this.blockSize)
@@ -253,6 +260,7 @@ export class SimServer {
         this.cache.set(block, cached)
       }
       data.copy(cached, within, at, at + n)
+      this.owner.set(block, conn)
       if (fua) this.writeback(block)
       at += n
     }
@@ -264,17 +272,20 @@ export class SimServer {
     if (cached === undefined) return
     cached.copy(this.durable, block * this.blockSize)
     this.cache.delete(block)
+    this.owner.delete(block)
     this.durableVersion++
   }
 
-  flush (): void {
-    for (const block of [...this.cache.keys()]) this.writeback(block)
+  /** FLUSH on connection `conn`: everything with multi-conn, else what that connection wrote. */
+  flush (conn: number): void {
+    for (const block of [...this.cache.keys()]) if (this.multiConn || this.owner.get(block) === conn) this.writeback(block)
   }
 
   /** Power lost: the cache is gone, every connection with it; connects fail until restart(). */
   crash (): void {
     this.alive = false
     this.cache.clear()
+    this.owner.clear()
     this.eio = 0
     for (const conn of [...this.connections]) conn.close()
   }

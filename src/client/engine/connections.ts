@@ -19,7 +19,7 @@ import {
   AbortedError, ClosedError, ConnectionError, NbdError, ProtocolError, ReconnectDelayError, ServerChangedError,
   TimeoutError, isTransportError
 } from '../../errors.ts'
-import { NBD_CMD } from '../../protocol/constants.ts'
+import { NBD_CMD, NBD_FLAG } from '../../protocol/constants.ts'
 import { commandName } from '../../protocol/names.ts'
 import type { Connection, Establish } from '../../connector/connection.ts'
 import { Connector } from '../../connector/connector.ts'
@@ -338,20 +338,23 @@ export class Connections {
     // FLUSH on another connection (not without multi-conn, never on another server): a new
     // epoch, whose replay waits for this wire and writes it all again on the next connection.
     if (link === this.active) this.#options.lost?.(link.unflushed || link.writesOnWire)
+    const flushFirst = (link.conn.info.flags & NBD_FLAG.SEND_FLUSH) === 0
+      ? undefined
+      : async (): Promise<void> => { if (link.unflushed) await this.#options.runOn(link, { type: NBD_CMD.FLUSH, flags: 0, offset: 0n, length: 0 }) }
     if (!failing) {
-      link.drain(ms, timeout)
+      link.drain(ms, timeout, undefined, flushFirst)
     } else {
       if (report && link.conn.path !== undefined) this.#options.pathFailed?.(link.conn.path, reason)
       const now = performance.now()
       for (const req of link.table.requests()) if (req.firstFailureAt < 0) req.firstFailureAt = now
       if (delay === 0) {
         for (const req of link.table.requests()) req.answerEarly(new TimeoutError(reason))
-        link.drain(ms, timeout)
+        link.drain(ms, timeout, undefined, flushFirst)
       } else {
         link.drain(ms, timeout, {
           ms: delay,
           error: () => new ReconnectDelayError(`the server did not come back within the reconnect delay (${delay} ms)`, { cause: new TimeoutError(reason) })
-        })
+        }, flushFirst)
       }
     }
     this.#lost(link, reason)

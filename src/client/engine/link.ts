@@ -76,6 +76,10 @@ export class Link {
   unflushed = false
   lastWriteAt = -1
   #disconnecting = false
+  /** Run once the link is idle, before NBD_CMD_DISC: the drain's FLUSH. */
+  #beforeDisc: (() => Promise<unknown>) | null = null
+  /** The drain's FLUSH is on its way: the one request a DRAINING link still sends. */
+  #discFlush = false
   /** When bytes last moved either way (liveness). */
   lastProgressAt = performance.now()
   #progress = 0
@@ -125,7 +129,7 @@ export class Link {
   /** Throws unless new requests may go out here. */
   checkSendable (): void {
     if (this.error !== null) throw new ConnectionError('the connection was lost before the request could be sent', { cause: this.error })
-    if (this.state !== 'ACTIVE' && this.state !== 'RECOVERING') {
+    if (this.state !== 'ACTIVE' && this.state !== 'RECOVERING' && !(this.state === 'DRAINING' && this.#discFlush)) {
       throw new ConnectionError('the connection is being closed; the request goes to the next one')
     }
   }
@@ -138,11 +142,25 @@ export class Link {
     if ((this.state === 'DRAINING' || this.state === 'IN_DOUBT') && this.table.count === 0) this.#disconnect()
   }
 
-  /** Idle and closing: NBD_CMD_DISC (what it acknowledged is the write ledger's: see Ordering). */
+  /**
+   * Idle and closing: the drain's FLUSH if it has one, then NBD_CMD_DISC. The FLUSH is a
+   * courtesy to a write-back server that other paths share storage with (its cache reaches
+   * the disk before it is left); the write ledger relies on the replay, not on it.
+   */
   #disconnect (): void {
     if (this.#disconnecting) return
     this.#disconnecting = true
-    this.#sendDisc()
+    const before = this.state === 'DRAINING' && this.error === null ? this.#beforeDisc : null
+    if (before === null) {
+      this.#sendDisc()
+      return
+    }
+    this.#discFlush = true
+    const then = (): void => {
+      this.#discFlush = false
+      this.#sendDisc()
+    }
+    before().then(then, then)
   }
 
   /** DISC, and a bound on the server's close: idle, so destroying the socket loses nothing. */
@@ -174,13 +192,15 @@ export class Link {
    * NBD_CMD_DISC; for at most `ms`, then IN_DOUBT or destroyed (see above), what is still on
    * it failing with `onTimeout()`. With `answer`, the callers of what is still on the wire
    * after `answer.ms` are answered with `answer.error()` (their bound passed), while the
-   * requests themselves stay until the end.
+   * requests themselves stay until the end. `flushFirst` runs once the link is idle, before
+   * the DISC (see #disconnect).
    */
-  drain (ms: number, onTimeout: () => NbdError, answer?: { readonly ms: number, readonly error: () => Error }): void {
+  drain (ms: number, onTimeout: () => NbdError, answer?: { readonly ms: number, readonly error: () => Error }, flushFirst?: () => Promise<unknown>): void {
     if (this.state === 'DRAINING' || this.state === 'IN_DOUBT' || this.state === 'CLOSED') return
     this.state = 'DRAINING'
     if (this.lostAt < 0) this.lostAt = performance.now()
     if (this.error !== null) return
+    this.#beforeDisc = flushFirst ?? null
     if (this.table.count === 0) this.#disconnect()
     this.#drainTimer = setTimeout(() => { this.#deadline(onTimeout()) }, ms)
     this.#drainTimer.unref()
