@@ -1,18 +1,20 @@
 /**
  * The connections of one engine over time (QEMU's connection lifecycle): the background
- * connector, the identity check, the replay before a new connection takes requests, the
- * outage while there is none, the liveness check, and every state change (Lifecycle).
+ * connector, the identity check, the outage while there is none, the liveness check, and
+ * every state change (Lifecycle). Each connection's own states are Link's table.
  *
  *   connector ─► connection ─► same export? ─no─► QUIT (nothing is sent to another export)
  *                                  │ yes
  *                                  ▼
- *                  RECOVERING link (the `recover` hook: replay acknowledged writes)
- *                                  ▼
- *                  ACTIVE link: CONNECTED, the outage ends, its waiters go
+ *                  VETTING link (multipath: the identity bytes), else straight to
+ *                  ACTIVE link: CONNECTED, the outage ends, its waiters go (behind the
+ *                                  │ write ledger's gate: Ordering replays first)
  *                                  │ lost: an error, EOF, liveness, ESHUTDOWN, reconnect()
  *                                  ▼
  *                  DRAINING (finishes its wire) + an outage: CONNECTING_WAIT (or NOWAIT)
  *                  + the connector, back-off counting a connection that never proved itself
+ *                  + the ledger told (`lost`): a new server epoch when it acknowledged
+ *                    writes no FLUSH of its own covered
  */
 import { performance } from 'node:perf_hooks'
 import {
@@ -245,7 +247,7 @@ export class Connections {
       this.#options.stats.reconnects++
     }
     const recover = this.#options.vet
-    const link = new Link(conn, recover === undefined ? 'ACTIVE' : 'RECOVERING', {
+    const link = new Link(conn, recover === undefined ? 'ACTIVE' : 'VETTING', {
       counters: this.#options.stats.chunks,
       failed: (l, err) => { this.#linkFailed(l, err) },
       closed: (l) => { this.links.delete(l) }
@@ -257,7 +259,7 @@ export class Connections {
     }
     const channel: RecoveryChannel = { path: conn.path, submit: (command) => this.#options.runOn(link, command) }
     recover(channel).then(() => {
-      if (link.state === 'RECOVERING' && link.error === null) this.#install(link)
+      if (link.state === 'VETTING' && link.error === null) this.#install(link)
     }, (err: unknown) => {
       // The vetting could not finish here: this connection is lost too; the connector goes on.
       const own = err instanceof ProtocolError || err instanceof ServerChangedError || isTransportError(err)
@@ -266,7 +268,7 @@ export class Connections {
   }
 
   #install (link: Link): void {
-    link.state = 'ACTIVE'
+    link.to('ACTIVE')
     this.active = link
     this.#delayExpired = false
     const first = this.#first
@@ -281,16 +283,16 @@ export class Connections {
 
   #linkFailed (link: Link, error: NbdError): void {
     // A link that was drained told the ledger when it stopped taking requests (drain()).
-    if (link === this.active || link.state === 'RECOVERING') this.#options.lost?.(link.unflushed)
+    if (link === this.active || link.state === 'VETTING') this.#options.lost?.(link.unflushed)
     // A link that was closing on purpose says nothing about its path; one that was in use does.
-    if (link.conn.path !== undefined && (link === this.active || link.state === 'RECOVERING')) this.#options.pathFailed?.(link.conn.path, error.message)
+    if (link.conn.path !== undefined && (link === this.active || link.state === 'VETTING')) this.#options.pathFailed?.(link.conn.path, error.message)
     if (error instanceof ProtocolError) {
       this.quit(error)
       return
     }
     if (error instanceof TimeoutError) this.#options.stats.timeouts++
     if (link === this.active) this.#lost(link, error.message)
-    else if (link.state === 'RECOVERING') this.#connector.connectionLost(false)
+    else if (link.state === 'VETTING') this.#connector.connectionLost(false)
   }
 
   /** The active link is gone (or going): start the outage and find the server again. */

@@ -1,31 +1,39 @@
 /**
  * One connection of an engine, from the handshake until its socket is closed, with its own
  * send side, read side and cookie table, so that an old connection can finish (or give up)
- * what is on its wire while a new one already carries new requests.
+ * what is on its wire while a new one already carries new requests. Its states, and every
+ * edge between them, are LINK_TRANSITIONS below; `to()` is the one place the state changes.
  *
- *   RECOVERING ──acknowledged writes replayed──► ACTIVE ──lost (no answer, ESHUTDOWN,
- *        │                                          │       reconnect(), disconnect())──► DRAINING
- *        │                                          │                                     │    │ deadline, a write
- *        │                                          │                                     │    ▼ still on the wire
- *        │                                          │                                     │  IN_DOUBT
- *        └──────────────── error ───────────────────┴───── error, EOF ────────────────────┴────┴──► CLOSED
+ *   VETTING ──identity checked──► ACTIVE ──given up (no answer, ESHUTDOWN, reconnect(),
+ *     │                             │      a path switch, disconnect())──► DRAINING
+ *     │                             │                                       │   │   │
+ *     │                             │                   idle, acknowledged  │   │   │ deadline with a
+ *     │                             │                   writes: own FLUSH ◄─┘   │   │ write on the wire
+ *     │                             │                        FLUSHING           │   ▼
+ *     │                             │                           │        idle   │  IN_DOUBT ── idle ─┐
+ *     │                             │                           └──► DISCONNECTING ◄──────────────────┘
+ *     │                             │                                  (DISC sent)
+ *     └──────── error ──────────────┴──────── error, EOF, the server's close ─────────────► CLOSED
  *
- *   ACTIVE      takes new requests (the first connection starts here: nothing to replay)
+ *   VETTING     multipath's identity bytes are read before it takes requests (the only
+ *               requests it sends)
+ *   ACTIVE      takes new requests (behind the write ledger's gate: see Ordering)
  *   DRAINING    takes nothing new; we keep reading until every request on the wire has its
- *               reply, and only then send NBD_CMD_DISC and close (the spec's order: a server
- *               may close at DISC while it still runs a command, as qemu-nbd does, so a DISC
- *               sent earlier would end the connection but not the command). Whatever orders
+ *               reply, and only then send NBD_CMD_DISC (the spec's order: a server may close
+ *               at DISC while it still runs a command, as qemu-nbd does). Whatever orders
  *               against a request here waits for its reply or the server's close. Bounded: at
  *               the deadline, with no write-like request left unanswered, the socket is
- *               destroyed (the rest is sent again elsewhere, or fails); with one, IN_DOUBT.
+ *               destroyed; with one, IN_DOUBT.
+ *   FLUSHING    idle, with writes acknowledged here since its last FLUSH: one FLUSH of its own
+ *               before DISC, a courtesy to a write-back server that shares storage with other
+ *               paths (the ledger does not rely on it: the replay does)
  *   IN_DOUBT    the server stopped answering with writes on the wire that it may still run:
  *               their callers are answered, and the socket is kept open and read, because only
  *               their replies or the server's own close can tell that they are over. Until
  *               then nothing that would order behind them waits (overlapping writes are
- *               refused: NBD_ERR_IN_DOUBT; a FLUSH no longer waits for them). Ends like
- *               DRAINING, or at close().
- *   CLOSED      the socket is gone; nothing sent on it can run any more (for a socket the
- *               server closed, or that close() destroyed)
+ *               refused: NBD_ERR_IN_DOUBT; a FLUSH and the replay no longer wait for them).
+ *   DISCONNECTING  DISC sent; the server closes (within DISC_CLOSE_MS, or we do)
+ *   CLOSED      the socket is gone; nothing sent on it can run any more
  */
 import { performance } from 'node:perf_hooks'
 import { ConnectionError, NbdError } from '../../errors.ts'
@@ -37,7 +45,26 @@ import type { Request } from './request.ts'
 import { Sender } from './sender.ts'
 import { CookieTable } from './slots.ts'
 
-export type LinkState = 'RECOVERING' | 'ACTIVE' | 'DRAINING' | 'IN_DOUBT' | 'CLOSED'
+export type LinkState = 'VETTING' | 'ACTIVE' | 'DRAINING' | 'FLUSHING' | 'IN_DOUBT' | 'DISCONNECTING' | 'CLOSED'
+
+const LINK_TRANSITIONS: Readonly<Record<LinkState, readonly LinkState[]>> = {
+  VETTING: ['ACTIVE', 'DRAINING', 'CLOSED'],
+  ACTIVE: ['DRAINING', 'CLOSED'],
+  DRAINING: ['FLUSHING', 'DISCONNECTING', 'IN_DOUBT', 'CLOSED'],
+  FLUSHING: ['DISCONNECTING', 'CLOSED'],
+  IN_DOUBT: ['DISCONNECTING', 'CLOSED'],
+  DISCONNECTING: ['CLOSED'],
+  CLOSED: []
+}
+
+/** The states each operation may run in. */
+const MAY: Readonly<Record<'send' | 'drain' | 'probe', readonly LinkState[]>> = {
+  /** New requests go out (FLUSHING: its own FLUSH only). */
+  send: ['VETTING', 'ACTIVE', 'FLUSHING'],
+  drain: ['VETTING', 'ACTIVE'],
+  /** Liveness watches it: requests on it wait for answers that may never come. */
+  probe: ['VETTING', 'ACTIVE']
+}
 
 /** How long a server may take to close after NBD_CMD_DISC (nothing is on the wire then). */
 const DISC_CLOSE_MS = 5000
@@ -59,7 +86,7 @@ let nextId = 1
 export class Link {
   readonly id = nextId++
   readonly conn: Connection
-  state: LinkState
+  #state: LinkState
   readonly table = new CookieTable()
   readonly sender: Sender
   readonly receiver: Receiver
@@ -75,11 +102,8 @@ export class Link {
   /** A write-like command succeeded here since the last FLUSH did (and when the last did). */
   unflushed = false
   lastWriteAt = -1
-  #disconnecting = false
   /** Run once the link is idle, before NBD_CMD_DISC: the drain's FLUSH. */
   #beforeDisc: (() => Promise<unknown>) | null = null
-  /** The drain's FLUSH is on its way: the one request a DRAINING link still sends. */
-  #discFlush = false
   /** When bytes last moved either way (liveness). */
   lastProgressAt = performance.now()
   #progress = 0
@@ -90,7 +114,7 @@ export class Link {
 
   constructor (conn: Connection, state: LinkState, hooks: LinkHooks) {
     this.conn = conn
-    this.state = state
+    this.#state = state
     this.#hooks = hooks
     this.sender = new Sender(this)
     this.receiver = new Receiver(this)
@@ -126,10 +150,26 @@ export class Link {
     return false
   }
 
+  get state (): LinkState {
+    return this.#state
+  }
+
+  /** The one place the state changes; refuses an edge LINK_TRANSITIONS does not have. */
+  to (next: LinkState): void {
+    if (this.#state === next) return
+    if (!LINK_TRANSITIONS[this.#state].includes(next)) throw new Error(`internal: no link transition from ${this.#state} to ${next}`)
+    this.#state = next
+  }
+
+  /** Whether `op` may run in the link's state now. */
+  may (op: keyof typeof MAY): boolean {
+    return MAY[op].includes(this.#state) && this.error === null
+  }
+
   /** Throws unless new requests may go out here. */
   checkSendable (): void {
     if (this.error !== null) throw new ConnectionError('the connection was lost before the request could be sent', { cause: this.error })
-    if (this.state !== 'ACTIVE' && this.state !== 'RECOVERING' && !(this.state === 'DRAINING' && this.#discFlush)) {
+    if (!MAY.send.includes(this.#state)) {
       throw new ConnectionError('the connection is being closed; the request goes to the next one')
     }
   }
@@ -139,7 +179,7 @@ export class Link {
     this.receiver.leave(req)
     this.table.unregister(req)
     req.wire(false)
-    if ((this.state === 'DRAINING' || this.state === 'IN_DOUBT') && this.table.count === 0) this.#disconnect()
+    if ((this.#state === 'DRAINING' || this.#state === 'IN_DOUBT') && this.table.count === 0) this.#disconnect()
   }
 
   /**
@@ -148,25 +188,21 @@ export class Link {
    * the disk before it is left); the write ledger relies on the replay, not on it.
    */
   #disconnect (): void {
-    if (this.#disconnecting) return
-    this.#disconnecting = true
-    const before = this.state === 'DRAINING' && this.error === null ? this.#beforeDisc : null
+    const before = this.#state === 'DRAINING' && this.error === null ? this.#beforeDisc : null
     if (before === null) {
       this.#sendDisc()
       return
     }
-    this.#discFlush = true
-    const then = (): void => {
-      this.#discFlush = false
-      this.#sendDisc()
-    }
+    this.to('FLUSHING')
+    const then = (): void => { this.#sendDisc() }
     before().then(then, then)
   }
 
   /** DISC, and a bound on the server's close: idle, so destroying the socket loses nothing. */
   #sendDisc (): void {
+    if (this.#state === 'CLOSED' || this.#state === 'DISCONNECTING') return
+    this.to('DISCONNECTING')
     this.sender.disconnect()
-    if (this.state === 'CLOSED') return
     this.#closeTimer = setTimeout(() => { this.conn.socket.destroy() }, DISC_CLOSE_MS)
     this.#closeTimer.unref()
   }
@@ -196,8 +232,8 @@ export class Link {
    * the DISC (see #disconnect).
    */
   drain (ms: number, onTimeout: () => NbdError, answer?: { readonly ms: number, readonly error: () => Error }, flushFirst?: () => Promise<unknown>): void {
-    if (this.state === 'DRAINING' || this.state === 'IN_DOUBT' || this.state === 'CLOSED') return
-    this.state = 'DRAINING'
+    if (!MAY.drain.includes(this.#state)) return
+    this.to('DRAINING')
     if (this.lostAt < 0) this.lostAt = performance.now()
     if (this.error !== null) return
     this.#beforeDisc = flushFirst ?? null
@@ -221,7 +257,7 @@ export class Link {
       this.fail(error)
       return
     }
-    this.state = 'IN_DOUBT'
+    this.to('IN_DOUBT')
     if (this.#answerTimer !== null) clearTimeout(this.#answerTimer)
     this.#answerTimer = null
     // Everything here is answered now; whatever orders against it is told (see Request).
@@ -243,8 +279,8 @@ export class Link {
 
   #setClosed (): void {
     this.#clearDrainTimer()
-    if (this.state === 'CLOSED') return
-    this.state = 'CLOSED'
+    if (this.#state === 'CLOSED') return
+    this.to('CLOSED')
     this.#hooks.closed(this)
   }
 

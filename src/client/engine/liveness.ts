@@ -16,7 +16,7 @@ export type Verdict = 'probe' | 'dead'
 
 export function * checkLiveness (links: Iterable<Link>, timeout: number, now: number): Generator<[Link, Verdict]> {
   for (const link of [...links]) {
-    if (link.progressed(now) || link.error !== null || link.state !== 'ACTIVE' || link.inFlight === 0) continue
+    if (link.progressed(now) || !link.may('probe') || link.inFlight === 0) continue
     const quiet = now - Math.max(link.lastProgressAt, link.table.oldestSentAt())
     if (quiet >= timeout) yield [link, 'dead']
     else if (quiet >= timeout / 2 && !link.probing) yield [link, 'probe']
