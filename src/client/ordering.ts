@@ -21,9 +21,9 @@
  * it. The ledger (write-ledger.ts) states the invariant a FLUSH relies on.
  *
  * One replay runs at a time, for the newest epoch: a replay that an epoch change overtook, or
- * that failed, leaves the epoch unreplayed and runs again. Every wait at the gate has the
- * bound of the request's first failure (or the epoch's start) plus the reconnect delay (the
- * liveness bound when there is none), and the replay's own requests are covered by liveness.
+ * that failed, leaves the epoch unreplayed and runs again. Every wait at the gate is bounded:
+ * the request's first failure (or its arrival at the gate) plus the reconnect delay (the
+ * liveness bound when there is none); the replay's own requests are covered by liveness.
  */
 import { performance } from 'node:perf_hooks'
 import { AbortedError, ClosedError, DurabilityError, NbdError, ReconnectDelayError, isTransportError } from '../errors.ts'
@@ -258,6 +258,7 @@ export class Ordering {
         // A connection was lost while it was on its way: it covers nothing. Once that epoch's
         // replay is done it is sent again, within the bound from this first miss.
         if (deadline === Infinity) deadline = performance.now() + this.#bound()
+        else if (performance.now() >= deadline) throw new ReconnectDelayError(`the FLUSH could not be answered in one server epoch within ${Math.round(this.#bound())} ms`)
         await this.#waitReplayed(deadline, signal)
       }
     } finally {
