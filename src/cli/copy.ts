@@ -12,10 +12,8 @@ import { setMaxListeners } from 'node:events'
 import { Option, type Command } from 'commander'
 import { InvalidArgumentError as UsageError } from 'commander'
 import { AbortedError } from '../errors.ts'
-import {
-  Progress, barReporter, copy, describeEndpoint, jsonReporter, openEndpoints, parseEndpoint, percentReporter,
-  type CopyResult, type ProgressReporter
-} from '../copy/index.ts'
+// The copy engine is imported when a copy runs: main.ts declares this command for every command.
+import type { CopyResult, Progress, ProgressReporter } from '../copy/index.ts'
 import { parseCount, parseDuration } from './durations.ts'
 import { serverCommandOf, type ServerCommands } from './server-command.ts'
 
@@ -98,6 +96,7 @@ export function addCopyCommand (program: Command, commands: ServerCommands, out:
 
 async function reporter (mode: string | undefined): Promise<ProgressReporter | undefined> {
   if (mode === undefined) return undefined
+  const { barReporter, jsonReporter, percentReporter } = await import('../copy/index.ts')
   if (mode === 'auto') return process.stderr.isTTY ? await barReporter(process.stderr) : percentReporter(2)
   if (mode === 'json') return jsonReporter(2)
   if (mode.startsWith('json:')) return jsonReporter(Number(mode.slice(5)))
@@ -105,6 +104,7 @@ async function reporter (mode: string | undefined): Promise<ProgressReporter | u
 }
 
 export async function runCopy (sourceArg: string, destinationArg: string, commands: ServerCommands, flags: CopyFlags, io: { out: (text: string) => void, err: (text: string) => void }): Promise<number> {
+  const { Progress, copy, describeEndpoint, openEndpoints, parseEndpoint } = await import('../copy/index.ts')
   const src = parseEndpoint(sourceArg, serverCommandOf(sourceArg, commands))
   const dst = parseEndpoint(destinationArg, serverCommandOf(destinationArg, commands))
   const abort = new AbortController()

@@ -11,12 +11,12 @@
 import { closeSync, existsSync, readdirSync, statSync } from 'node:fs'
 import { homedir } from 'node:os'
 import path from 'node:path'
-import readline from 'node:readline'
-import { complete, ControlConnection, controlRequest, joinWords } from '../control/index.ts'
+// The client and the grammar, not the control/ barrel: that one brings the server, its lock
+// and peer credentials, which a ctl run in a loop should not load.
+import { ControlConnection, controlRequest } from '../control/client.ts'
+import { complete, joinWords } from '../control/grammar.ts'
 import { openOwnFile, readFileNoFollow, rewrite } from '../util/safe-file.ts'
-import { controlDir, daemonSocket } from './daemon.ts'
-import { defaultControlSocket } from './mount.ts'
-import { watch } from './watch.ts'
+import { controlDir, daemonSocket, defaultControlSocket } from './socket-paths.ts'
 
 export interface CtlOptions {
   readonly socket?: string
@@ -52,7 +52,7 @@ export function resolveSocket (options: CtlOptions): string {
 export async function runCtl (words: readonly string[], options: CtlOptions, io: CtlIo): Promise<number> {
   const socket = resolveSocket(options)
   if (options.interactive === true) return await interactive(socket, options.timeout, io)
-  if (words.length === 1 && words[0] === 'watch') return await watch(socket, options.timeout)
+  if (words.length === 1 && words[0] === 'watch') return await (await import('./watch.ts')).watch(socket, options.timeout)
   if (words.length === 0) throw new Error('no command given (try: nbdts ctl help, or nbdts ctl -k for interactive use)')
   const reply = await controlRequest(socket, joinWords(words), options.timeout)
   if (reply.ok) {
@@ -113,6 +113,7 @@ async function interactive (socket: string, timeout: number, io: CtlIo): Promise
   const historyPath = historyFile()
   const history = loadHistory(historyPath)
   let files: string[] = []
+  const readline = await import('node:readline')
   const rl = readline.createInterface({
     input: process.stdin,
     output: process.stdout,

@@ -7,7 +7,8 @@ import type { ExportInfo } from '../connector/export-info.ts'
 import { formatNbdUri, parseNbdUri } from '../protocol/uri.ts'
 import { printable } from '../util/printable.ts'
 import { describeStatus, exportReport, exportText, protocolLine, toJson } from './describe.ts'
-import { tlsClientOptions, type TlsFlags } from './tls-options.ts'
+import { givenTls, type NbdClientOptions } from '../client/options.ts'
+import type { TlsFlags } from './tls-options.ts'
 import type { OpenSocket } from '../transport/open-socket.ts'
 
 export interface InfoOptions extends TlsFlags {
@@ -74,4 +75,12 @@ export async function runInfo (uri: string, options: InfoOptions, io: Output): P
 function protocolJson (info: ExportInfo | undefined): Record<string, unknown> {
   if (info === undefined) return {}
   return { protocol: info.protocol, TLS: info.tls, structured: info.mode !== 'simple', extended: info.mode === 'extended' }
+}
+
+/**
+ * The TLS flags as client options, leaving out what was not given (the URI then decides). The
+ * URI on our command line was typed by our user, so it may name local files (allowLocalFile).
+ */
+export function tlsClientOptions (flags: TlsFlags): TlsFlags & Pick<NbdClientOptions, 'allowLocalFile'> {
+  return { allowLocalFile: true, ...givenTls(flags) }
 }

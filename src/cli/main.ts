@@ -2,17 +2,17 @@
 /**
  * The nbdts command line. Every command prints one clear line and exits non-zero on error,
  * never a stack trace (set NBDTS_DEBUG=1 to see one).
+ *
+ * Each command's code is imported when that command runs (`await import()`), not here: a
+ * command pays only for what it uses (`--version` loads no client, `info` no daemon, metrics
+ * or FUSE, `ctl` only the control socket's client). Keep this file's imports small.
  */
 import { readFileSync, realpathSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
 import { Command, CommanderError, Option } from 'commander'
 import { describeError } from '../errors.ts'
 import { parseConnections, parseCount, parseDuration } from './durations.ts'
-import { runInfo } from './info.ts'
-import { LOG_LEVELS, type LogLevel } from './logger.ts'
-import { runMount, runUmount } from './mount.ts'
-import { runCtl } from './ctl.ts'
-import { runDaemon } from './daemon.ts'
+import { LOG_LEVELS, type LogLevel } from './log-level.ts'
 import { addCopyCommand, normalizeCopyArgv } from './copy.ts'
 import { extractServerCommands, serverCommandOf, withNbdTarget, type ServerCommands } from './server-command.ts'
 import { addTlsOptions, type TlsFlags } from './tls-options.ts'
@@ -43,6 +43,7 @@ export function buildProgram (commands: ServerCommands = []): Command {
     .option('--context <name>', 'meta context for --map', 'base:allocation')
     .addOption(new Option('--open-timeout <duration>', 'keep retrying the first connect this long (seconds, or 500ms, 2s)').argParser(parseDuration))
     .action(async (uri: string, options: { json?: boolean, list?: boolean, map?: boolean, context?: string, openTimeout?: number } & TlsFlags) => {
+      const { runInfo } = await import('./info.ts')
       await withNbdTarget(uri, commands, (target) => runInfo(target.uri, { ...options, ...(target.open !== undefined && { open: target.open }) }, { out }))
     })
 
@@ -81,6 +82,7 @@ export function buildProgram (commands: ServerCommands = []): Command {
       // is multipath.conf's name, with a value.
       const { pathRetry, ...rest } = options
       const command = serverCommandOf(uri, commands)
+      const { runMount } = await import('./mount.ts')
       process.exitCode = await runMount(command ?? uri, file, { ...rest, ...(typeof pathRetry === 'string' && { noPathRetry: pathRetry }), explicit }, { out })
     })
 
@@ -99,6 +101,7 @@ export function buildProgram (commands: ServerCommands = []): Command {
     .addOption(new Option('--ready-fd <fd>').argParser(parseCount).hideHelp())
     .action(async function (this: Command, options: { controlSocket?: string, config?: string, foreground?: boolean, pidfile?: string, logLevel: LogLevel, logFile?: string, controlTimeout: number, metricsListen?: string, readyFd?: number }) {
       const explicit = new Set(Object.keys(options).filter((key) => this.getOptionValueSource(key) === 'cli'))
+      const { runDaemon } = await import('./daemon.ts')
       process.exitCode = await runDaemon({ ...options, explicit }, { out })
     })
 
@@ -110,6 +113,7 @@ export function buildProgram (commands: ServerCommands = []): Command {
     .addOption(new Option('--timeout <ms>', 'the server\'s deadline; ctl waits 500 ms more').default(4000).argParser(parseCount))
     .option('-k, --interactive', 'interactive mode, with history and completion')
     .action(async (words: string[], options: { socket?: string, mount?: string, timeout: number, interactive?: boolean }) => {
+      const { runCtl } = await import('./ctl.ts')
       process.exitCode = await runCtl(words, options, { out, err: (text) => { process.stderr.write(text + '\n') } })
     })
 
@@ -119,6 +123,7 @@ export function buildProgram (commands: ServerCommands = []): Command {
     .option('--lazy', 'detach now even if in use; the daemon serves open files until the last one closes')
     .option('--force', 'if busy, abort the FUSE connection: I/O in progress and later fails')
     .action(async (file: string, options: { lazy?: boolean, force?: boolean }) => {
+      const { runUmount } = await import('./mount.ts')
       process.exitCode = await runUmount(file, options, { out })
     })
 

@@ -4,7 +4,7 @@
  * system's CAs.
  */
 import { Option, type Command } from 'commander'
-import { givenTls, type GivenTlsOptions, type NbdClientOptions } from '../client/options.ts'
+import type { GivenTlsOptions } from '../client/options.ts'
 
 /** The TLS flags are the library's TLS options, under the same names (--no-tls-verify-peer: false). */
 export type TlsFlags = GivenTlsOptions
@@ -17,14 +17,6 @@ export function addTlsOptions (command: Command): Command {
     .option('--tls-username <name>', 'PSK username (default: the URI\'s user, else the login name)')
     .option('--tls-hostname <name>', 'the name the server\'s certificate must carry (default: the TCP host)')
     .option('--no-tls-verify-peer', 'do not verify the server\'s certificate (insecure)')
-}
-
-/**
- * The flags as client options, leaving out what was not given (the URI then decides). The
- * URI on our command line was typed by our user, so it may name local files (allowLocalFile).
- */
-export function tlsClientOptions (flags: TlsFlags): TlsFlags & Pick<NbdClientOptions, 'allowLocalFile'> {
-  return { allowLocalFile: true, ...givenTls(flags) }
 }
 
 /** The same flags again, for the detached daemon's command line. */
