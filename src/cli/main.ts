@@ -16,10 +16,24 @@ import { LOG_LEVELS, type LogLevel } from './log-level.ts'
 import { addCopyCommand, normalizeCopyArgv } from './copy.ts'
 import { extractServerCommands, serverCommandOf, withNbdTarget, type ServerCommands } from './server-command.ts'
 import { addTlsOptions, type TlsFlags } from './tls-options.ts'
+import { UsageError } from './usage.ts'
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
 
 const out = (text: string): void => { process.stdout.write(text + '\n') }
+
+/** info's --can/--is properties (nbdinfo's), for the help; info.ts holds what each one reads. */
+const QUERY_HELP = 'connect, read, write, flush, fua, trim, zero, fast-zero, cache, df, multi-conn, structured-reply, read-only, rotational, tls'
+
+/**
+ * `--map` without "=" takes no value (as nbdinfo's, where the context needs "="): commander's
+ * optional values would swallow the URI.
+ */
+export function normalizeInfoArgv (argv: readonly string[]): string[] {
+  if (argv[0] !== 'info') return [...argv]
+  const end = argv.indexOf('--')
+  return argv.map((a, i) => (end !== -1 && i > end) || a !== '--map' ? a : '--map=')
+}
 
 /** Repeatable option values, in order. */
 function collect (value: string, previous: string[]): string[] {
@@ -31,20 +45,33 @@ export function buildProgram (commands: ServerCommands = []): Command {
   const program = new Command('nbdts')
     .description('A userspace NBD client: inspect exports, copy them, mount them as a local file, control running mounts')
     .version(pkg.version)
-    .showHelpAfterError()
+    .showHelpAfterError('(nbdts --help lists the commands)')
     .exitOverride()
 
+  // --can and --is set one query; the last given wins, as in nbdinfo.
+  let query: string | undefined
+  const setQuery = (value: string): string => { query = value; return value }
   addTlsOptions(program.command('info'))
-    .description('show what an NBD server offers (like nbdinfo)')
+    .description('show what an NBD server offers (like nbdinfo); --can and --is exit 0 when true, 2 when false')
     .argument('<uri>', 'NBD URI: nbd://host[:port]/export, nbd+unix:///export?socket=PATH, nbds://..., or [ CMD ... ]: a server run with socket activation')
-    .option('--json', 'machine-readable output')
-    .option('--list', "list every export the server offers (NBD_OPT_LIST)")
-    .option('--map', 'print the extents of the export (block status)')
-    .option('--context <name>', 'meta context for --map', 'base:allocation')
+    .option('--json', 'machine-readable output (JSON)')
+    .option('-L, --list', 'list every export the server offers (NBD_OPT_LIST)')
+    .addOption(new Option('--map [context]', 'print the extents of the export (block status) in base:allocation, or in the meta context --map=CONTEXT names'))
+    .option('--totals', 'with --map: the bytes and share of the export of each extent type')
+    .option('--size', 'print only the export\'s size in bytes')
+    .addOption(new Option('--can <property>', `test a property, printing nothing: ${QUERY_HELP}`).argParser(setQuery))
+    .addOption(new Option('--is <property>', 'the same as --can (read-only, rotational, tls read better with it)').argParser(setQuery))
+    .addOption(new Option('--context <name>', 'the older spelling of --map=NAME').hideHelp())
     .addOption(new Option('--open-timeout <duration>', 'keep retrying the first connect this long (seconds, or 500ms, 2s)').argParser(parseDuration))
-    .action(async (uri: string, options: { json?: boolean, list?: boolean, map?: boolean, context?: string, openTimeout?: number } & TlsFlags) => {
+    .action(async (uri: string, options: { json?: boolean, list?: boolean, map?: string | true, totals?: boolean, size?: boolean, context?: string, openTimeout?: number } & TlsFlags) => {
       const { runInfo } = await import('./info.ts')
-      await withNbdTarget(uri, commands, (target) => runInfo(target.uri, { ...options, ...(target.open !== undefined && { open: target.open }) }, { out }))
+      const { map, ...rest } = options
+      process.exitCode = await withNbdTarget(uri, commands, (target) => runInfo(target.uri, {
+        ...rest,
+        ...(map !== undefined && { map: map === '' ? true : map }),
+        ...(query !== undefined && { query }),
+        ...(target.open !== undefined && { open: target.open })
+      }, { out }))
     })
 
   addTlsOptions(program.command('mount'))
@@ -112,7 +139,8 @@ export function buildProgram (commands: ServerCommands = []): Command {
     .option('--mount <file>', 'the mount whose default control socket to use')
     .addOption(new Option('--timeout <ms>', 'the server\'s deadline; ctl waits 500 ms more').default(4000).argParser(parseCount))
     .option('-k, --interactive', 'interactive mode, with history and completion')
-    .action(async (words: string[], options: { socket?: string, mount?: string, timeout: number, interactive?: boolean }) => {
+    .option('--json', 'machine-readable output (JSON): adds the control language\'s own "json" word (show mounts --json = show mounts json)')
+    .action(async (words: string[], options: { socket?: string, mount?: string, timeout: number, interactive?: boolean, json?: boolean }) => {
       const { runCtl } = await import('./ctl.ts')
       process.exitCode = await runCtl(words, options, { out, err: (text) => { process.stderr.write(text + '\n') } })
     })
@@ -127,6 +155,8 @@ export function buildProgram (commands: ServerCommands = []): Command {
       process.exitCode = await runUmount(file, options, { out })
     })
 
+  // A usage error says what was wrong and where the help is, not the whole help.
+  for (const command of program.commands) command.showHelpAfterError(`(nbdts ${command.name()} --help for its usage)`)
   return program
 }
 
@@ -135,7 +165,7 @@ export async function main (argv: readonly string[]): Promise<number> {
   try {
     const extracted = extractServerCommands(argv)
     program = buildProgram(extracted.commands)
-    argv = normalizeCopyArgv(extracted.argv)
+    argv = normalizeInfoArgv(normalizeCopyArgv(extracted.argv))
   } catch (err) {
     process.stderr.write(`nbdts: ${describeError(err)}\n`)
     return 2
@@ -147,6 +177,10 @@ export async function main (argv: readonly string[]): Promise<number> {
     if (err instanceof CommanderError) {
       // Help and version exit 0; usage errors were already printed by commander.
       return err.exitCode === 0 ? 0 : 2
+    }
+    if (err instanceof UsageError) {
+      process.stderr.write(`nbdts: ${err.message}\n(nbdts ${argv[0] ?? ''} --help for its usage)\n`)
+      return 2
     }
     process.stderr.write(`nbdts: ${describeError(err)}\n`)
     if (process.env.NBDTS_DEBUG === '1' && err instanceof Error) process.stderr.write(`${err.stack ?? ''}\n`)

@@ -11,7 +11,7 @@ export type TlsFlags = GivenTlsOptions
 
 export function addTlsOptions (command: Command): Command {
   return command
-    .addOption(new Option('--tls <mode>', 'off, on (when the server offers it) or require (default: require for nbds://, on when credentials are given)').choices(['off', 'on', 'require']))
+    .addOption(new Option('--tls <mode>', 'off, on (when the server offers it) or require (default: require for nbds:// and when credentials are given, else off)').choices(['off', 'on', 'require']))
     .option('--tls-certificates <dir>', 'X.509: ca-cert.pem, and client-cert.pem + client-key.pem for a client certificate')
     .option('--tls-psk-file <file>', 'PSK: username:hexkey lines (nbdkit --tls-psk, psktool)')
     .option('--tls-username <name>', 'PSK username (default: the URI\'s user, else the login name)')
