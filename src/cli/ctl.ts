@@ -23,6 +23,8 @@ export interface CtlOptions {
   readonly mount?: string
   readonly timeout: number
   readonly interactive?: boolean
+  /** --json: the command's "json" form (multipathd's trailing word, which works too). */
+  readonly json?: boolean
 }
 
 export interface CtlIo {
@@ -54,7 +56,8 @@ export async function runCtl (words: readonly string[], options: CtlOptions, io:
   if (options.interactive === true) return await interactive(socket, options.timeout, io)
   if (words.length === 1 && words[0] === 'watch') return await (await import('./watch.ts')).watch(socket, options.timeout)
   if (words.length === 0) throw new Error('no command given (try: nbdts ctl help, or nbdts ctl -k for interactive use)')
-  const reply = await controlRequest(socket, joinWords(words), options.timeout)
+  const command = options.json === true && words.at(-1) !== 'json' ? [...words, 'json'] : words
+  const reply = await controlRequest(socket, joinWords(command), options.timeout)
   if (reply.ok) {
     io.out(reply.text)
     return 0
