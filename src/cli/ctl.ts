@@ -33,6 +33,45 @@ export interface CtlIo {
 }
 
 /**
+ * The command line of a plain `nbdts ctl`, read without commander (which takes longer to load
+ * than the rest of ctl): --socket, --mount, --timeout, -k, --json and the command's words.
+ * Undefined for anything else (--help, an unknown flag, a bad value): commander then parses
+ * it, and says what is wrong. Both read the same flags with the same defaults; the tests run
+ * them side by side.
+ */
+export function parseCtlArgs (args: readonly string[]): { words: string[], options: CtlOptions } | undefined {
+  const words: string[] = []
+  const options: { socket?: string, mount?: string, timeout: number, interactive?: boolean, json?: boolean } = { timeout: 4000 }
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!
+    if (arg === '--') {
+      words.push(...args.slice(i + 1))
+      break
+    }
+    if (!arg.startsWith('-')) {
+      words.push(arg)
+      continue
+    }
+    if (arg === '-k' || arg === '--interactive') options.interactive = true
+    else if (arg === '--json') options.json = true
+    else {
+      const [flag, inline] = arg.startsWith('--') && arg.includes('=') ? [arg.slice(0, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)] : [arg, undefined]
+      if (flag !== '--socket' && flag !== '--mount' && flag !== '--timeout') return undefined
+      const value = inline ?? args[++i]
+      if (value === undefined || value === '') return undefined
+      if (flag === '--socket') options.socket = value
+      else if (flag === '--mount') options.mount = value
+      else {
+        const n = Number(value)
+        if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < 1) return undefined
+        options.timeout = n
+      }
+    }
+  }
+  return { words, options }
+}
+
+/**
  * --socket; else --mount FILE's own socket (a standalone mount), or the daemon's when FILE has
  * none; else the daemon's socket when it is there; else the only socket in the control
  * directory.

@@ -5,17 +5,17 @@
  *
  * Each command's code is imported when that command runs (`await import()`), not here: a
  * command pays only for what it uses (`--version` loads no client, `info` no daemon, metrics
- * or FUSE, `ctl` only the control socket's client). Keep this file's imports small.
+ * or FUSE, `ctl` only the control socket's client). Keep this file's static imports small:
+ * even commander (40 ms) is loaded only when a command line needs it, which `--version` and a
+ * plain `ctl` (run in loops by admins and scripts) do not.
  */
 import { readFileSync, realpathSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
-import { Command, CommanderError, Option } from 'commander'
+import type { Command } from 'commander'
 import { describeError } from '../errors.ts'
-import { parseConnections, parseCount, parseDuration } from './durations.ts'
 import { LOG_LEVELS, type LogLevel } from './log-level.ts'
-import { addCopyCommand, normalizeCopyArgv } from './copy.ts'
 import { extractServerCommands, serverCommandOf, withNbdTarget, type ServerCommands } from './server-command.ts'
-import { addTlsOptions, type TlsFlags } from './tls-options.ts'
+import type { TlsFlags } from './tls-options.ts'
 import { UsageError } from './usage.ts'
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
@@ -41,7 +41,9 @@ function collect (value: string, previous: string[]): string[] {
 }
 
 /** `commands`: the `[ CMD ... ]` taken out of argv (see server-command.ts). */
-export function buildProgram (commands: ServerCommands = []): Command {
+export async function buildProgram (commands: ServerCommands = []): Promise<Command> {
+  const [{ Command, Option }, { parseConnections, parseCount, parseDuration }, { addTlsOptions }, { addCopyCommand }] =
+    await Promise.all([import('commander'), import('./durations.ts'), import('./tls-options.ts'), import('./copy.ts')])
   const program = new Command('nbdts')
     .description('A userspace NBD client: inspect exports, copy them, mount them as a local file, control running mounts')
     .version(pkg.version)
@@ -161,10 +163,26 @@ export function buildProgram (commands: ServerCommands = []): Command {
 }
 
 export async function main (argv: readonly string[]): Promise<number> {
+  // The two command lines scripts run most, answered without commander; anything else (help,
+  // a usage error) goes through it below.
+  if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) {
+    out(pkg.version)
+    return 0
+  }
+  if (argv[0] === 'ctl') {
+    try {
+      const { parseCtlArgs, runCtl } = await import('./ctl.ts')
+      const ctl = parseCtlArgs(argv.slice(1))
+      if (ctl !== undefined) return await runCtl(ctl.words, ctl.options, { out, err: (text) => { process.stderr.write(text + '\n') } })
+    } catch (err) {
+      return failed(err, argv)
+    }
+  }
   let program: Command
   try {
     const extracted = extractServerCommands(argv)
-    program = buildProgram(extracted.commands)
+    program = await buildProgram(extracted.commands)
+    const { normalizeCopyArgv } = await import('./copy.ts')
     argv = normalizeInfoArgv(normalizeCopyArgv(extracted.argv))
   } catch (err) {
     process.stderr.write(`nbdts: ${describeError(err)}\n`)
@@ -174,18 +192,24 @@ export async function main (argv: readonly string[]): Promise<number> {
     await program.parseAsync(argv, { from: 'user' })
     return typeof process.exitCode === 'number' ? process.exitCode : 0
   } catch (err) {
+    const { CommanderError } = await import('commander')
     if (err instanceof CommanderError) {
       // Help and version exit 0; usage errors were already printed by commander.
       return err.exitCode === 0 ? 0 : 2
     }
-    if (err instanceof UsageError) {
-      process.stderr.write(`nbdts: ${err.message}\n(nbdts ${argv[0] ?? ''} --help for its usage)\n`)
-      return 2
-    }
-    process.stderr.write(`nbdts: ${describeError(err)}\n`)
-    if (process.env.NBDTS_DEBUG === '1' && err instanceof Error) process.stderr.write(`${err.stack ?? ''}\n`)
-    return 1
+    return failed(err, argv)
   }
+}
+
+/** One line on stderr for an error from a command: 2 for a usage error, else 1. */
+function failed (err: unknown, argv: readonly string[]): number {
+  if (err instanceof UsageError) {
+    process.stderr.write(`nbdts: ${err.message}\n(nbdts ${argv[0] ?? ''} --help for its usage)\n`)
+    return 2
+  }
+  process.stderr.write(`nbdts: ${describeError(err)}\n`)
+  if (process.env.NBDTS_DEBUG === '1' && err instanceof Error) process.stderr.write(`${err.stack ?? ''}\n`)
+  return 1
 }
 
 // Run when executed, not when imported by the tests. npm's bin is a symlink to this file, so

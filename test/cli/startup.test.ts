@@ -47,11 +47,11 @@ function assertNone (loaded: string[], patterns: RegExp[], what: string): void {
   assert.deepEqual(found, [], `${what} loads modules it does not use`)
 }
 
-test('--version loads no client, daemon, FUSE or control code', async () => {
+test('--version loads no client, daemon, FUSE or control code, nor commander', async () => {
   const { code, loaded } = await imports(['--version'])
   assert.equal(code, 0)
   assert.ok(loaded.some((m) => m.startsWith('dist/cli/main.js')), 'the hook saw the CLI')
-  assertNone(loaded, [...HEAVY, /^dist\/client\//, /^dist\/control\//, /^dist\/copy\//, /node_modules\/koffi\//], '--version')
+  assertNone(loaded, [...HEAVY, /^dist\/client\//, /^dist\/control\//, /^dist\/copy\//, /node_modules\/koffi\//, /node_modules\/commander\//], '--version')
 })
 
 test('info loads the client, and no daemon, metrics, config, FUSE or control code', async () => {
@@ -62,11 +62,11 @@ test('info loads the client, and no daemon, metrics, config, FUSE or control cod
   assertNone(loaded, [...HEAVY, /^dist\/control\//, /^dist\/copy\/(copier|progress|file-endpoint)/, /node_modules\/koffi\//], 'info')
 })
 
-test('ctl show mounts loads the control client and grammar, not the NBD client, the daemon or the control server', async () => {
+test('ctl show mounts loads the control client and grammar, not the NBD client, the daemon, the control server or commander', async () => {
   const { code, loaded } = await imports(['ctl', '--socket', daemon.socket, 'show', 'mounts'])
   assert.equal(code, 0)
   assert.ok(loaded.some((m) => m.startsWith('dist/control/client.js')), 'the hook saw the control client')
-  assertNone(loaded, [...HEAVY, /^dist\/client\//, /^dist\/control\/(control-server|config-lock|peer-credentials)/, /node_modules\/async-mutex\//, /node_modules\/koffi\//], 'ctl show mounts')
+  assertNone(loaded, [...HEAVY, /^dist\/client\//, /^dist\/control\/(control-server|config-lock|peer-credentials)/, /node_modules\/async-mutex\//, /node_modules\/koffi\//, /node_modules\/commander\//], 'ctl show mounts')
 })
 
 test('ctl --json is the command\'s json form; multipathd\'s trailing json word still works', async () => {
@@ -79,4 +79,28 @@ test('ctl --json is the command\'s json form; multipathd\'s trailing json word s
   assert.equal((JSON.parse(word.stdout) as { pid: number }).pid, daemon.pid)
   // Both at once is the same command, not "json json".
   assert.equal((await nbdts(['ctl', '--socket', daemon.socket, 'show', 'daemon', 'json', '--json'])).code, 0)
+})
+
+test('ctl\'s own flag reader and commander read the same command lines, and leave the rest to commander', async () => {
+  const { buildProgram } = await import('../../src/cli/main.ts')
+  const { parseCtlArgs } = await import('../../src/cli/ctl.ts')
+  const lines = [
+    ['show', 'mounts'],
+    ['--socket', '/run/x.sock', 'show', 'mounts'],
+    ['--socket=/run/x.sock', '--timeout', '250', 'show', 'mount', '/srv/a.img', 'stats'],
+    ['show', 'mounts', '--json'],
+    ['--mount', '/srv/a.img', '--json', 'show', 'daemon', 'json'],
+    ['-k', '--socket', '/run/x.sock'],
+    ['--timeout=9000', '--', 'show', 'mounts']
+  ]
+  for (const args of lines) {
+    const program = await buildProgram()
+    let seen: unknown
+    program.commands.find((c) => c.name() === 'ctl')!.action((words: string[], options: Record<string, unknown>) => { seen = { words, options: { ...options } } })
+    await program.parseAsync(['ctl', ...args], { from: 'user' })
+    assert.deepEqual(parseCtlArgs(args), seen, args.join(' '))
+  }
+  for (const args of [['--help'], ['--timeout', '0', 'show', 'mounts'], ['--timeout', 'soon'], ['--bogus', 'show'], ['--socket']]) {
+    assert.equal(parseCtlArgs(args), undefined, `${args.join(' ')} is commander's to answer`)
+  }
 })
