@@ -2,7 +2,8 @@
  * The package's dependencies say what the code does: every runtime dependency is imported by
  * src/ and every package src/ imports is declared (Node's own modules aside), so `npm ls
  * --omit=dev` lists exactly what the code uses. And the library entry point loads none of the
- * command's dependencies (commander, the daemon's prom-client and smol-toml, copy's bar).
+ * command's dependencies (commander, the daemon's prom-client and smol-toml, copy's bar), and
+ * exports only the API (not errors.ts's helpers).
  */
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
@@ -44,4 +45,14 @@ test('import \'nbdts\' loads none of the command\'s dependencies', async () => {
     { env: { ...process.env, NBDTS_RECORD_IMPORTS: record } })
   const packages = new Set(readFileSync(record, 'utf8').split('\n').flatMap((l) => /node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(l)?.[1] ?? []))
   assert.deepEqual([...packages].sort(), ['async-mutex'])
+})
+
+test('the nbdts entry point exports the API and nothing the package keeps for itself', async () => {
+  const api = await import('../../src/index.ts')
+  assert.deepEqual(Object.keys(api).sort(), [
+    'AbortedError', 'ClosedError', 'ConnectionError', 'DurabilityError', 'HandshakeError', 'InDoubtError', 'InvalidArgumentError',
+    'MountError', 'NBD_CLIENT_STATE', 'NBD_ERROR_CODES', 'NbdClient', 'NbdError', 'NotSupportedError', 'OffsetRangeError', 'ProtocolError',
+    'ReconnectDelayError', 'ServerChangedError', 'ServerError', 'TimeoutError', 'TlsError', 'UriError',
+    'createReadStream', 'createWriteStream', 'formatNbdUri', 'parseNbdUri', 'startServerCommand', 'stateChannel'
+  ])
 })
