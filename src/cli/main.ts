@@ -58,7 +58,7 @@ export async function buildProgram (commands: ServerCommands = []): Promise<Comm
     .argument('<uri>', 'NBD URI: nbd://host[:port]/export, nbd+unix:///export?socket=PATH, nbds://..., or [ CMD ... ]: a server run with socket activation')
     .option('--json', 'machine-readable output (JSON)')
     .option('-L, --list', 'list every export the server offers (NBD_OPT_LIST)')
-    .addOption(new Option('--map [context]', 'print the extents of the export (block status) in base:allocation, or in the meta context --map=CONTEXT names'))
+    .addOption(new Option('--map [context]', 'print the extents of the export (block status) in base:allocation, or with --map=CONTEXT ("=" needed) in that meta context'))
     .option('--totals', 'with --map: the bytes and share of the export of each extent type')
     .option('--size', 'print only the export\'s size in bytes')
     .addOption(new Option('--can <property>', `test a property, printing nothing: ${QUERY_HELP}`).argParser(setQuery))
