@@ -16,5 +16,11 @@ export { createReadStream, createWriteStream } from './streams/index.ts'
 export type { DataChunk, ReadStreamOptions, SparseChunk, WriteStreamOptions, ZeroChunk } from './streams/index.ts'
 export { startServerCommand } from './activation/index.ts'
 export type { ExitStatus, ServerCommand, ServerCommandOptions } from './activation/index.ts'
-export * from './errors.ts'
+// The errors, each with its code; not the helpers errors.ts keeps for the rest of the package.
+export {
+  NBD_ERROR_CODES, NbdError, ProtocolError, HandshakeError, ServerError, ConnectionError, TimeoutError, ReconnectDelayError,
+  ServerChangedError, NotSupportedError, InvalidArgumentError, ClosedError, TlsError, UriError, DurabilityError, InDoubtError,
+  OffsetRangeError, AbortedError, MountError
+} from './errors.ts'
+export type { NbdErrorCode, NbdErrno, MountErrorReason } from './errors.ts'
 export type { Failback, PathChange, PathIdentity, PathSelector, PathState, PathStatus } from './multipath/index.ts'

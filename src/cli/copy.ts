@@ -12,10 +12,8 @@ import { setMaxListeners } from 'node:events'
 import { Option, type Command } from 'commander'
 import { InvalidArgumentError as UsageError } from 'commander'
 import { AbortedError } from '../errors.ts'
-import {
-  Progress, barReporter, copy, describeEndpoint, jsonReporter, openEndpoints, parseEndpoint, percentReporter,
-  type CopyResult, type ProgressReporter
-} from '../copy/index.ts'
+// The copy engine is imported when a copy runs: main.ts declares this command for every command.
+import type { CopyResult, Progress, ProgressReporter } from '../copy/index.ts'
 import { parseCount, parseDuration } from './durations.ts'
 import { serverCommandOf, type ServerCommands } from './server-command.ts'
 
@@ -31,6 +29,7 @@ export interface CopyFlags {
   readonly extents: boolean
   readonly flush?: boolean
   readonly progress?: string
+  readonly json?: boolean
   readonly reconnectDelay: number
   readonly verbose?: boolean
 }
@@ -63,6 +62,11 @@ function progressMode (text: string): string {
   throw new UsageError(`--progress takes no value, "json", a file descriptor, or json:FD (not "${text}")`)
 }
 
+/** --json: the command line's one JSON spelling; --progress=json and json:FD still work. */
+function jsonProgress (mode: string | undefined): string {
+  return mode === undefined || mode === 'auto' || mode === 'json' ? 'json' : mode.startsWith('json:') ? mode : `json:${mode}`
+}
+
 /**
  * `--progress` and `-p` without "=" take no value (as nbdcopy's, where the value needs "="):
  * commander's optional values would swallow SRC.
@@ -88,16 +92,18 @@ export function addCopyCommand (program: Command, commands: ServerCommands, out:
     .addOption(new Option('--target-is-zero', 'the same (nbdcopy\'s other name)').hideHelp())
     .option('--no-extents', 'do not ask the source for its extents (BLOCK_STATUS); zero detection still runs')
     .option('--flush', 'flush the destination at the end')
-    .addOption(new Option('-p, --progress <mode>', 'a progress bar on a terminal (--progress alone); --progress=json: JSON lines on stderr; --progress=FD: "N/100" lines to FD; --progress=json:FD').argParser(progressMode))
+    .addOption(new Option('-p, --progress <mode>', 'a progress bar on a terminal (--progress alone), else "N/100" lines; --progress=FD: the lines to FD').argParser(progressMode))
+    .option('--json', 'progress as JSON lines, one a second (on stderr, or to --progress=FD)')
     .addOption(new Option('--reconnect-delay <duration>', 'how long requests wait for a lost NBD server to come back').default(30_000, '30s').argParser(parseDuration))
     .option('-v, --verbose', 'print what was copied at the end')
     .action(async (source: string, destination: string, flags: CopyFlags) => {
-      process.exitCode = await runCopy(source, destination, commands, flags, { out, err: (text) => { process.stderr.write(text + '\n') } })
+      process.exitCode = await runCopy(source, destination, commands, { ...flags, ...(flags.json === true && { progress: jsonProgress(flags.progress) }) }, { out, err: (text) => { process.stderr.write(text + '\n') } })
     })
 }
 
 async function reporter (mode: string | undefined): Promise<ProgressReporter | undefined> {
   if (mode === undefined) return undefined
+  const { barReporter, jsonReporter, percentReporter } = await import('../copy/index.ts')
   if (mode === 'auto') return process.stderr.isTTY ? await barReporter(process.stderr) : percentReporter(2)
   if (mode === 'json') return jsonReporter(2)
   if (mode.startsWith('json:')) return jsonReporter(Number(mode.slice(5)))
@@ -105,6 +111,7 @@ async function reporter (mode: string | undefined): Promise<ProgressReporter | u
 }
 
 export async function runCopy (sourceArg: string, destinationArg: string, commands: ServerCommands, flags: CopyFlags, io: { out: (text: string) => void, err: (text: string) => void }): Promise<number> {
+  const { Progress, copy, describeEndpoint, openEndpoints, parseEndpoint } = await import('../copy/index.ts')
   const src = parseEndpoint(sourceArg, serverCommandOf(sourceArg, commands))
   const dst = parseEndpoint(destinationArg, serverCommandOf(destinationArg, commands))
   const abort = new AbortController()

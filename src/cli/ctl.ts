@@ -11,23 +11,64 @@
 import { closeSync, existsSync, readdirSync, statSync } from 'node:fs'
 import { homedir } from 'node:os'
 import path from 'node:path'
-import readline from 'node:readline'
-import { complete, ControlConnection, controlRequest, joinWords } from '../control/index.ts'
+// The client and the grammar, not the control/ barrel: that one brings the server, its lock
+// and peer credentials, which a ctl run in a loop should not load.
+import { ControlConnection, controlRequest } from '../control/client.ts'
+import { complete, joinWords } from '../control/grammar.ts'
 import { openOwnFile, readFileNoFollow, rewrite } from '../util/safe-file.ts'
-import { controlDir, daemonSocket } from './daemon.ts'
-import { defaultControlSocket } from './mount.ts'
-import { watch } from './watch.ts'
+import { controlDir, daemonSocket, defaultControlSocket } from './socket-paths.ts'
 
 export interface CtlOptions {
   readonly socket?: string
   readonly mount?: string
   readonly timeout: number
   readonly interactive?: boolean
+  /** --json: the command's "json" form (multipathd's trailing word, which works too). */
+  readonly json?: boolean
 }
 
 export interface CtlIo {
   readonly out: (text: string) => void
   readonly err: (text: string) => void
+}
+
+/**
+ * The command line of a plain `nbdts ctl`, read without commander (which takes longer to load
+ * than the rest of ctl): --socket, --mount, --timeout, -k, --json and the command's words.
+ * Undefined for anything else (--help, an unknown flag, a bad value): commander then parses
+ * it, and says what is wrong. Both read the same flags with the same defaults; the tests run
+ * them side by side.
+ */
+export function parseCtlArgs (args: readonly string[]): { words: string[], options: CtlOptions } | undefined {
+  const words: string[] = []
+  const options: { socket?: string, mount?: string, timeout: number, interactive?: boolean, json?: boolean } = { timeout: 4000 }
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!
+    if (arg === '--') {
+      words.push(...args.slice(i + 1))
+      break
+    }
+    if (!arg.startsWith('-')) {
+      words.push(arg)
+      continue
+    }
+    if (arg === '-k' || arg === '--interactive') options.interactive = true
+    else if (arg === '--json') options.json = true
+    else {
+      const [flag, inline] = arg.startsWith('--') && arg.includes('=') ? [arg.slice(0, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)] : [arg, undefined]
+      if (flag !== '--socket' && flag !== '--mount' && flag !== '--timeout') return undefined
+      const value = inline ?? args[++i]
+      if (value === undefined || value === '') return undefined
+      if (flag === '--socket') options.socket = value
+      else if (flag === '--mount') options.mount = value
+      else {
+        const n = Number(value)
+        if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < 1) return undefined
+        options.timeout = n
+      }
+    }
+  }
+  return { words, options }
 }
 
 /**
@@ -52,9 +93,10 @@ export function resolveSocket (options: CtlOptions): string {
 export async function runCtl (words: readonly string[], options: CtlOptions, io: CtlIo): Promise<number> {
   const socket = resolveSocket(options)
   if (options.interactive === true) return await interactive(socket, options.timeout, io)
-  if (words.length === 1 && words[0] === 'watch') return await watch(socket, options.timeout)
+  if (words.length === 1 && words[0] === 'watch') return await (await import('./watch.ts')).watch(socket, options.timeout)
   if (words.length === 0) throw new Error('no command given (try: nbdts ctl help, or nbdts ctl -k for interactive use)')
-  const reply = await controlRequest(socket, joinWords(words), options.timeout)
+  const command = options.json === true && words.at(-1) !== 'json' ? [...words, 'json'] : words
+  const reply = await controlRequest(socket, joinWords(command), options.timeout)
   if (reply.ok) {
     io.out(reply.text)
     return 0
@@ -113,6 +155,7 @@ async function interactive (socket: string, timeout: number, io: CtlIo): Promise
   const historyPath = historyFile()
   const history = loadHistory(historyPath)
   let files: string[] = []
+  const readline = await import('node:readline')
   const rl = readline.createInterface({
     input: process.stdin,
     output: process.stdout,

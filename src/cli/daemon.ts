@@ -24,23 +24,9 @@ import { Pidfile } from '../util/safe-file.ts'
 import { detach, readyReporter } from './detach.ts'
 import { createLogger, type LogLevel } from './logger.ts'
 import { trapSignals } from './signals.ts'
+import { daemonSocket } from './socket-paths.ts'
 
-/** Where root's daemon and mounts keep their control sockets unless told otherwise. */
-export const CONTROL_DIR = '/run/nbdts'
-
-/** Root's CONTROL_DIR; for other users $XDG_RUNTIME_DIR/nbdts, else /tmp/nbdts-UID. */
-export function controlDir (): string {
-  const uid = process.geteuid?.() ?? 0
-  if (uid === 0) return CONTROL_DIR
-  const runtime = process.env.XDG_RUNTIME_DIR
-  return runtime !== undefined && runtime !== '' ? path.join(runtime, 'nbdts') : `/tmp/nbdts-${uid}`
-}
-
-/** The daemon's socket: $NBDTS_DAEMON_SOCKET, else nbdts.sock in controlDir() (multipathd's MULTIPATH_SOCKET_NAME, on both sides). */
-export function daemonSocket (): string {
-  const env = process.env.NBDTS_DAEMON_SOCKET
-  return env !== undefined && env !== '' ? path.resolve(env) : path.join(controlDir(), 'nbdts.sock')
-}
+export { CONTROL_DIR, controlDir, daemonSocket } from './socket-paths.ts'
 
 /**
  * A user's control directory must be theirs alone: in /tmp, another user could have made it

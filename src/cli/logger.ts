@@ -11,8 +11,9 @@ import { writeSync } from 'node:fs'
 import { openOwnFile } from '../util/safe-file.ts'
 import { printable } from '../util/printable.ts'
 
-export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const
-export type LogLevel = (typeof LOG_LEVELS)[number]
+import { LOG_LEVELS, type LogLevel } from './log-level.ts'
+
+export { LOG_LEVELS, type LogLevel } from './log-level.ts'
 
 export interface Logger {
   level: LogLevel

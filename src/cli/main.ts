@@ -2,24 +2,38 @@
 /**
  * The nbdts command line. Every command prints one clear line and exits non-zero on error,
  * never a stack trace (set NBDTS_DEBUG=1 to see one).
+ *
+ * Each command's code is imported when that command runs (`await import()`), not here: a
+ * command pays only for what it uses (`--version` loads no client, `info` no daemon, metrics
+ * or FUSE, `ctl` only the control socket's client). Keep this file's static imports small:
+ * even commander (40 ms) is loaded only when a command line needs it, which `--version` and a
+ * plain `ctl` (run in loops by admins and scripts) do not.
  */
 import { readFileSync, realpathSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
-import { Command, CommanderError, Option } from 'commander'
+import type { Command } from 'commander'
 import { describeError } from '../errors.ts'
-import { parseConnections, parseCount, parseDuration } from './durations.ts'
-import { runInfo } from './info.ts'
-import { LOG_LEVELS, type LogLevel } from './logger.ts'
-import { runMount, runUmount } from './mount.ts'
-import { runCtl } from './ctl.ts'
-import { runDaemon } from './daemon.ts'
-import { addCopyCommand, normalizeCopyArgv } from './copy.ts'
+import { LOG_LEVELS, type LogLevel } from './log-level.ts'
 import { extractServerCommands, serverCommandOf, withNbdTarget, type ServerCommands } from './server-command.ts'
-import { addTlsOptions, type TlsFlags } from './tls-options.ts'
+import type { TlsFlags } from './tls-options.ts'
+import { UsageError } from './usage.ts'
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
 
 const out = (text: string): void => { process.stdout.write(text + '\n') }
+
+/** info's --can/--is properties (nbdinfo's), for the help; info.ts holds what each one reads. */
+const QUERY_HELP = 'connect, read, write, flush, fua, trim, zero, fast-zero, cache, df, multi-conn, structured-reply, read-only, rotational, tls'
+
+/**
+ * `--map` without "=" takes no value (as nbdinfo's, where the context needs "="): commander's
+ * optional values would swallow the URI.
+ */
+export function normalizeInfoArgv (argv: readonly string[]): string[] {
+  if (argv[0] !== 'info') return [...argv]
+  const end = argv.indexOf('--')
+  return argv.map((a, i) => (end !== -1 && i > end) || a !== '--map' ? a : '--map=')
+}
 
 /** Repeatable option values, in order. */
 function collect (value: string, previous: string[]): string[] {
@@ -27,23 +41,39 @@ function collect (value: string, previous: string[]): string[] {
 }
 
 /** `commands`: the `[ CMD ... ]` taken out of argv (see server-command.ts). */
-export function buildProgram (commands: ServerCommands = []): Command {
+export async function buildProgram (commands: ServerCommands = []): Promise<Command> {
+  const [{ Command, Option }, { parseConnections, parseCount, parseDuration }, { addTlsOptions }, { addCopyCommand }] =
+    await Promise.all([import('commander'), import('./durations.ts'), import('./tls-options.ts'), import('./copy.ts')])
   const program = new Command('nbdts')
     .description('A userspace NBD client: inspect exports, copy them, mount them as a local file, control running mounts')
     .version(pkg.version)
-    .showHelpAfterError()
+    .showHelpAfterError('(nbdts --help lists the commands)')
     .exitOverride()
 
+  // --can and --is set one query; the last given wins, as in nbdinfo.
+  let query: string | undefined
+  const setQuery = (value: string): string => { query = value; return value }
   addTlsOptions(program.command('info'))
-    .description('show what an NBD server offers (like nbdinfo)')
+    .description('show what an NBD server offers (like nbdinfo); --can and --is exit 0 when true, 2 when false')
     .argument('<uri>', 'NBD URI: nbd://host[:port]/export, nbd+unix:///export?socket=PATH, nbds://..., or [ CMD ... ]: a server run with socket activation')
-    .option('--json', 'machine-readable output')
-    .option('--list', "list every export the server offers (NBD_OPT_LIST)")
-    .option('--map', 'print the extents of the export (block status)')
-    .option('--context <name>', 'meta context for --map', 'base:allocation')
+    .option('--json', 'machine-readable output (JSON)')
+    .option('-L, --list', 'list every export the server offers (NBD_OPT_LIST)')
+    .addOption(new Option('--map [context]', 'print the extents of the export (block status) in base:allocation, or with --map=CONTEXT ("=" needed) in that meta context'))
+    .option('--totals', 'with --map: the bytes and share of the export of each extent type')
+    .option('--size', 'print only the export\'s size in bytes')
+    .addOption(new Option('--can <property>', `test a property, printing nothing: ${QUERY_HELP}`).argParser(setQuery))
+    .addOption(new Option('--is <property>', 'the same as --can (read-only, rotational, tls read better with it)').argParser(setQuery))
+    .addOption(new Option('--context <name>', 'the older spelling of --map=NAME').hideHelp())
     .addOption(new Option('--open-timeout <duration>', 'keep retrying the first connect this long (seconds, or 500ms, 2s)').argParser(parseDuration))
-    .action(async (uri: string, options: { json?: boolean, list?: boolean, map?: boolean, context?: string, openTimeout?: number } & TlsFlags) => {
-      await withNbdTarget(uri, commands, (target) => runInfo(target.uri, { ...options, ...(target.open !== undefined && { open: target.open }) }, { out }))
+    .action(async (uri: string, options: { json?: boolean, list?: boolean, map?: string | true, totals?: boolean, size?: boolean, context?: string, openTimeout?: number } & TlsFlags) => {
+      const { runInfo } = await import('./info.ts')
+      const { map, ...rest } = options
+      process.exitCode = await withNbdTarget(uri, commands, (target) => runInfo(target.uri, {
+        ...rest,
+        ...(map !== undefined && { map: map === '' ? true : map }),
+        ...(query !== undefined && { query }),
+        ...(target.open !== undefined && { open: target.open })
+      }, { out }))
     })
 
   addTlsOptions(program.command('mount'))
@@ -81,6 +111,7 @@ export function buildProgram (commands: ServerCommands = []): Command {
       // is multipath.conf's name, with a value.
       const { pathRetry, ...rest } = options
       const command = serverCommandOf(uri, commands)
+      const { runMount } = await import('./mount.ts')
       process.exitCode = await runMount(command ?? uri, file, { ...rest, ...(typeof pathRetry === 'string' && { noPathRetry: pathRetry }), explicit }, { out })
     })
 
@@ -99,6 +130,7 @@ export function buildProgram (commands: ServerCommands = []): Command {
     .addOption(new Option('--ready-fd <fd>').argParser(parseCount).hideHelp())
     .action(async function (this: Command, options: { controlSocket?: string, config?: string, foreground?: boolean, pidfile?: string, logLevel: LogLevel, logFile?: string, controlTimeout: number, metricsListen?: string, readyFd?: number }) {
       const explicit = new Set(Object.keys(options).filter((key) => this.getOptionValueSource(key) === 'cli'))
+      const { runDaemon } = await import('./daemon.ts')
       process.exitCode = await runDaemon({ ...options, explicit }, { out })
     })
 
@@ -109,7 +141,9 @@ export function buildProgram (commands: ServerCommands = []): Command {
     .option('--mount <file>', 'the mount whose default control socket to use')
     .addOption(new Option('--timeout <ms>', 'the server\'s deadline; ctl waits 500 ms more').default(4000).argParser(parseCount))
     .option('-k, --interactive', 'interactive mode, with history and completion')
-    .action(async (words: string[], options: { socket?: string, mount?: string, timeout: number, interactive?: boolean }) => {
+    .option('--json', 'machine-readable output (JSON): adds the control language\'s own "json" word (show mounts --json = show mounts json)')
+    .action(async (words: string[], options: { socket?: string, mount?: string, timeout: number, interactive?: boolean, json?: boolean }) => {
+      const { runCtl } = await import('./ctl.ts')
       process.exitCode = await runCtl(words, options, { out, err: (text) => { process.stderr.write(text + '\n') } })
     })
 
@@ -119,18 +153,37 @@ export function buildProgram (commands: ServerCommands = []): Command {
     .option('--lazy', 'detach now even if in use; the daemon serves open files until the last one closes')
     .option('--force', 'if busy, abort the FUSE connection: I/O in progress and later fails')
     .action(async (file: string, options: { lazy?: boolean, force?: boolean }) => {
+      const { runUmount } = await import('./mount.ts')
       process.exitCode = await runUmount(file, options, { out })
     })
 
+  // A usage error says what was wrong and where the help is, not the whole help.
+  for (const command of program.commands) command.showHelpAfterError(`(nbdts ${command.name()} --help for its usage)`)
   return program
 }
 
 export async function main (argv: readonly string[]): Promise<number> {
+  // The two command lines scripts run most, answered without commander; anything else (help,
+  // a usage error) goes through it below.
+  if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) {
+    out(pkg.version)
+    return 0
+  }
+  if (argv[0] === 'ctl') {
+    try {
+      const { parseCtlArgs, runCtl } = await import('./ctl.ts')
+      const ctl = parseCtlArgs(argv.slice(1))
+      if (ctl !== undefined) return await runCtl(ctl.words, ctl.options, { out, err: (text) => { process.stderr.write(text + '\n') } })
+    } catch (err) {
+      return failed(err, argv)
+    }
+  }
   let program: Command
   try {
     const extracted = extractServerCommands(argv)
-    program = buildProgram(extracted.commands)
-    argv = normalizeCopyArgv(extracted.argv)
+    program = await buildProgram(extracted.commands)
+    const { normalizeCopyArgv } = await import('./copy.ts')
+    argv = normalizeInfoArgv(normalizeCopyArgv(extracted.argv))
   } catch (err) {
     process.stderr.write(`nbdts: ${describeError(err)}\n`)
     return 2
@@ -139,14 +192,24 @@ export async function main (argv: readonly string[]): Promise<number> {
     await program.parseAsync(argv, { from: 'user' })
     return typeof process.exitCode === 'number' ? process.exitCode : 0
   } catch (err) {
+    const { CommanderError } = await import('commander')
     if (err instanceof CommanderError) {
       // Help and version exit 0; usage errors were already printed by commander.
       return err.exitCode === 0 ? 0 : 2
     }
-    process.stderr.write(`nbdts: ${describeError(err)}\n`)
-    if (process.env.NBDTS_DEBUG === '1' && err instanceof Error) process.stderr.write(`${err.stack ?? ''}\n`)
-    return 1
+    return failed(err, argv)
   }
+}
+
+/** One line on stderr for an error from a command: 2 for a usage error, else 1. */
+function failed (err: unknown, argv: readonly string[]): number {
+  if (err instanceof UsageError) {
+    process.stderr.write(`nbdts: ${err.message}\n(nbdts ${argv[0] ?? ''} --help for its usage)\n`)
+    return 2
+  }
+  process.stderr.write(`nbdts: ${describeError(err)}\n`)
+  if (process.env.NBDTS_DEBUG === '1' && err instanceof Error) process.stderr.write(`${err.stack ?? ''}\n`)
+  return 1
 }
 
 // Run when executed, not when imported by the tests. npm's bin is a symlink to this file, so

@@ -29,7 +29,8 @@ import { parseMountOptions } from '../fuse/mount-options.ts'
 import { nbdtsMountAt, unmount } from '../fuse/mount-table.ts'
 import { parseNbdUri } from '../protocol/uri.ts'
 import { describeMountSettings, setMountKey, type MountSettings } from '../control/words.ts'
-import { controlDir, daemonSocket, serveDaemon } from './daemon.ts'
+import { serveDaemon } from './daemon.ts'
+import { daemonSocket, defaultControlSocket } from './socket-paths.ts'
 import { detach } from './detach.ts'
 import type { LogLevel } from './logger.ts'
 import { tlsArgs, type TlsFlags } from './tls-options.ts'
@@ -72,12 +73,7 @@ const MULTIPATH_FLAGS = [
   ['noPathRetry', 'no-path-retry'], ['pathIdentity', 'path-identity']
 ] as const
 
-export { CONTROL_DIR, controlDir } from './daemon.ts'
-
-export function defaultControlSocket (target: string): string {
-  const name = path.resolve(target).slice(1).replace(/\//g, '-').replace(/[^A-Za-z0-9_.-]/g, '_')
-  return path.join(controlDir(), `${name}.sock`)
-}
+export { CONTROL_DIR, controlDir, defaultControlSocket } from './socket-paths.ts'
 
 /** The mount's settings as given on the command line (the rest comes from defaults and the config). */
 function ownSettings (options: MountOptions): MountSettings {

@@ -9,7 +9,7 @@
  * commander: main() takes them out first and leaves a placeholder that no shell can produce
  * (it starts with a NUL byte), which the command's handler turns back into the command.
  */
-import { startServerCommand, type ServerCommand } from '../activation/index.ts'
+import type { ServerCommand } from '../activation/index.ts'
 import { InvalidArgumentError } from '../errors.ts'
 import type { OpenSocket } from '../transport/open-socket.ts'
 
@@ -71,6 +71,7 @@ export interface NbdTarget {
 export async function withNbdTarget<T> (arg: string, commands: ServerCommands, fn: (target: NbdTarget) => Promise<T>, signal?: AbortSignal): Promise<T> {
   const command = serverCommandOf(arg, commands)
   if (command === undefined) return await fn({ uri: arg })
+  const { startServerCommand } = await import('../activation/index.ts')
   const server = await startServerCommand(command, signal === undefined ? {} : { signal })
   try {
     return await fn({ uri: server.uri, open: server.open, server })

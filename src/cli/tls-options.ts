@@ -4,27 +4,19 @@
  * system's CAs.
  */
 import { Option, type Command } from 'commander'
-import { givenTls, type GivenTlsOptions, type NbdClientOptions } from '../client/options.ts'
+import type { GivenTlsOptions } from '../client/options.ts'
 
 /** The TLS flags are the library's TLS options, under the same names (--no-tls-verify-peer: false). */
 export type TlsFlags = GivenTlsOptions
 
 export function addTlsOptions (command: Command): Command {
   return command
-    .addOption(new Option('--tls <mode>', 'off, on (when the server offers it) or require (default: require for nbds://, on when credentials are given)').choices(['off', 'on', 'require']))
+    .addOption(new Option('--tls <mode>', 'off, on (when the server offers it) or require (default: require for nbds:// and when credentials are given, else off)').choices(['off', 'on', 'require']))
     .option('--tls-certificates <dir>', 'X.509: ca-cert.pem, and client-cert.pem + client-key.pem for a client certificate')
     .option('--tls-psk-file <file>', 'PSK: username:hexkey lines (nbdkit --tls-psk, psktool)')
     .option('--tls-username <name>', 'PSK username (default: the URI\'s user, else the login name)')
     .option('--tls-hostname <name>', 'the name the server\'s certificate must carry (default: the TCP host)')
     .option('--no-tls-verify-peer', 'do not verify the server\'s certificate (insecure)')
-}
-
-/**
- * The flags as client options, leaving out what was not given (the URI then decides). The
- * URI on our command line was typed by our user, so it may name local files (allowLocalFile).
- */
-export function tlsClientOptions (flags: TlsFlags): TlsFlags & Pick<NbdClientOptions, 'allowLocalFile'> {
-  return { allowLocalFile: true, ...givenTls(flags) }
 }
 
 /** The same flags again, for the detached daemon's command line. */

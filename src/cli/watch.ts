@@ -6,7 +6,7 @@
  * It asks `show mounts json` once a second over one connection (a lost one is reported on the
  * screen and made again); the sparklines' history is kept here, from those answers.
  */
-import { ControlConnection } from '../control/index.ts'
+import { ControlConnection } from '../control/client.ts'
 import type { MountRow } from '../daemon/views.ts'
 import { humanSize } from '../util/json.ts'
 import { printable } from '../util/printable.ts'

@@ -8,7 +8,7 @@ import type { Duplex } from 'node:stream'
 import { AbortedError, ConnectionError } from '../errors.ts'
 import type { NbdAddress } from '../protocol/uri.ts'
 import { ReadHook } from './read-hook.ts'
-import { setSendBuffer } from '../util/libc.ts'
+import { nativeTried, setSendBuffer } from '../util/libc.ts'
 import { busyPoll } from './busy-poll.ts'
 
 /** Opens a fresh connection to the server; rejects promptly when `signal` fires. */
@@ -33,12 +33,30 @@ function socketFd (socket: net.Socket): number {
   return typeof fd === 'number' ? fd : -1
 }
 
-function widenSendBuffer (fd: number): void {
-  try {
-    setSendBuffer(fd, UNIX_SEND_BUFFER)
-  } catch {
-    // Without koffi (or with a smaller cap) the default buffer works, only slower.
+/**
+ * Loading koffi takes 40-60 ms, a third of a short command's run (nbdts info, a list). So
+ * when it is not loaded yet, the buffer is widened a little later, on a timer that does not
+ * keep the process alive: a short-lived connection ends first and never pays for it, one
+ * that carries data (a mount, a copy) gets the wide buffer within WIDEN_DELAY_MS.
+ */
+const WIDEN_DELAY_MS = 50
+
+function widenSendBuffer (socket: net.Socket, fd: number): void {
+  const widen = (): void => {
+    // After destroy() the descriptor may already be closed and reused: only while it is ours.
+    if (socket.destroyed || socketFd(socket) !== fd) return
+    try {
+      setSendBuffer(fd, UNIX_SEND_BUFFER)
+    } catch {
+      // Without koffi (or with a smaller cap) the default buffer works, only slower.
+    }
   }
+  if (nativeTried()) {
+    widen()
+    return
+  }
+  const timer = setTimeout(widen, WIDEN_DELAY_MS).unref()
+  socket.once('close', () => { clearTimeout(timer) })
 }
 
 /** The default opener: TCP with Nagle off (both sides SHOULD set TCP_NODELAY), or a Unix socket. */
@@ -62,7 +80,7 @@ export function socketOpener (address: NbdAddress): OpenSocket {
       cleanup()
       const fd = socketFd(socket)
       if (fd >= 0) {
-        if (address.transport === 'unix') widenSendBuffer(fd)
+        if (address.transport === 'unix') widenSendBuffer(socket, fd)
         busyPoll.watch(fd)
         socket.once('close', () => { busyPoll.unwatch(fd) })
       }

@@ -91,6 +91,11 @@ function unavailable (err: Error): string {
     : `the koffi package, which could not be loaded: ${err.message}`
 }
 
+/** Whether koffi was tried already (loaded, or found missing): a call now costs nothing more. */
+export function nativeTried (): boolean {
+  return libc !== undefined
+}
+
 /** Why the native calls cannot be made (koffi is tried once), or undefined when they can. */
 export function nativeProblem (): string | undefined {
   try {

@@ -182,10 +182,12 @@ describe('nbdts copy', () => {
     }
   })
 
-  test('--progress=json lines, --progress=FD "N/100" lines, -p without a value', async () => {
-    const json = await ok(['copy', '--progress=json', src.uri(), 'null:'])
-    const lines = json.stderr.trim().split('\n').map((l) => JSON.parse(l) as { bytes: number, total: number, done: boolean, rate: number })
-    assert.deepEqual({ ...lines.at(-1), rate: 0, elapsed: 0, eta: 0 }, { bytes: SIZE, total: SIZE, percent: 100, done: true, rate: 0, elapsed: 0, eta: 0 })
+  test('--json progress lines (also to --progress=FD; --progress=json still works), --progress=FD "N/100" lines, -p without a value', async () => {
+    for (const args of [['--json'], ['--json', '--progress=2'], ['--progress=json']]) {
+      const json = await ok(['copy', ...args, src.uri(), 'null:'])
+      const lines = json.stderr.trim().split('\n').map((l) => JSON.parse(l) as { bytes: number, total: number, done: boolean, rate: number })
+      assert.deepEqual({ ...lines.at(-1), rate: 0, elapsed: 0, eta: 0 }, { bytes: SIZE, total: SIZE, percent: 100, done: true, rate: 0, elapsed: 0, eta: 0 }, args.join(' '))
+    }
     const fd = await ok(['copy', '--progress=2', src.uri(), 'null:'])
     assert.match(fd.stderr, /^0\/100\n(\d+\/100\n)*100\/100\n$/)
     // -p takes no value: SRC stays SRC.

@@ -84,7 +84,7 @@ describe('nbdkit', () => {
   })
 
   test('X.509 with a required client certificate, over TCP with the host name checked', async () => {
-    const port = await tcpPort()
+    const port = tcpPort()
     await nbdkit(['--tls=require', `--tls-certificates=${pki.dir}`, '--tls-verify-peer', 'memory', '16M'], 'x509', port)
     for (const host of ['localhost', '127.0.0.1']) {
       const client = await connect(`nbds://${host}:${port}/?tls-certificates=${pki.clientDir}`)
@@ -95,7 +95,7 @@ describe('nbdkit', () => {
   })
 
   test('X.509 failures: wrong CA, wrong name, no client certificate; verification off only when asked', async () => {
-    const port = await tcpPort()
+    const port = tcpPort()
     await nbdkit(['--tls=require', `--tls-certificates=${pki.dir}`, '--tls-verify-peer', 'memory', '16M'], 'x509-bad', port)
     const uri = (certs: string, extra = ''): string => `nbds://localhost:${port}/?tls-certificates=${certs}${extra}`
     await rejectsWithCode(connect(uri(other.clientDir)), 'NBD_ERR_TLS', 10_000, /could not be verified/)
