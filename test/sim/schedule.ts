@@ -42,7 +42,7 @@ export async function runSchedule (seed: number): Promise<ScheduleResult> {
   }
 
   const blocks = rng.pick([8, 16, 32])
-  const connections = rng.chance(0.35) ? 2 : 1
+  const connections = rng.chance(0.45) ? 2 : 1
   const reconnectDelay = rng.pick([0, 0, 1000, 5000, 30_000])
   const requestTimeout = rng.pick([60_000, 3000])
   const replayLog = rng.pick([32 << 20, 32 << 20, 32 << 20, 4 * BLOCK, 8 * BLOCK, 16 * BLOCK, 0])
@@ -222,7 +222,18 @@ function serveAny (server: SimServer, rng: Rng): void {
 function fault (rng: Rng, server: SimServer, time: VirtualTime, client: NbdClient, _aborts: AbortController[], note: (s: string) => void): void {
   const roll = rng.next()
   const conns = [...server.connections].filter((c) => !c.closed)
-  if (roll < 0.45) {
+  if (roll < 0.1 && server.alive) {
+    // A crash loop: down briefly, up briefly, down again.
+    note('crash loop: crash, restart in 10 ms, crash 60 ms later, restart 10 ms after')
+    server.crash()
+    setTimeout(() => {
+      note('restart'); server.restart()
+      setTimeout(() => {
+        note('crash'); server.crash()
+        setTimeout(() => { note('restart'); server.restart() }, 10)
+      }, 60)
+    }, 10)
+  } else if (roll < 0.45) {
     if (!server.alive) return
     const down = rng.chance(0.5) ? rng.int(50) : rng.int(3000)
     // Some servers come back failing writes for a moment: the first replay fails.

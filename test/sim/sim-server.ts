@@ -204,8 +204,8 @@ export class SimServer {
   readonly durable: Buffer
   /** Written but not yet durable, by block index. */
   readonly cache = new Map<number, Buffer>()
-  /** Which connection last wrote each cached block. */
-  readonly owner = new Map<number, number>()
+  /** Which connections wrote each cached block since it was last written back. */
+  readonly owner = new Map<number, Set<number>>()
   readonly multiConn: boolean
   /** Bumped whenever the durable store changes (the checker looks again then). */
   durableVersion = 0
@@ -260,7 +260,9 @@ export class SimServer {
         this.cache.set(block, cached)
       }
       data.copy(cached, within, at, at + n)
-      this.owner.set(block, conn)
+      let writers = this.owner.get(block)
+      if (writers === undefined) this.owner.set(block, writers = new Set())
+      writers.add(conn)
       if (fua) this.writeback(block)
       at += n
     }
@@ -278,7 +280,7 @@ export class SimServer {
 
   /** FLUSH on connection `conn`: everything with multi-conn, else what that connection wrote. */
   flush (conn: number): void {
-    for (const block of [...this.cache.keys()]) if (this.multiConn || this.owner.get(block) === conn) this.writeback(block)
+    for (const block of [...this.cache.keys()]) if (this.multiConn || this.owner.get(block)?.has(conn) === true) this.writeback(block)
   }
 
   /** Power lost: the cache is gone, every connection with it; connects fail until restart(). */
