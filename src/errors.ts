@@ -180,7 +180,7 @@ export class UriError extends NbdError {
 
 /**
  * A FLUSH succeeded, but writes acknowledged before a lost connection may have been lost by
- * the server and could not be written again (the replay log was off or overflowed): they are
+ * the server and could not be written again (the write ledger kept no copy): they are
  * not known to be durable. Maps to EIO.
  */
 export class DurabilityError extends NbdError {

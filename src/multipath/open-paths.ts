@@ -258,7 +258,7 @@ export async function openMultipath (resolved: ResolvedOptions, mp: ResolvedPath
   // A FLUSH goes to one connection on each path that carries one: each server flushes only
   // what it acknowledged (in failover too, while connections are still moving). A connection
   // that leaves a path flushes there first (Link.drain), and one whose path died has its
-  // acknowledged writes in the replay log, written again on the next path before anything.
+  // acknowledged writes in the write ledger, written again on the next path before anything.
   // A connection that is reconnecting gets the FLUSH too: it goes out there after the replay of
   // what its lost connection acknowledged, which a FLUSH on another path does not cover.
   const flushEngines = (): Engine[] => {

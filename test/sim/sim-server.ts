@@ -48,7 +48,6 @@ export class SimConnection {
     this.id = id
     this.server = server
     this.instance = server.instance
-    // eslint-disable-next-line @typescript-eslint/no-this-alias
     const self = this
     this.client = new Duplex({
       read () {},
