@@ -273,7 +273,7 @@ export class Ordering {
 
   /** The engines' gate: every send waits while the current epoch is not replayed. */
   gate (req: Request): Promise<void> | undefined {
-    if (this.#ledger.replayed && this.#closed === null) return undefined
+    if (this.#ledger.replayed) return undefined
     // From its first failure; one that never failed (sent after the loss) from now.
     const from = req.firstFailureAt >= 0 ? req.firstFailureAt : performance.now()
     return this.#waitReplayed(from + this.#bound(), req.signal)
