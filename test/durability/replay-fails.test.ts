@@ -34,7 +34,10 @@ describe('multi-conn: the first replay after a restart fails', () => {
       const image = scene.image(`fail-${when}.img`, 8 * MiB)
       const inject = scene.file(`fail-${when}.inject`)
       const name = `fail-${when}`
-      const args = volatileFile(image, ['error'], ['error-pwrite=EIO', 'error-pwrite-rate=100%', `error-pwrite-file=${inject}`])
+      // Each write waits 200 ms (delay, outermost) before the error filter looks for the file:
+      // a replay that meets EIO takes that long, long enough for the other connection to come
+      // back while it runs.
+      const args = volatileFile(image, ['delay', 'error'], ['delay-write=200ms', 'error-pwrite=EIO', 'error-pwrite-rate=100%', `error-pwrite-file=${inject}`])
       const server = await scene.nbdkit(name, args)
       const client = scene.client(await NbdClient.connect(server.uri(), { connections: 2, reconnectDelay: 15_000, backoff: QUICK_BACKOFF }))
       assert.equal(client.connections, 2)
@@ -51,9 +54,9 @@ describe('multi-conn: the first replay after a restart fails', () => {
       let early: Promise<void> | undefined
       if (when === 'before') early = handled(client.flush())
       // Both connections back (an engine that counts the failed replay as a failed connect may
-      // not be: the writes go back on after 3 s anyway), then the replay meets EIO for 300 ms more.
+      // not be: the writes go back on after 3 s anyway), then the replay meets EIO for 500 ms more.
       await connected(client, 3000).catch(() => {})
-      await sleep(300)
+      await sleep(500)
       rmSync(inject)
       const results: string[] = []
       if (early !== undefined) results.push(await settles(within(early, 20_000, 'the early FLUSH')))
