@@ -9,6 +9,11 @@
  * only one fails with NBD_ERR_DURABILITY: the others succeed although the write is not on disk.
  * WriteLedger says "every FLUSH called after one of them was acknowledged fails ... until one
  * such FLUSH has": these were all called before any had.
+ *
+ * A server that comes back but refuses the replay for good (every write EIO: say it came back
+ * read-only or full) wedges the client: it is CONNECTED, yet every request, reads included,
+ * fails with NBD_ERR_RECONNECT_DELAY at once, forever, and no FLUSH ever says
+ * NBD_ERR_DURABILITY: the replay is retried without end and its writes never declared lost.
  */
 import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
@@ -16,7 +21,7 @@ import { describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { NbdClient } from '../../src/index.ts'
 import { handled, within } from '../helpers/assert.ts'
-import { connected, durabilityScene, KiB, MiB, pattern, QUICK_BACKOFF } from './scene.ts'
+import { connected, durabilityScene, KiB, MiB, pattern, QUICK_BACKOFF, volatileFile } from './scene.ts'
 
 const scene = durabilityScene()
 
@@ -50,5 +55,23 @@ describe('findings', () => {
     if (wrote === 'ok' && !onDisk) {
       assert.deepEqual(flushes, ['NBD_ERR_DURABILITY', 'NBD_ERR_DURABILITY', 'NBD_ERR_DURABILITY'], 'the write resolved but is not on disk: no FLUSH called after it may succeed')
     }
+  })
+
+  test('a replay the server refuses for good: reads go on once the bound has passed, and a FLUSH says DURABILITY', { todo: 'every request fails with NBD_ERR_RECONNECT_DELAY forever' }, async (t) => {
+    const image = scene.image('refused.img', 8 * MiB)
+    const server = await scene.nbdkit('refused', volatileFile(image))
+    const client = scene.client(await NbdClient.connect(server.uri(), { reconnectDelay: 2000, requestTimeout: 3000, backoff: QUICK_BACKOFF }))
+    await client.write(pattern(1, 64 * KiB), 0)
+    await server.stop('SIGKILL')
+    const again = await scene.nbdkit('refused', volatileFile(image, ['error'], ['error-pwrite=EIO', 'error-pwrite-rate=100%']))
+    await connected(client)
+    await sleep(4000)
+    const read = await outcome(client.read(MiB, 4 * KiB))
+    const flush = await outcome(client.flush())
+    t.diagnostic(`states ${client.states.join(',')}; read ${read}; flush ${flush}`)
+    await client.close()
+    await again.stop('SIGKILL')
+    assert.equal(read, 'ok', 'a read of a range no write touched, long after the bound')
+    assert.equal(flush, 'NBD_ERR_DURABILITY', 'the FLUSH says the acknowledged write is gone')
   })
 })
