@@ -178,10 +178,19 @@ export class Ordering {
     return this.#keep(rec).finally(release)
   }
 
+  /**
+   * Until a FLUSH covers `rec` (or the ring takes a copy), within the bound: a FLUSH that
+   * failed, or came back in another epoch, is sent again once that epoch is replayed (the
+   * replay writes this record from the caller's buffer). Past the bound the write is lost.
+   */
   async #keep (rec: LedgerRecord): Promise<void> {
-    for (let tries = 0; tries < 3; tries++) {
+    const deadline = performance.now() + this.#bound()
+    for (;;) {
       await this.#flushEarly(true).catch(() => {})
       if (this.#ledger.keep(rec)) return
+      if (performance.now() >= deadline || this.#closed !== null) break
+      if (!this.#ledger.replayed) await this.#waitReplayed(deadline, undefined).catch(() => {})
+      else await sleep(REPLAY_RETRY_MS)
     }
     this.#ledger.lose(rec)
   }
@@ -238,7 +247,19 @@ export class Ordering {
    * round-robin), and done once all are and the ledger says they covered what came before.
    */
   async flush (engines: readonly Engine[], signal: AbortSignal | undefined): Promise<void> {
-    const called = this.#ledger.mark()
+    const called = this.#ledger.flushCalled()
+    try {
+      await this.#flushInOrder(engines, signal)
+    } catch (err) {
+      this.#ledger.lostBefore(called, false)
+      throw err
+    }
+    if (this.#ledger.lostBefore(called)) {
+      throw new DurabilityError('writes acknowledged before the connection to the server was lost may not have reached stable storage, and could not be written again')
+    }
+  }
+
+  async #flushInOrder (engines: readonly Engine[], signal: AbortSignal | undefined): Promise<void> {
     const entering = this.#order.enter('flush', signal)
     if (entering !== undefined) await entering
     // One place per FLUSH, and one for the whole call: later writes go once every FLUSH is
@@ -264,9 +285,6 @@ export class Ordering {
     } finally {
       leave()
     }
-    if (this.#ledger.lostBefore(called)) {
-      throw new DurabilityError('writes acknowledged before the connection to the server was lost may not have reached stable storage, and could not be written again')
-    }
   }
 
   // ── epochs and the replay ────────────────────────────────────────────────────────────
@@ -282,41 +300,59 @@ export class Ordering {
   #epochLost (unflushed: boolean): void {
     if (!this.#logging || this.#closed !== null || !unflushed) return
     this.#ledger.newEpoch()
-    this.#replaying ??= this.#replayLoop().catch(() => {}).finally(() => { this.#replaying = null })
+    if (this.#replaying === null) {
+      this.#replaying = this.#replayLoop()
+      this.#replaying.catch(() => {})
+    }
   }
 
   /** Replays until the newest epoch is replayed (or the client closes). */
   async #replayLoop (): Promise<void> {
     let retry = REPLAY_RETRY_MS
-    while (!this.#ledger.replayed && this.#closed === null) {
-      const epoch = this.#ledger.epoch
-      await this.#whenQuiet()
-      if (epoch !== this.#ledger.epoch) continue
-      const pieces = this.#ledger.pieces()
-      if (pieces.length === 0) {
-        this.#ledger.replayDone(epoch)
-        continue
-      }
-      const engine = await this.#connectedEngine()
-      if (engine === undefined) return
-      if (epoch !== this.#ledger.epoch) continue
-      try {
-        await writePieces(this.#ledger.pieces(), (command) => engine.replay(command))
-        this.#ledger.replayDone(epoch)
-        retry = REPLAY_RETRY_MS
-      } catch (err) {
-        // A lost connection starts the next epoch on its own; a server that refused a write
-        // (EIO) is tried again a little later. Either way this epoch stays unreplayed.
-        if (!isTransportError(err)) {
-          await sleep(retry)
-          retry = Math.min(retry * 2, 1000)
+    /** When the server first refused this epoch's replay (-1: it has not). */
+    let refusedSince = -1
+    try {
+      while (!this.#ledger.replayed && this.#closed === null) {
+        const epoch = this.#ledger.epoch
+        await this.#whenQuiet()
+        if (epoch !== this.#ledger.epoch) continue
+        const pieces = this.#ledger.pieces()
+        if (pieces.length === 0) {
+          this.#ledger.replayDone(epoch)
+          continue
+        }
+        const engine = await this.#connectedEngine()
+        if (engine === undefined) return
+        if (epoch !== this.#ledger.epoch) continue
+        try {
+          await writePieces(this.#ledger.pieces(), (command) => engine.replay(command))
+          this.#ledger.replayDone(epoch)
+          retry = REPLAY_RETRY_MS
+          refusedSince = -1
+        } catch (err) {
+          // A lost connection starts the next epoch on its own; a server that refused a write
+          // (EIO) is tried again a little later. Either way this epoch stays unreplayed, until
+          // the server has refused it for longer than the bound: then the ledger's writes are
+          // lost (every FLUSH that vouched for them says so) and requests go again.
+          if (!isTransportError(err)) {
+            const now = performance.now()
+            if (refusedSince < 0) refusedSince = now
+            if (now - refusedSince >= this.#bound()) {
+              this.#ledger.abandon(epoch)
+              continue
+            }
+            await sleep(retry)
+            retry = Math.min(retry * 2, 1000)
+          }
         }
       }
+    } finally {
+      // In the same tick as the loop's last look at the ledger (no await in between): an epoch
+      // lost from here on finds no loop running and starts one.
+      this.#replaying = null
     }
-    if (this.#ledger.replayed) {
-      for (const w of this.#gateWaiters) w.resolve()
-      this.#gateWaiters.clear()
-    }
+    for (const w of this.#gateWaiters) w.resolve()
+    this.#gateWaiters.clear()
   }
 
   /** Resolves once no write-like request is on any wire (in doubt ones aside). */

@@ -87,6 +87,17 @@ function below (range: SeqRange | null, seq: number): SeqRange | null {
   return range.min >= seq ? range : { min: seq, max: range.max }
 }
 
+/** Lost writes owed to FLUSHes, and from which FLUSH call on they were told (Infinity: not yet). */
+interface Owed extends SeqRange {
+  readonly told: number
+}
+
+/** A FLUSH call: the ledger's seq when it was called, and its number. */
+export interface FlushCall {
+  readonly seq: number
+  readonly call: number
+}
+
 export interface FlushMark {
   readonly seq: number
   readonly epoch: number
@@ -112,10 +123,14 @@ export class WriteLedger {
   /** Acknowledged writes that could not be kept, not yet covered by a FLUSH (their seqs). */
   #pendingLost: SeqRange | null = null
   /**
-   * Lost writes whose epoch ended before a FLUSH covered them: every FLUSH called after one
-   * of them was acknowledged fails with NBD_ERR_DURABILITY, until one such FLUSH has.
+   * Lost writes whose epoch ended before a FLUSH covered them: every FLUSH called after one of
+   * them was acknowledged fails with NBD_ERR_DURABILITY, until one such FLUSH has; from then
+   * on FLUSHes called later are not told again (`told`), while those called before still are.
    */
-  #owedLost: SeqRange | null = null
+  #owed: Owed[] = []
+  /** FLUSH calls so far (their numbers), and those not yet answered. */
+  #flushCalls = 0
+  readonly #openCalls = new Set<number>()
 
   /** `limit`: bytes of copies kept at most (0 keeps none: every write is lost on a new epoch). */
   constructor (limit: number) {
@@ -152,7 +167,7 @@ export class WriteLedger {
       // Acknowledged before this epoch's replay: by a connection that is being left, whose
       // server a FLUSH elsewhere need not cover. Owed at once.
       if (this.replayed) this.#lose(seq)
-      else this.#owedLost = merge(this.#owedLost, { min: seq, max: seq })
+      else this.#owe({ min: seq, max: seq })
       return undefined
     }
     // Acknowledged before this epoch's replay (by a connection still draining): which server
@@ -194,7 +209,7 @@ export class WriteLedger {
     // it is owed now; else when this epoch ends before a FLUSH covers it.
     this.#segments = this.#segments.filter((s) => s.rec !== rec)
     if (rec.epoch === this.#epoch) this.#lose(rec.seq)
-    else this.#owedLost = merge(this.#owedLost, { min: rec.seq, max: rec.seq })
+    else this.#owe({ min: rec.seq, max: rec.seq })
   }
 
   /** A FLUSH is being sent (each send: a FLUSH sent again after a reconnect marks again). */
@@ -241,10 +256,26 @@ export class WriteLedger {
   newEpoch (): number {
     this.#epoch++
     if (this.#pendingLost !== null) {
-      this.#owedLost = merge(this.#owedLost, this.#pendingLost)
+      this.#owe(this.#pendingLost)
       this.#pendingLost = null
     }
     return this.#epoch
+  }
+
+  /**
+   * The replay of `epoch` cannot be done (the server refuses it past every bound): what the
+   * ledger held is lost, owed to every FLUSH that vouched for it, and requests may go again.
+   */
+  abandon (epoch: number): void {
+    if (epoch !== this.#epoch) return
+    const records = this.#records
+    if (this.records > 0) this.#owe({ min: records[this.#first]!.seq, max: records[records.length - 1]!.seq })
+    for (let i = this.#first; i < records.length; i++) records[i]!.live = false
+    records.length = 0
+    this.#first = 0
+    this.#segments = []
+    this.#head = this.#tail = this.#used = 0
+    this.#replayedEpoch = epoch
   }
 
   /** The replay of `epoch` is done (every piece acknowledged in it). */
@@ -254,16 +285,47 @@ export class WriteLedger {
     for (let i = this.#first; i < this.#records.length; i++) this.#records[i]!.epoch = epoch
   }
 
+  /** A FLUSH is called (before it waits for its turn): what it will vouch for. */
+  flushCalled (): FlushCall {
+    const call = { seq: this.#seq, call: this.#flushCalls++ }
+    this.#openCalls.add(call.call)
+    return call
+  }
+
   /**
-   * Whether a FLUSH called at `called` (the ledger's mark then) must fail with
-   * NBD_ERR_DURABILITY: a write acknowledged before it was lost with its epoch. Those it
-   * reports are then reported.
+   * The FLUSH called at `called` is over (`answered`: it succeeded on the wire): whether it
+   * must fail with NBD_ERR_DURABILITY, because a write acknowledged before it was called was
+   * lost with its epoch and this FLUSH was called before any FLUSH was told so.
    */
-  lostBefore (called: FlushMark): boolean {
-    const owed = this.#owedLost
-    if (owed === null || owed.min >= called.seq) return false
-    this.#owedLost = below(owed, called.seq)
-    return true
+  lostBefore (called: FlushCall, answered = true): boolean {
+    this.#openCalls.delete(called.call)
+    let lost = false
+    // A FLUSH that failed for another reason vouched for nothing, and told nothing.
+    if (answered) for (const o of this.#owed) if (o.min < called.seq && called.call < o.told) lost = true
+    if (lost) {
+      // Told now: FLUSHes called from here on are not told of what came before this one.
+      const next: Owed[] = []
+      for (const o of this.#owed) {
+        if (o.min >= called.seq || o.told !== Infinity) {
+          next.push(o)
+          continue
+        }
+        next.push({ min: o.min, max: Math.min(o.max, called.seq - 1), told: this.#flushCalls })
+        if (o.max >= called.seq) next.push({ min: called.seq, max: o.max, told: Infinity })
+      }
+      this.#owed = next
+    }
+    // What every FLUSH called before it was told has heard is no longer kept.
+    let oldest = this.#flushCalls
+    for (const c of this.#openCalls) if (c < oldest) oldest = c
+    this.#owed = this.#owed.filter((o) => o.told === Infinity || o.told > oldest)
+    return lost
+  }
+
+  #owe (range: SeqRange): void {
+    const open = this.#owed.find((o) => o.told === Infinity)
+    if (open === undefined) this.#owed.push({ ...range, told: Infinity })
+    else this.#owed[this.#owed.indexOf(open)] = { min: Math.min(open.min, range.min), max: Math.max(open.max, range.max), told: Infinity }
   }
 
   /** Every segment, in offset order: what a replay writes. */

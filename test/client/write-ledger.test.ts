@@ -47,27 +47,30 @@ describe('write ledger', () => {
 
   test('a lost write fails every FLUSH called after it was acknowledged, once its epoch ended', () => {
     const ledger = new WriteLedger(0)
-    const early = ledger.mark()
+    const early = ledger.flushCalled()
     ledger.acknowledged(0n, 'data', 512, false, Buffer.alloc(512))
-    const late = ledger.mark()
+    const late = ledger.flushCalled()
+    const alsoLate = ledger.flushCalled()
     ledger.newEpoch()
     assert.equal(ledger.lostBefore(early), false, 'called before the write was acknowledged: not its to vouch for')
     assert.equal(ledger.lostBefore(late), true)
-    assert.equal(ledger.lostBefore(ledger.mark()), false, 'reported once to a FLUSH that covered it')
+    const after = ledger.flushCalled()
+    assert.equal(ledger.lostBefore(alsoLate), true, 'called before the first was told: told too')
+    assert.equal(ledger.lostBefore(after), false, 'called after a FLUSH was told: not told again')
   })
 
   test('a lost write covered by a FLUSH in its own epoch is no longer owed', () => {
     const ledger = new WriteLedger(0)
     ledger.acknowledged(0n, 'data', 512, false, Buffer.alloc(512))
     assert.equal(ledger.flushed(ledger.mark()), true)
-    const after = ledger.mark()
+    const after = ledger.flushCalled()
     ledger.newEpoch()
     assert.equal(ledger.lostBefore(after), false)
   })
 
   test('borrowed: a write too big for the ring keeps the caller\'s buffer until keep() or lose()', () => {
     const ledger = new WriteLedger(4096)
-    const mark = ledger.mark()
+    const mark = ledger.flushCalled()
     const rec = ledger.acknowledged(0n, 'data', 8192, false, Buffer.alloc(8192, 5))!
     assert.equal(rec.borrowed, true)
     assert.equal(ledger.keep(rec), false, 'no room in the ring, still live')
@@ -76,7 +79,7 @@ describe('write ledger', () => {
     ledger.lose(rec)
     assert.deepEqual(ledger.pieces(), [], 'a lost record is not replayed')
     assert.equal(ledger.lostBefore(mark), false)
-    assert.equal(ledger.lostBefore(ledger.mark()), true, 'lost in an epoch that ended: owed at once')
+    assert.equal(ledger.lostBefore(ledger.flushCalled()), true, 'lost in an epoch that ended: owed at once')
   })
 
   test('random writes, FUA writes and FLUSHes: pieces() is what a byte-by-byte model says, and the ring is reused', () => {
@@ -140,7 +143,7 @@ describe('write ledger', () => {
     for (let i = 0; i < MAX_RECORDS + 10; i++) ledger.acknowledged(BigInt(i * 2), 'zero', 1, false)
     assert.equal(ledger.records, MAX_RECORDS)
     assert.equal(ledger.wantsFlush, true)
-    const after = ledger.mark()
+    const after = ledger.flushCalled()
     ledger.newEpoch()
     assert.equal(ledger.lostBefore(after), true)
   })

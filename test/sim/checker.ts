@@ -40,7 +40,8 @@ export class History {
   readonly blockSize: number
   /** Each successful FLUSH's call position, with the durability failure in force then. */
   readonly #vouches: Array<{ readonly at: number, readonly after: number }> = []
-  #resetAt = -1
+  /** FLUSHes that failed with NBD_ERR_DURABILITY: where they were called, and answered. */
+  readonly #resets: Array<{ readonly calledAt: number, readonly settledAt: number }> = []
 
   constructor (blocks: number, blockSize: number) {
     this.blocks = blocks
@@ -58,8 +59,8 @@ export class History {
     op.ok = ok
     op.error = error
     if (op.kind === 'flush') {
-      if (ok) this.#vouches.push({ at: op.calledAt, after: this.#resetAt })
-      else if (error.includes('NBD_ERR_DURABILITY')) this.#resetAt = Math.max(this.#resetAt, op.calledAt)
+      if (ok) this.#vouches.push({ at: op.calledAt, after: this.#resetBefore(op.calledAt) })
+      else if (error.includes('NBD_ERR_DURABILITY')) this.#resets.push({ calledAt: op.calledAt, settledAt: op.settledAt })
     }
   }
 
@@ -95,7 +96,17 @@ export class History {
 
   /** A READ's bytes (blocks from `op.block`). */
   checkRead (op: Op, data: Buffer): string | undefined {
-    return this.#check(data, op.block, op.calledAt, this.#resetAt, `READ #${op.index}`)
+    return this.#check(data, op.block, op.calledAt, this.#resetBefore(op.calledAt), `READ #${op.index}`)
+  }
+
+  /**
+   * What a call at `at` was told before it was made: the newest durability failure answered
+   * before then (writes acknowledged before that failing FLUSH was called are not vouched for).
+   */
+  #resetBefore (at: number): number {
+    let after = -1
+    for (const r of this.#resets) if (r.settledAt < at && r.calledAt > after) after = r.calledAt
+    return after
   }
 
   #check (data: Buffer, first: number, at: number, after: number, what: string): string | undefined {
