@@ -7,6 +7,7 @@ import { readFileSync, realpathSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
 import { Command, CommanderError, Option } from 'commander'
 import { describeError } from '../errors.ts'
+import { printableLines } from '../util/printable.ts'
 import { parseConnections, parseCount, parseDuration } from './durations.ts'
 import { runInfo } from './info.ts'
 import { LOG_LEVELS, type LogLevel } from './logger.ts'
@@ -19,7 +20,9 @@ import { addTlsOptions, type TlsFlags } from './tls-options.ts'
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
 
-const out = (text: string): void => { process.stdout.write(text + '\n') }
+// What the CLI prints may carry a daemon's reply, a process name or a server's words: escaped.
+const out = (text: string): void => { process.stdout.write(printableLines(text) + '\n') }
+const fail = (err: unknown): void => { process.stderr.write(`nbdts: ${printableLines(describeError(err))}\n`) }
 
 /** Repeatable option values, in order. */
 function collect (value: string, previous: string[]): string[] {
@@ -110,7 +113,7 @@ export function buildProgram (commands: ServerCommands = []): Command {
     .addOption(new Option('--timeout <ms>', 'the server\'s deadline; ctl waits 500 ms more').default(4000).argParser(parseCount))
     .option('-k, --interactive', 'interactive mode, with history and completion')
     .action(async (words: string[], options: { socket?: string, mount?: string, timeout: number, interactive?: boolean }) => {
-      process.exitCode = await runCtl(words, options, { out, err: (text) => { process.stderr.write(text + '\n') } })
+      process.exitCode = await runCtl(words, options, { out, err: (text) => { process.stderr.write(printableLines(text) + '\n') } })
     })
 
   program.command('umount')
@@ -132,7 +135,7 @@ export async function main (argv: readonly string[]): Promise<number> {
     program = buildProgram(extracted.commands)
     argv = normalizeCopyArgv(extracted.argv)
   } catch (err) {
-    process.stderr.write(`nbdts: ${describeError(err)}\n`)
+    fail(err)
     return 2
   }
   try {
@@ -143,7 +146,7 @@ export async function main (argv: readonly string[]): Promise<number> {
       // Help and version exit 0; usage errors were already printed by commander.
       return err.exitCode === 0 ? 0 : 2
     }
-    process.stderr.write(`nbdts: ${describeError(err)}\n`)
+    fail(err)
     if (process.env.NBDTS_DEBUG === '1' && err instanceof Error) process.stderr.write(`${err.stack ?? ''}\n`)
     return 1
   }
@@ -158,7 +161,7 @@ if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathS
     // left to do once we get here.
     if (process.argv[2] === 'mount' || process.argv[2] === 'daemon') process.exit(code)
   }, (err: unknown) => {
-    process.stderr.write(`nbdts: ${describeError(err)}\n`)
+    fail(err)
     process.exitCode = 1
   })
 }
