@@ -125,7 +125,7 @@ export class Daemon {
     const commands = new DaemonCommands(daemon)
     try {
       daemon.control = await ControlServer.listen({ path: options.controlSocket, run: commands.run, lock: daemon.lock, timeoutMs: daemon.settings.controlTimeout, log: daemon.#log })
-      if (options.metricsListen !== undefined) daemon.#http = await serveMetrics(daemon.metrics, options.metricsListen)
+      if (options.metricsListen !== undefined) daemon.#http = await serveMetrics(daemon.metrics, options.metricsListen, (message) => { daemon.#log('warn', message) })
     } catch (err) {
       await daemon.#closeServers()
       throw err

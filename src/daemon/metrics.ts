@@ -16,8 +16,10 @@
  *   and the process's own (nbdts_process_*, nbdts_nodejs_*)
  */
 import http from 'node:http'
+import { performance } from 'node:perf_hooks'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { StatsSnapshot } from '../stats/client-stats.ts'
+import { descriptorLimit, openDescriptors } from '../util/descriptors.ts'
 import type { MountRuntime } from './mount-runtime.ts'
 import type { TimedCommand } from './timed-client.ts'
 
@@ -123,9 +125,19 @@ export function parseListen (text: string): { host: string, port: number } {
   return { host: match[1] ?? match[2]!, port }
 }
 
-/** Serves GET /metrics; resolves once listening. */
-export async function serveMetrics (metrics: DaemonMetrics, listen: { host: string, port: number }): Promise<http.Server> {
-  const server = http.createServer((req, res) => {
+/** Connections the metrics listener serves at once; more are closed at accept. */
+export const METRICS_MAX_CONNECTIONS = 16
+/** Descriptors the metrics listener leaves free for the control socket, mounts and reconnects. */
+export const DESCRIPTOR_RESERVE = 128
+
+/**
+ * Serves GET /metrics; resolves once listening. Anyone who can reach the port is a client, so
+ * nobody may hold it: at most METRICS_MAX_CONNECTIONS connections, none accepted while fewer
+ * than DESCRIPTOR_RESERVE descriptors would be left, 5 s for the headers, 10 s for a request,
+ * 5 s idle between requests (Node's own defaults are unlimited connections and minutes).
+ */
+export async function serveMetrics (metrics: DaemonMetrics, listen: { host: string, port: number }, log?: (message: string) => void): Promise<http.Server> {
+  const server = http.createServer({ connectionsCheckingInterval: 1000, headersTimeout: 5000, requestTimeout: 10_000 }, (req, res) => {
     if (req.method !== 'GET' || (req.url !== '/metrics' && req.url !== '/')) {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('only GET /metrics here\n')
       return
@@ -136,8 +148,26 @@ export async function serveMetrics (metrics: DaemonMetrics, listen: { host: stri
       res.writeHead(500, { 'content-type': 'text/plain' }).end(`${(err as Error).message}\n`)
     })
   })
+  server.maxConnections = METRICS_MAX_CONNECTIONS
   // Scrapers hold no connection open for long; an idle one must not keep shutdown waiting.
   server.keepAliveTimeout = 5000
+  // A connection that says nothing at all (no headers started) is closed too.
+  server.timeout = 10_000
+  const limit = descriptorLimit()
+  let refused = 0
+  let lastReport = -Infinity
+  server.on('connection', (socket) => {
+    const open = openDescriptors()
+    if (limit === undefined || open === undefined || open <= limit - DESCRIPTOR_RESERVE) return
+    socket.destroy()
+    refused++
+    const now = performance.now()
+    if (now - lastReport >= 10_000) {
+      log?.(`metrics: ${refused} connection(s) refused: ${open} of ${limit} descriptors open, ${DESCRIPTOR_RESERVE} are kept for the control socket and the mounts`)
+      refused = 0
+      lastReport = now
+    }
+  })
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
     server.listen(listen.port, listen.host, () => {
