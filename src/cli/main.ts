@@ -98,7 +98,7 @@ export function buildProgram (commands: ServerCommands = []): Command {
     .addOption(new Option('--log-level <level>', 'log detail').choices(LOG_LEVELS).default('info'))
     .option('--log-file <path>', 'log here (a detached daemon logs nowhere otherwise)')
     .addOption(new Option('--control-timeout <duration>', 'deadline of one control socket request').default(4000, '4s').argParser(parseDuration))
-    .option('--metrics-listen <host:port>', 'serve the metrics (Prometheus text format) over HTTP at /metrics, e.g. 127.0.0.1:9617')
+    .option('--metrics-listen <host:port>', 'serve the metrics (Prometheus text format) over HTTP at /metrics, e.g. 127.0.0.1:9617, or on a Unix socket: /run/nbdts/metrics.sock')
     .addOption(new Option('--ready-fd <fd>').argParser(parseCount).hideHelp())
     .action(async function (this: Command, options: { controlSocket?: string, config?: string, foreground?: boolean, pidfile?: string, logLevel: LogLevel, logFile?: string, controlTimeout: number, metricsListen?: string, readyFd?: number }) {
       const explicit = new Set(Object.keys(options).filter((key) => this.getOptionValueSource(key) === 'cli'))

@@ -19,6 +19,7 @@ import { describeMountSettings } from '../control/words.ts'
 import { humanSize } from '../util/json.ts'
 import { printable } from '../util/printable.ts'
 import type { Daemon } from './daemon.ts'
+import { describeListen } from './metrics.ts'
 import type { MountRuntime } from './mount-runtime.ts'
 
 export function redactUri (uri: string): string {
@@ -203,7 +204,7 @@ export function daemonInfo (d: Daemon, privileged: boolean): Record<string, unkn
     uptimeSeconds: Math.round((Date.now() - d.startedAt) / 1000),
     'control-socket': d.controlSocket,
     'config-file': d.configFile ?? '(none)',
-    'metrics-listen': d.metricsListen === undefined ? '(none)' : `${d.metricsListen.host}:${d.metricsListen.port}`,
+    'metrics-listen': d.metricsListen === undefined ? '(none)' : describeListen(d.metricsListen),
     'log-level': d.settings.logLevel,
     'control-timeout': `${d.settings.controlTimeout}ms`,
     reconfigures: d.reconfigures,

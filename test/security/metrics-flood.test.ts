@@ -5,6 +5,8 @@
  */
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
+import http from 'node:http'
+import path from 'node:path'
 import { after, test } from 'node:test'
 import { controlRequest } from '../../src/control/client.ts'
 import { within } from '../helpers/assert.ts'
@@ -58,4 +60,46 @@ test('400 held metrics connections from nobody: root\'s control socket answers; 
   const scrape = await fetch(`http://127.0.0.1:${port}/metrics`)
   assert.equal(scrape.status, 200)
   assert.match(await scrape.text(), /nbdts_/)
+})
+
+test('metrics on a Unix socket: nobody holds at most 4 connections, and root still scrapes', async () => {
+  const socket = path.join(root, 'metrics.sock')
+  const d = await startDaemon(root, 'metrics-unix', { args: ['--metrics-listen', socket] })
+  cleanups.push(() => d.stop())
+  const script = `
+    const net = require('node:net')
+    const sockets = []
+    let settled = 0
+    for (let i = 0; i < 40; i++) {
+      const s = net.connect(${JSON.stringify(socket)})
+      sockets.push(s)
+      const done = () => { if (++settled === 40) setTimeout(() => { console.log('ready ' + sockets.filter((s) => !s.destroyed && s.readyState === 'open').length) }, 1000) }
+      s.on('connect', () => { s.write('GET /metrics HTTP/1.1\\r\\nHost: x\\r\\n'); done() })
+      s.on('error', () => {})
+      s.once('error', done)
+      s.resume()
+    }
+    process.stdin.resume()
+  `
+  const flooder = spawn('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', process.execPath, '-e', script], { stdio: ['pipe', 'pipe', 'pipe'] })
+  const exited = new Promise<void>((resolve) => flooder.once('exit', () => { resolve() }))
+  cleanups.push(async () => { flooder.kill('SIGKILL'); await exited })
+  let out = ''
+  flooder.stdout.setEncoding('utf8').on('data', (t: string) => { out += t })
+  flooder.stderr.setEncoding('utf8').on('data', (t: string) => { out += t })
+  await within(new Promise<void>((resolve, reject) => {
+    flooder.stdout.on('data', () => { if (/ready \d+/.test(out)) resolve() })
+    flooder.once('exit', () => { reject(new Error(`the flooder exited: ${out}`)) })
+  }), 30_000, 'the flood')
+  assert.ok(Number(/ready (\d+)/.exec(out)![1]) <= 4, `nobody holds ${out}`)
+  const body = await within(new Promise<string>((resolve, reject) => {
+    http.get({ socketPath: socket, path: '/metrics' }, (res) => {
+      let text = ''
+      res.setEncoding('utf8').on('data', (t: string) => { text += t }).on('end', () => { resolve(text) }).on('error', reject)
+    }).on('error', reject)
+  }), 10_000, 'root\'s scrape')
+  assert.match(body, /nbdts_/)
+  assert.match((await d.ctl('show', 'daemon')).text, new RegExp(`metrics-listen: ${socket}`))
+  flooder.kill('SIGKILL')
+  await exited
 })
