@@ -10,6 +10,9 @@ import { spawn } from 'node:child_process'
 import { chownSync, existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { after, test } from 'node:test'
+import { ConfigLock } from '../../src/control/config-lock.ts'
+import { controlRequest } from '../../src/control/client.ts'
+import { ControlServer } from '../../src/control/control-server.ts'
 import { within } from '../helpers/assert.ts'
 import { packageFor } from '../helpers/cli.ts'
 import { NOBODY, scene } from './scene.ts'
@@ -115,4 +118,14 @@ test('a socket file that looks like the victim\'s but is served by nobody: refus
   assert.match(r.stderr, new RegExp(`refusing to talk to .*x\\.sock: the daemon answering there runs as uid ${NOBODY}`), r.stderr)
   assert.equal(fake.got(), '', 'nothing was sent')
   await fake.stop()
+})
+
+test('root\'s umount asks only the verified daemon: another process on the socket its command line names is refused', async () => {
+  const socket = path.join(root, 'umount-peer.ctl')
+  const server = await ControlServer.listen({ path: socket, lock: new ConfigLock(), run: () => '{"state":"up"}' })
+  cleanups.push(() => server.close())
+  // The daemon that umount verified is some other pid (here: 1); whoever answers is not it.
+  await assert.rejects(controlRequest(socket, 'show mount /x status json', 2000, { uids: [0], pid: 1 }),
+    (err: Error & { code?: string }) => err.code === 'CTL_UNTRUSTED' && /process \d+ answers there, not the mount's daemon \(1\)/.test(err.message))
+  assert.equal((await controlRequest(socket, 'show mount /x status json', 2000, { uids: [0], pid: process.pid })).ok, true)
 })
