@@ -5,7 +5,8 @@
  * and print whatever it answers. So before anything is sent:
  *
  *   the directory     the socket's own directory, not a link, owned by root or the user (or by
- *                     whom the caller names), and not writable by others unless sticky
+ *                     whom the caller names), and not writable by others unless sticky; a
+ *                     user's directory in a sticky world-writable one (/tmp/nbdts-UID) 0700
  *   the socket file   a socket, owned by root or the user
  *   the peer          SO_PEERCRED: uid root or the user; a given pid (root's `nbdts umount`
  *                     waiting for a user's daemon: that very process)
@@ -46,6 +47,11 @@ export function checkSocketPlace (socketPath: string, trust?: PeerTrust): void {
   if (!d.isDirectory()) throw untrusted(socketPath, `${dir} is not a directory (a symbolic link?)`)
   if (!uids.includes(d.uid)) throw untrusted(socketPath, `${dir} belongs to uid ${d.uid}, who could have put any daemon there`)
   if ((d.mode & 0o022) !== 0 && (d.mode & 0o1000) === 0) throw untrusted(socketPath, `${dir} is writable by others (mode ${(d.mode & 0o7777).toString(8)})`)
+  // A user's directory in /tmp (or any sticky, world-writable one): the daemon makes it 0700 and
+  // refuses it otherwise (ensurePrivateDir); so do we.
+  if (d.uid !== 0 && (d.mode & 0o077) !== 0 && isSharedTmp(path.dirname(dir))) {
+    throw untrusted(socketPath, `${dir} is not private (mode ${(d.mode & 0o7777).toString(8)}, not 0700)`)
+  }
   let s: Stats
   try {
     s = lstatSync(socketPath)
@@ -54,6 +60,15 @@ export function checkSocketPlace (socketPath: string, trust?: PeerTrust): void {
   }
   if (!s.isSocket()) throw untrusted(socketPath, 'it is not a socket')
   if (!uids.includes(s.uid)) throw untrusted(socketPath, `the socket belongs to uid ${s.uid}`)
+}
+
+function isSharedTmp (dir: string): boolean {
+  try {
+    const st = lstatSync(dir)
+    return (st.mode & 0o1002) === 0o1002
+  } catch {
+    return false
+  }
 }
 
 /** The peer check, on a connected socket; throws CTL_UNTRUSTED. */

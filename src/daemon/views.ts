@@ -136,8 +136,11 @@ export function mountTopic (m: MountRuntime, topic: string, privileged: boolean)
       const settings = describeMountSettings(m.settings)
       return { uri: privileged ? m.uri : redactUri(m.uri), file: m.file, origin: m.origin, ...(privileged ? settings : publicSettings(settings)) }
     }
-    case 'connections':
-      return client === undefined ? [] : client.connectionInfo()
+    case 'connections': {
+      const connections = client?.connectionInfo() ?? []
+      // Only the message is kept per connection (the pool has no error object): hidden whole.
+      return privileged ? connections : connections.map((c) => ({ ...c, lastError: c.lastError === undefined ? undefined : '(hidden: root sees the message)' }))
+    }
     case 'requests': {
       // Offsets and lengths say what root's mount is reading and writing: root's to see.
       const nbd = client?.requestsInFlight() ?? []

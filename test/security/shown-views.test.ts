@@ -52,7 +52,7 @@ test('no show view gives nobody a PSK identity, a key file, a path URI\'s query 
   const cli = path.join(packageFor('nobody', root), 'dist/cli/main.js')
   const ctl = (...words: string[]): ReturnType<typeof asNobody> => asNobody(process.execPath, [cli, 'ctl', '--socket', d.socket, ...words])
   const views = [['show', 'mounts'], ['show', 'mounts', 'json'], ['show', 'config'], ['show', 'config', 'json'], ['show', 'status'],
-    ['show', 'paths'], ['show', 'paths', 'json'], ['show', 'mount', multi, 'config'], ['show', 'mount', multi, 'paths'],
+    ['show', 'paths'], ['show', 'paths', 'json'], ['show', 'mount', multi, 'config'], ['show', 'mount', multi, 'paths'], ['show', 'mount', multi, 'connections', 'json'],
     ['show', 'mount', failing, 'status'], ['show', 'mount', failing, 'status', 'json'], ['show', 'mount', failing, 'config']]
   for (const words of views) {
     const r = await ctl(...words)
