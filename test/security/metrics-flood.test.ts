@@ -49,7 +49,9 @@ test('400 held metrics connections from nobody: root\'s control socket answers; 
     flooder.once('exit', () => { reject(new Error(`the flooder exited: ${out}`)) })
   }), 30_000, 'the flood')
   for (let i = 0; i < 3; i++) {
-    const show = await controlRequest(d.socket, 'show status')
+    const show = await controlRequest(d.socket, 'show status').catch((err: unknown) => {
+      throw new Error(`root's show status failed (${(err as Error).message}); the daemon ${d.child.exitCode === null ? 'runs' : `exited ${d.child.exitCode}`}; its log:\n${d.logText().slice(-2000)}`)
+    })
     assert.equal(show.ok, true, show.text)
   }
   const held = Number(/ready (\d+)/.exec(out)![1])
