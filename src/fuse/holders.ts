@@ -5,6 +5,7 @@
  * what we may not read (another user's /proc entries, when not root) is left out.
  */
 import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync } from 'node:fs'
+import { performance } from 'node:perf_hooks'
 import { printable } from '../util/printable.ts'
 import { mounts } from './mount-table.ts'
 
@@ -15,6 +16,11 @@ const SHOWN = 5
  * missing from the message; the kernel still refuses to unmount a busy mount.
  */
 const MAPS_BYTES = 256 * 1024
+/**
+ * And however many processes and descriptors a user makes, the scan stops after this long: the
+ * processes not looked at are only missing from the message (the kernel has the last word).
+ */
+const SCAN_BUDGET_MS = 250
 
 /** Holders of `file` (the export) under `mountPoint`, one phrase each. */
 export function holdersOf (file: string, mountPoint: string): string[] {
@@ -42,7 +48,9 @@ function loopDevices (file: string): string[] {
 function processes (file: string, mountPoint: string): string[] {
   const inside = (p: string): boolean => p === file || p === mountPoint || p.startsWith(`${mountPoint}/`)
   const found: string[] = []
+  const deadline = performance.now() + SCAN_BUDGET_MS
   for (const pid of safe(() => readdirSync('/proc'), [])) {
+    if (performance.now() > deadline) break
     if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue
     const base = `/proc/${pid}`
     const fds = safe(() => readdirSync(`${base}/fd`), [])
