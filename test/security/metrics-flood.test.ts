@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
+import { existsSync } from 'node:fs'
 import http from 'node:http'
 import path from 'node:path'
 import { after, test } from 'node:test'
@@ -112,4 +113,6 @@ test('metrics on a Unix socket: nobody holds at most 4 connections, and root sti
   assert.match((await d.ctl('show', 'daemon')).text, new RegExp(`metrics-listen: ${socket}`))
   flooder.kill('SIGKILL')
   await exited
+  await d.stop()
+  assert.equal(existsSync(socket), false, 'the metrics socket goes with the daemon')
 })
