@@ -266,3 +266,27 @@ export function describeError (err: unknown): string {
   }
   return text
 }
+
+/**
+ * An error as users other than root may see it: its class and code, and the system error code
+ * (ECONNREFUSED) of its first cause that has one. Never its message, which may name a key file,
+ * a PSK identity or a path ("username svc-backup was not found in the PSK file /etc/...").
+ */
+export function publicError (err: unknown): string {
+  if (!(err instanceof Error)) return 'Error'
+  const own = (err as { code?: unknown }).code
+  const parts: string[] = typeof own === 'string' && /^[A-Z][A-Z0-9_]*$/.test(own) ? [own] : []
+  const reason = (err as { reason?: unknown }).reason
+  if (err instanceof MountError && typeof reason === 'string') parts.push(reason)
+  let cause: unknown = err.cause
+  for (let depth = 0; depth < 4 && cause instanceof Error; depth++) {
+    const code = (cause as NodeJS.ErrnoException).code
+    if (typeof code === 'string' && /^E[A-Z0-9]+$/.test(code)) {
+      parts.push(code)
+      break
+    }
+    cause = cause.cause
+  }
+  const name = /^[A-Za-z]+$/.test(err.name) ? err.name : 'Error'
+  return parts.length === 0 ? name : `${name} (${parts.join(', ')})`
+}

@@ -51,6 +51,21 @@ function requestSize (text: string): number {
   return n
 }
 
+/** The largest request a server's preferred block size may raise us to (nbdcopy's MAX_REQUEST_SIZE). */
+export const MAX_REQUEST_SIZE = 32 * M
+
+/**
+ * Bytes per request: --request-size, raised to the servers' preferred block size, but never
+ * past 32 MiB nor past --queue-size (rounded down to a power of two): the preferred size is
+ * the server's to say, and a hostile one says 1 GiB. Every piece is a multiple of any minimum
+ * block size, which is a power of two no larger than the preferred one.
+ */
+export function copyRequestSize (requestSize: number, queueSize: number, preferred: ReadonlyArray<number | undefined>): number {
+  const queueBound = 2 ** Math.floor(Math.log2(Math.max(4096, queueSize)))
+  const wanted = Math.max(0, ...preferred.map((p) => p ?? 0))
+  return Math.max(requestSize, Math.min(wanted, MAX_REQUEST_SIZE, queueBound))
+}
+
 function sparseSize (text: string): number {
   const n = parseSize(text)
   if (n !== 0 && (n < 512 || (n & (n - 1)) !== 0)) throw new UsageError(`--sparse must be 0 or a power of two of at least 512, not ${text}`)
@@ -84,7 +99,7 @@ export function addCopyCommand (program: Command, commands: ServerCommands, out:
     .argument('<destination>', 'the same kinds, or null: (discard)')
     .addOption(new Option('-C, --connections <n>', 'NBD connections per end, used when the server allows multi-conn').default(4).argParser(parseCount))
     .addOption(new Option('-R, --requests <n>', 'requests in flight per connection').default(64).argParser(parseCount))
-    .addOption(new Option('--request-size <bytes>', 'bytes per request (a power of two, 4096 to 32M; raised to the servers\' preferred size)').default(256 * K, '256K').argParser(requestSize))
+    .addOption(new Option('--request-size <bytes>', 'bytes per request (a power of two, 4096 to 32M; raised to the servers\' preferred size, up to 32M and --queue-size)').default(256 * K, '256K').argParser(requestSize))
     .addOption(new Option('--queue-size <bytes>', 'at most this many bytes in flight per connection').default(16 * M, '16M').argParser(parseSize))
     .addOption(new Option('-S, --sparse <bytes>', 'detect zero blocks of this size and write them as holes (0: off)').default(4096).argParser(sparseSize))
     .option('--allocated', 'write zero runs as allocated zeroes instead of holes')
@@ -138,7 +153,7 @@ export async function runCopy (sourceArg: string, destinationArg: string, comman
       signal: abort.signal
     })
     const { source, destination } = opened
-    const size = Math.max(flags.requestSize, source.preferredBlockSize ?? 0, destination.preferredBlockSize ?? 0)
+    const size = copyRequestSize(flags.requestSize, flags.queueSize, [source.preferredBlockSize, destination.preferredBlockSize])
     const requests = Math.max(1, Math.min(perConnection, Math.floor(flags.queueSize / size)))
     progress = flags.progress === undefined ? undefined : new Progress(source.size, await reporter(flags.progress))
     const started = performance.now()

@@ -15,6 +15,7 @@ import path from 'node:path'
 // and peer credentials, which a ctl run in a loop should not load.
 import { ControlConnection, controlRequest } from '../control/client.ts'
 import { complete, joinWords } from '../control/grammar.ts'
+import { printableLines } from '../util/printable.ts'
 import { openOwnFile, readFileNoFollow, rewrite } from '../util/safe-file.ts'
 import { controlDir, daemonSocket, defaultControlSocket } from './socket-paths.ts'
 
@@ -97,11 +98,12 @@ export async function runCtl (words: readonly string[], options: CtlOptions, io:
   if (words.length === 0) throw new Error('no command given (try: nbdts ctl help, or nbdts ctl -k for interactive use)')
   const command = options.json === true && words.at(-1) !== 'json' ? [...words, 'json'] : words
   const reply = await controlRequest(socket, joinWords(command), options.timeout)
+  // The daemon escapes what it quotes; a daemon we should not trust may not have (uxlsnr.md).
   if (reply.ok) {
-    io.out(reply.text)
+    io.out(printableLines(reply.text))
     return 0
   }
-  io.err(`nbdts: ${reply.text}`)
+  io.err(`nbdts: ${printableLines(reply.text)}`)
   return 1
 }
 
@@ -177,12 +179,12 @@ async function interactive (socket: string, timeout: number, io: CtlIo): Promise
         if (connection?.closed === true) connection = null
         connection ??= await ControlConnection.connect(socket, timeout)
         const reply = await connection.request(line, timeout)
-        if (reply.ok) io.out(reply.text)
-        else io.err(`fail: ${reply.text}`)
+        if (reply.ok) io.out(printableLines(reply.text))
+        else io.err(`fail: ${printableLines(reply.text)}`)
         if (/^(add|del) /.test(line) || files.length === 0) files = await mountFiles(connection, timeout)
       } catch (err) {
         // Timeouts and lost connections are said plainly; the next command reconnects.
-        io.err(`error: ${(err as Error).message}`)
+        io.err(`error: ${printableLines((err as Error).message)}`)
         connection?.close()
         connection = null
       }

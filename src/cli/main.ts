@@ -14,13 +14,16 @@ import { pathToFileURL } from 'node:url'
 import type { Command } from 'commander'
 import { describeError } from '../errors.ts'
 import { LOG_LEVELS, type LogLevel } from './log-level.ts'
+import { printableLines } from '../util/printable.ts'
 import { extractServerCommands, serverCommandOf, withNbdTarget, type ServerCommands } from './server-command.ts'
 import type { TlsFlags } from './tls-options.ts'
 import { UsageError } from './usage.ts'
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
 
-const out = (text: string): void => { process.stdout.write(text + '\n') }
+// What the CLI prints may carry a daemon's reply, a process name or a server's words: escaped.
+const out = (text: string): void => { process.stdout.write(printableLines(text) + '\n') }
+const fail = (err: unknown): void => { process.stderr.write(`nbdts: ${printableLines(describeError(err))}\n`) }
 
 /** info's --can/--is properties (nbdinfo's), for the help; info.ts holds what each one reads. */
 const QUERY_HELP = 'connect, read, write, flush, fua, trim, zero, fast-zero, cache, df, multi-conn, structured-reply, read-only, rotational, tls'
@@ -126,7 +129,7 @@ export async function buildProgram (commands: ServerCommands = []): Promise<Comm
     .addOption(new Option('--log-level <level>', 'log detail').choices(LOG_LEVELS).default('info'))
     .option('--log-file <path>', 'log here (a detached daemon logs nowhere otherwise)')
     .addOption(new Option('--control-timeout <duration>', 'deadline of one control socket request').default(4000, '4s').argParser(parseDuration))
-    .option('--metrics-listen <host:port>', 'serve the metrics (Prometheus text format) over HTTP at /metrics, e.g. 127.0.0.1:9617')
+    .option('--metrics-listen <host:port>', 'serve the metrics (Prometheus text format) over HTTP at /metrics, e.g. 127.0.0.1:9617, or on a Unix socket: /run/nbdts/metrics.sock')
     .addOption(new Option('--ready-fd <fd>').argParser(parseCount).hideHelp())
     .action(async function (this: Command, options: { controlSocket?: string, config?: string, foreground?: boolean, pidfile?: string, logLevel: LogLevel, logFile?: string, controlTimeout: number, metricsListen?: string, readyFd?: number }) {
       const explicit = new Set(Object.keys(options).filter((key) => this.getOptionValueSource(key) === 'cli'))
@@ -144,7 +147,7 @@ export async function buildProgram (commands: ServerCommands = []): Promise<Comm
     .option('--json', 'machine-readable output (JSON): adds the control language\'s own "json" word (show mounts --json = show mounts json)')
     .action(async (words: string[], options: { socket?: string, mount?: string, timeout: number, interactive?: boolean, json?: boolean }) => {
       const { runCtl } = await import('./ctl.ts')
-      process.exitCode = await runCtl(words, options, { out, err: (text) => { process.stderr.write(text + '\n') } })
+      process.exitCode = await runCtl(words, options, { out, err: (text) => { process.stderr.write(printableLines(text) + '\n') } })
     })
 
   program.command('umount')
@@ -185,7 +188,7 @@ export async function main (argv: readonly string[]): Promise<number> {
     const { normalizeCopyArgv } = await import('./copy.ts')
     argv = normalizeInfoArgv(normalizeCopyArgv(extracted.argv))
   } catch (err) {
-    process.stderr.write(`nbdts: ${describeError(err)}\n`)
+    fail(err)
     return 2
   }
   try {
@@ -204,10 +207,10 @@ export async function main (argv: readonly string[]): Promise<number> {
 /** One line on stderr for an error from a command: 2 for a usage error, else 1. */
 function failed (err: unknown, argv: readonly string[]): number {
   if (err instanceof UsageError) {
-    process.stderr.write(`nbdts: ${err.message}\n(nbdts ${argv[0] ?? ''} --help for its usage)\n`)
+    process.stderr.write(`nbdts: ${printableLines(err.message)}\n(nbdts ${argv[0] ?? ''} --help for its usage)\n`)
     return 2
   }
-  process.stderr.write(`nbdts: ${describeError(err)}\n`)
+  fail(err)
   if (process.env.NBDTS_DEBUG === '1' && err instanceof Error) process.stderr.write(`${err.stack ?? ''}\n`)
   return 1
 }
@@ -221,7 +224,7 @@ if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathS
     // left to do once we get here.
     if (process.argv[2] === 'mount' || process.argv[2] === 'daemon') process.exit(code)
   }, (err: unknown) => {
-    process.stderr.write(`nbdts: ${describeError(err)}\n`)
+    fail(err)
     process.exitCode = 1
   })
 }

@@ -19,7 +19,7 @@
 import { statSync } from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { ControlConnection, controlRequest, joinWords } from '../control/index.ts'
+import { ControlConnection, ControlError, controlRequest, joinWords, type PeerTrust } from '../control/index.ts'
 import { startServerCommand, type ServerCommand } from '../activation/index.ts'
 import { InvalidArgumentError, MountError } from '../errors.ts'
 import { mountState, processExists, verifyDaemon } from '../fuse/daemon-check.ts'
@@ -153,11 +153,16 @@ async function serveMount (uri: string, target: string, options: MountOptions, s
   })
 }
 
-/** The running daemon's connection, or undefined when none answers on its socket. */
+/**
+ * The running daemon's connection, or undefined when none answers on its socket. One we may
+ * not trust (another user's socket or directory: trusted-peer.ts) is an error, not a reason to
+ * start our own daemon there.
+ */
 async function connectDaemon (): Promise<ControlConnection | undefined> {
   try {
     return await ControlConnection.connect(daemonSocket(), 2000)
-  } catch {
+  } catch (err) {
+    if (err instanceof ControlError && err.code === 'CTL_UNTRUSTED') throw err
     return undefined
   }
 }
@@ -297,8 +302,11 @@ export async function runUmount (file: string, options: UmountOptions, io: Io): 
   const done = `${target}: unmounted${forced ? ' (forced: its I/O was aborted)' : ''}`
   if (isMultiMount(daemon.args)) {
     // An nbdts daemon serves other mounts too: it does not exit, it lets this one go.
+    // The socket is named on the daemon's command line, which its user wrote: only the verified
+    // daemon itself is asked (SO_PEERCRED pid), and only whether it still holds the mount.
     const socket = socketOf(daemon.args)
-    while (await daemonHolds(socket, target)) {
+    const trust = { uids: [0, processOwner(daemon.pid)], pid: daemon.pid }
+    while (await daemonHolds(socket, target, trust)) {
       if (Date.now() > deadline) {
         io.out(`${target}: unmounted; ${who} is still finishing it (flushing) after ${timeoutMs} ms`)
         return 0
@@ -319,6 +327,14 @@ export async function runUmount (file: string, options: UmountOptions, io: Io): 
   return 0
 }
 
+function processOwner (pid: number): number {
+  try {
+    return statSync(`/proc/${pid}`).uid
+  } catch {
+    return 0
+  }
+}
+
 /** `nbdts daemon` (many mounts) rather than a standalone `nbdts mount`. */
 function isMultiMount (args: readonly string[]): boolean {
   return args.includes('daemon') && !args.includes('mount')
@@ -331,9 +347,9 @@ function socketOf (args: readonly string[]): string {
 }
 
 /** Whether the daemon on `socket` still lists `target` (false when it cannot be asked). */
-async function daemonHolds (socket: string, target: string): Promise<boolean> {
+async function daemonHolds (socket: string, target: string, trust: PeerTrust): Promise<boolean> {
   try {
-    const reply = await controlRequest(socket, joinWords(['show', 'mount', target, 'status', 'json']), 2000)
+    const reply = await controlRequest(socket, joinWords(['show', 'mount', target, 'status', 'json']), 2000, trust)
     return reply.ok
   } catch {
     return false

@@ -6,6 +6,7 @@
 import net from 'node:net'
 import { ControlError } from './errors.ts'
 import { FrameDecoder, MAX_COMMAND, MAX_REPLY, decodeText, encodeFrame } from './frame.ts'
+import { checkPeer, checkSocketPlace, type PeerTrust } from './trusted-peer.ts'
 
 /** How much longer than the server's deadline the client waits. */
 export const CLIENT_MARGIN_MS = 500
@@ -43,7 +44,16 @@ export class ControlConnection {
     socket.on('close', () => { gone() })
   }
 
-  static connect (socketPath: string, timeoutMs = 4000): Promise<ControlConnection> {
+  /**
+   * Connects, and checks whom to (trusted-peer.ts: the socket's directory and file, then the
+   * peer's credentials) before anything can be sent: CTL_UNTRUSTED otherwise.
+   */
+  static connect (socketPath: string, timeoutMs = 4000, trust?: PeerTrust): Promise<ControlConnection> {
+    try {
+      checkSocketPlace(socketPath, trust)
+    } catch (err) {
+      return Promise.reject(err)
+    }
     return new Promise((resolve, reject) => {
       const socket = net.connect(socketPath)
       const timer = setTimeout(() => {
@@ -51,8 +61,14 @@ export class ControlConnection {
         reject(new ControlError('CTL_TIMEOUT', `could not connect to ${socketPath} within ${timeoutMs} ms`))
       }, timeoutMs)
       socket.once('connect', () => {
-        clearTimeout(timer)
-        resolve(new ControlConnection(socket))
+        checkPeer(socket, socketPath, trust).then(() => {
+          clearTimeout(timer)
+          resolve(new ControlConnection(socket))
+        }, (err: unknown) => {
+          clearTimeout(timer)
+          socket.destroy()
+          reject(err)
+        })
       })
       socket.once('error', (err: NodeJS.ErrnoException) => {
         clearTimeout(timer)
@@ -115,8 +131,8 @@ export class ControlConnection {
 }
 
 /** One command, one reply, then hang up. */
-export async function controlRequest (socketPath: string, command: string, timeoutMs = 4000): Promise<ControlReply> {
-  const connection = await ControlConnection.connect(socketPath, timeoutMs)
+export async function controlRequest (socketPath: string, command: string, timeoutMs = 4000, trust?: PeerTrust): Promise<ControlReply> {
+  const connection = await ControlConnection.connect(socketPath, timeoutMs, trust)
   try {
     return await connection.request(command, timeoutMs)
   } finally {

@@ -25,6 +25,9 @@
  *                maxClientsPerUser (16). The excess gets "fail" and a reason, then a hang-up.
  *   idle         a connection that starts no request within idleTimeoutMs (30 s) of its accept
  *                or of its last reply is closed; a started request has its own deadline.
+ *   log          what is said about one client (dropped, timed out, idle) is limited per uid
+ *                (log-limiter.ts: 5 lines per 10 s, then one line with the count); refusals
+ *                are counted and said once per 10 s.
  *
  * The socket file is made in a private directory and renamed into place (socket-file.ts).
  */
@@ -36,6 +39,7 @@ import { ControlError } from './errors.ts'
 import { FRAME_HEADER, FrameDecoder, MAX_COMMAND, MAX_REPLY, decodeText, encodeFrame } from './frame.ts'
 import { isReadOnly, needsLock, parseCommand, type Command } from './grammar.ts'
 import { peerCredentialsError, readPeerCredentials, selfTest, type PeerCredentials } from './peer-credentials.ts'
+import { LogLimiter } from './log-limiter.ts'
 import { bindSocketFile, releaseSocketFile, type SocketFile } from './socket-file.ts'
 
 export type ClientState = 'RECEIVE' | 'PARSE' | 'WAIT_FOR_LOCK' | 'WORK' | 'SEND'
@@ -130,6 +134,7 @@ export class ControlServer {
   readonly #perUser = new Map<number, number>()
   #unprivileged = 0
   readonly #log: ControlLog
+  readonly #clientLog: LogLimiter
   #nextId = 1
   #selfTest: ((credentials: PeerCredentials | undefined) => void) | null = null
   #file: SocketFile | null = null
@@ -141,6 +146,7 @@ export class ControlServer {
     this.timeoutMs = options.timeoutMs ?? 4000
     this.#options = options
     this.#log = options.log ?? (() => {})
+    this.#clientLog = new LogLimiter(this.#log)
     // Half-open: a one-shot client may shut down its writing side and still get its reply.
     this.#server = createServer({ allowHalfOpen: true }, (socket) => { this.#accept(socket) })
   }
@@ -172,6 +178,7 @@ export class ControlServer {
   async close (): Promise<void> {
     for (const s of this.#sessions.values()) s.socket.destroy()
     await new Promise<void>((resolve) => { this.#server.close(() => { resolve() }) })
+    this.#clientLog.close()
     const file = this.#file
     this.#file = null
     if (file !== null) releaseSocketFile(file)
@@ -239,7 +246,7 @@ export class ControlServer {
     session.idle = setTimeout(() => {
       session.idle = null
       if (session.closed || session.state !== 'RECEIVE' || session.decoder.started) return
-      this.#log('debug', `control client ${session.id}: idle for ${ms} ms, closing`)
+      this.#say(session, 'debug', `control client ${session.id}: idle for ${ms} ms, closing`)
       session.socket.destroy()
     }, ms)
   }
@@ -368,11 +375,11 @@ export class ControlServer {
     if (session.state === 'WAIT_FOR_LOCK' && session.waiter !== null) {
       this.#options.lock.cancel(session.waiter)
       session.waiter = null
-      this.#log('info', `control client ${session.id}: timed out waiting for the config lock`)
+      this.#say(session, 'info', `control client ${session.id}: timed out waiting for the config lock`)
       this.#reply(session, 'fail\ntimeout')
     } else if (session.state === 'RECEIVE') {
       // Half a frame: answer, then close, since whatever comes next is out of step.
-      this.#log('info', `control client ${session.id}: timed out in the middle of a request`)
+      this.#say(session, 'info', `control client ${session.id}: timed out in the middle of a request`)
       session.socket.pause()
       this.#reply(session, 'fail\ntimeout', true)
     }
@@ -380,8 +387,14 @@ export class ControlServer {
 
   /** Closes without a reply: the client is not speaking our framing. */
   #drop (session: Session, why: string): void {
-    this.#log('warn', `control client ${session.id} dropped: ${why}`)
+    this.#say(session, 'warn', `control client ${session.id} dropped: ${why}`)
     session.socket.destroy()
+  }
+
+  /** A line about one client, limited per uid (a flood of bad connections is one user's). */
+  #say (session: Session, level: Parameters<ControlLog>[0], message: string): void {
+    const uid = session.credentials?.uid
+    this.#clientLog.log(uid === undefined ? 'an unknown uid' : `uid ${uid}`, level, `${message}${uid === undefined ? '' : ` (uid ${uid})`}`)
   }
 
   #hangUp (session: Session): void {

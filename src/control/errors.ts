@@ -1,7 +1,7 @@
 /**
  * Errors of the control socket, with stable codes like the rest of the package.
  */
-export const CONTROL_ERROR_CODES = ['CTL_BAD_FRAME', 'CTL_BAD_COMMAND', 'CTL_TIMEOUT', 'CTL_CONNECT', 'CTL_CLOSED'] as const
+export const CONTROL_ERROR_CODES = ['CTL_BAD_FRAME', 'CTL_BAD_COMMAND', 'CTL_TIMEOUT', 'CTL_CONNECT', 'CTL_CLOSED', 'CTL_UNTRUSTED'] as const
 export type ControlErrorCode = (typeof CONTROL_ERROR_CODES)[number]
 
 export class ControlError extends Error {

@@ -14,7 +14,6 @@
  * stalls only its own requests.
  */
 import type { ServerCommand } from '../activation/index.ts'
-import type http from 'node:http'
 import path from 'node:path'
 import { ConfigLock, ControlServer } from '../control/index.ts'
 import type { TeardownMode } from '../control/grammar.ts'
@@ -27,7 +26,7 @@ import { parseNbdUri } from '../protocol/uri.ts'
 import { DaemonCommands } from './commands.ts'
 import { ConfigFileError, readConfigFile } from './config-file.ts'
 import { DAEMON_DEFAULTS, EMPTY_CONFIG, parseConfig, resolve, type DaemonConfig } from './config.ts'
-import { DaemonMetrics, serveMetrics } from './metrics.ts'
+import { DaemonMetrics, serveMetrics, type MetricsListen, type MetricsServer } from './metrics.ts'
 import { MountRuntime, type MountOrigin } from './mount-runtime.ts'
 import { SystemdNotifier } from './notify.ts'
 import { planReconfigure } from './reconfigure.ts'
@@ -50,7 +49,7 @@ export interface DaemonOptions {
   readonly log: DaemonLogger
   /** The daemon's settings from the command line; the config's [daemon] fills in the rest. */
   readonly settings?: Partial<DaemonSettings>
-  readonly metricsListen?: { readonly host: string, readonly port: number } | undefined
+  readonly metricsListen?: MetricsListen | undefined
   /** `nbdts mount`'s one mount (its flags win over the config's [defaults]). */
   readonly mounts?: readonly InitialMount[]
   /** Stop once the last mount is gone (`nbdts mount`: the daemon is its mount). */
@@ -91,7 +90,7 @@ export class Daemon {
   #reconfiguring = false
   #again = false
   #ticker: NodeJS.Timeout | null = null
-  #http: http.Server | null = null
+  #http: MetricsServer | null = null
 
   private constructor (options: DaemonOptions) {
     this.#options = options
@@ -125,7 +124,7 @@ export class Daemon {
     const commands = new DaemonCommands(daemon)
     try {
       daemon.control = await ControlServer.listen({ path: options.controlSocket, run: commands.run, lock: daemon.lock, timeoutMs: daemon.settings.controlTimeout, log: daemon.#log })
-      if (options.metricsListen !== undefined) daemon.#http = await serveMetrics(daemon.metrics, options.metricsListen)
+      if (options.metricsListen !== undefined) daemon.#http = await serveMetrics(daemon.metrics, options.metricsListen, (message) => { daemon.#log('warn', message) })
     } catch (err) {
       await daemon.#closeServers()
       throw err
@@ -340,10 +339,7 @@ export class Daemon {
     await this.control?.close().catch((err: unknown) => { this.#log('warn', `control socket: ${describeError(err)}`) })
     const server = this.#http
     this.#http = null
-    if (server !== null) {
-      server.closeAllConnections()
-      await new Promise<void>((resolve) => { server.close(() => { resolve() }) })
-    }
+    if (server !== null) await server.close()
     this.notifier.close()
   }
 }

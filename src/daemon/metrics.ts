@@ -14,10 +14,17 @@
  *   nbdts_mount_state{mount,state}             1 for starting, up, failed or removing
  *   nbdts_export_size_bytes{mount}             nbdts_path_state{mount,path,state}, nbdts_path_active{mount,path}
  *   and the process's own (nbdts_process_*, nbdts_nodejs_*)
+ *
+ * `--metrics-listen /path` serves them on a Unix socket instead (per-user limits, see serveMetrics).
  */
 import http from 'node:http'
+import type net from 'node:net'
+import { performance } from 'node:perf_hooks'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { loadPeerCredentials, readPeerCredentials } from '../control/peer-credentials.ts'
+import { bindSocketFile, releaseSocketFile, type SocketFile } from '../control/socket-file.ts'
 import type { StatsSnapshot } from '../stats/client-stats.ts'
+import { descriptorLimit, openDescriptors } from '../util/descriptors.ts'
 import type { MountRuntime } from './mount-runtime.ts'
 import type { TimedCommand } from './timed-client.ts'
 
@@ -115,17 +122,46 @@ export class DaemonMetrics {
   }
 }
 
-/** HOST:PORT or [V6]:PORT. */
-export function parseListen (text: string): { host: string, port: number } {
+/** Where the metrics are served: TCP, or a Unix socket (an absolute path). */
+export type MetricsListen = { readonly host: string, readonly port: number } | { readonly path: string }
+
+/** HOST:PORT, [V6]:PORT, or /ABSOLUTE/PATH (a Unix socket). */
+export function parseListen (text: string): MetricsListen {
+  if (text.startsWith('/')) return { path: text }
   const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text)
   const port = Number(match?.[3])
-  if (match === null || port < 1 || port > 65535) throw new Error(`--metrics-listen takes HOST:PORT (for example 127.0.0.1:9617), not ${JSON.stringify(text)}`)
+  if (match === null || port < 1 || port > 65535) throw new Error(`--metrics-listen takes HOST:PORT (for example 127.0.0.1:9617) or the absolute path of a Unix socket, not ${JSON.stringify(text)}`)
   return { host: match[1] ?? match[2]!, port }
 }
 
-/** Serves GET /metrics; resolves once listening. */
-export async function serveMetrics (metrics: DaemonMetrics, listen: { host: string, port: number }): Promise<http.Server> {
-  const server = http.createServer((req, res) => {
+export function describeListen (listen: MetricsListen): string {
+  return 'path' in listen ? listen.path : `${listen.host}:${listen.port}`
+}
+
+/** Connections the metrics listener serves at once; more are closed at accept. */
+export const METRICS_MAX_CONNECTIONS = 16
+/** On a Unix socket: connections one user other than root may hold (root is not counted). */
+export const METRICS_MAX_PER_USER = 4
+/** Descriptors the metrics listener leaves free for the control socket, mounts and reconnects. */
+export const DESCRIPTOR_RESERVE = 128
+
+export interface MetricsServer {
+  readonly server: http.Server
+  close: () => Promise<void>
+}
+
+/**
+ * Serves GET /metrics; resolves once listening. Anyone who can reach the port is a client, so
+ * nobody may hold it: at most METRICS_MAX_CONNECTIONS connections, none accepted while fewer
+ * than DESCRIPTOR_RESERVE descriptors would be left, 5 s for the headers, 10 s for a request,
+ * 5 s idle between requests (Node's own defaults are unlimited connections and minutes). Over
+ * TCP a local user can still take the 16 slots and starve the scraper (never the control
+ * socket); on a Unix socket (made like the control socket's, mode 0666: its directory decides
+ * who reaches it) each user other than root may hold METRICS_MAX_PER_USER, and root is never
+ * refused for the others' sake.
+ */
+export async function serveMetrics (metrics: DaemonMetrics, listen: MetricsListen, log?: (message: string) => void): Promise<MetricsServer> {
+  const server = http.createServer({ connectionsCheckingInterval: 1000, headersTimeout: 5000, requestTimeout: 10_000 }, (req, res) => {
     if (req.method !== 'GET' || (req.url !== '/metrics' && req.url !== '/')) {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('only GET /metrics here\n')
       return
@@ -136,14 +172,70 @@ export async function serveMetrics (metrics: DaemonMetrics, listen: { host: stri
       res.writeHead(500, { 'content-type': 'text/plain' }).end(`${(err as Error).message}\n`)
     })
   })
+  const unix = 'path' in listen
+  // Over TCP the count is all there is; on a Unix socket the per-user counts below bound it.
+  if (!unix) server.maxConnections = METRICS_MAX_CONNECTIONS
   // Scrapers hold no connection open for long; an idle one must not keep shutdown waiting.
   server.keepAliveTimeout = 5000
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(listen.port, listen.host, () => {
-      server.off('error', reject)
-      resolve()
+  // A connection that says nothing at all (no headers started) is closed too.
+  server.timeout = 10_000
+  const limit = descriptorLimit()
+  const perUser = new Map<number, number>()
+  let others = 0
+  let refused = 0
+  let lastReport = -Infinity
+  const refuse = (socket: net.Socket, why: string): void => {
+    socket.destroy()
+    refused++
+    const now = performance.now()
+    if (now - lastReport >= 10_000) {
+      log?.(`metrics: ${refused} connection(s) refused: ${why}`)
+      refused = 0
+      lastReport = now
+    }
+  }
+  if (unix) await loadPeerCredentials()
+  server.on('connection', (socket: net.Socket) => {
+    const open = openDescriptors()
+    if (limit !== undefined && open !== undefined && open > limit - DESCRIPTOR_RESERVE) {
+      refuse(socket, `${open} of ${limit} descriptors open, ${DESCRIPTOR_RESERVE} are kept for the control socket and the mounts`)
+      return
+    }
+    if (!unix) return
+    const uid = readPeerCredentials(socket)?.uid ?? -1
+    if (uid === 0) return
+    const held = perUser.get(uid) ?? 0
+    if (held >= METRICS_MAX_PER_USER || others >= METRICS_MAX_CONNECTIONS) {
+      refuse(socket, `uid ${uid} holds ${held} (at most ${METRICS_MAX_PER_USER} each, ${METRICS_MAX_CONNECTIONS} for all but root)`)
+      return
+    }
+    perUser.set(uid, held + 1)
+    others++
+    socket.once('close', () => {
+      const left = (perUser.get(uid) ?? 1) - 1
+      if (left === 0) perUser.delete(uid)
+      else perUser.set(uid, left)
+      others--
     })
   })
-  return server
+  let file: SocketFile | undefined
+  if (unix) {
+    file = await bindSocketFile(server, listen.path)
+  } else {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(listen.port, listen.host, () => {
+        server.off('error', reject)
+        resolve()
+      })
+    })
+  }
+  return {
+    server,
+    close: async () => {
+      server.closeAllConnections()
+      await new Promise<void>((resolve) => { server.close(() => { resolve() }) })
+      if (file !== undefined) releaseSocketFile(file)
+    }
+  }
 }

@@ -16,7 +16,7 @@ import { givenTls } from '../client/options.ts'
 import type { PathChange } from '../multipath/index.ts'
 import type { TeardownMode } from '../control/grammar.ts'
 import { describeMountSettings, type MountSettings } from '../control/words.ts'
-import { describeError, MountError } from '../errors.ts'
+import { describeError, MountError, publicError } from '../errors.ts'
 import { FuseMount } from '../fuse/fuse-mount.ts'
 import type { LogFn } from '../fuse/log.ts'
 import type { ResolvedMountSettings } from './config.ts'
@@ -54,6 +54,8 @@ export class MountRuntime {
   state: MountState = 'starting'
   /** Why it failed, or why the last remove was refused. */
   lastError: string | undefined
+  /** lastError as users other than root see it: class and code only (publicError). */
+  lastPublicError: string | undefined
   readonly startedAt = Date.now()
   readonly latency = new LatencyWindow()
   readonly rates = new RateSampler()
@@ -161,11 +163,14 @@ export class MountRuntime {
       this.#mount = await FuseMount.mount({ client: timed, path: this.file, name: s.name, readonly: s.readonly, options: s.options, log: this.#log })
       this.state = 'up'
       this.lastError = undefined
+      this.lastPublicError = undefined
       this.#log('info', `up: ${this.uri} (${JSON.stringify(describeMountSettings(s))})`)
       void this.#mount.closed.then((why) => { this.#closedFromOutside(why) })
       if (this.#abort.signal.aborted) this.state = 'removing'
     } catch (err) {
-      this.lastError = describeError(server === undefined ? err : await server.explain(err))
+      const explained = server === undefined ? err : await server.explain(err)
+      this.lastError = describeError(explained)
+      this.lastPublicError = publicError(explained)
       this.state = 'failed'
       this.#log('error', `failed: ${this.lastError}`)
       await this.#closeClient()
@@ -201,6 +206,7 @@ export class MountRuntime {
       } catch (err) {
         this.state = 'up'
         this.lastError = describeError(err)
+        this.lastPublicError = publicError(err)
         this.#removing = null
         this.#log('warn', this.lastError)
         throw err

@@ -3,14 +3,23 @@
  * daemon. Everything here reads counters and states; nothing waits on a mount.
  *
  * What clients that are not root see: where each mount is and how it is doing, but not how it
- * authenticates. URIs lose their user and query (`nbds://host/export?…`: the query may name
- * key files, the user part a PSK identity), TLS settings show as "(hidden)", and a failed
- * reconfigure shows only the file and line (config-file.ts).
+ * authenticates nor what it is reading. One public form for every view:
+ *
+ *   URIs            without user and query, wherever they appear (the mount's, each path's, the
+ *                   `paths` setting): `nbds://host/export?…` (the query may name key files, the
+ *                   user part a PSK identity)
+ *   TLS settings    "(hidden)"
+ *   errors          class and code only (publicError): "TlsError (NBD_ERR_TLS)", never the
+ *                   message, which may name the PSK identity or the key file; so are checker
+ *                   results and path failures
+ *   requests        how many are in flight, not their offsets and lengths
+ *   reconfigure     a failed one shows only the file and line (config-file.ts)
  */
 import { describeMountSettings } from '../control/words.ts'
 import { humanSize } from '../util/json.ts'
 import { printable } from '../util/printable.ts'
 import type { Daemon } from './daemon.ts'
+import { describeListen } from './metrics.ts'
 import type { MountRuntime } from './mount-runtime.ts'
 
 export function redactUri (uri: string): string {
@@ -59,7 +68,7 @@ export function mountRow (m: MountRuntime, privileged: boolean): MountRow {
     inFlight: stats?.inFlight ?? 0,
     origin: m.origin,
     ...(client !== undefined && client.paths().length > 0 && { paths: client.paths().map((p) => `${p.path} ${p.state}${p.active ? ' (active)' : ''}`) }),
-    ...(m.lastError !== undefined && { error: m.lastError })
+    ...(m.lastError !== undefined && { error: privileged ? m.lastError : m.lastPublicError ?? 'Error' })
   }
 }
 
@@ -85,9 +94,14 @@ export function mountsTable (rows: readonly MountRow[]): string {
   return [...text, ...(paths.length === 0 ? [] : ['', ...paths]), ...(errors.length === 0 ? [] : ['', ...errors])].join('\n')
 }
 
-function hideTls (settings: Record<string, unknown>): Record<string, unknown> {
+/** Settings as users other than root see them: TLS hidden, every URI (`paths`) redacted. */
+function publicSettings (settings: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {}
-  for (const [key, value] of Object.entries(settings)) out[key] = key.startsWith('tls') ? '(hidden)' : value
+  for (const [key, value] of Object.entries(settings)) {
+    out[key] = key.startsWith('tls')
+      ? '(hidden)'
+      : key === 'paths' && Array.isArray(value) ? value.map((uri) => redactUri(String(uri))) : value
+  }
   return out
 }
 
@@ -102,7 +116,7 @@ export function mountTopic (m: MountRuntime, topic: string, privileged: boolean)
         export: mount?.file,
         uri: privileged ? m.uri : redactUri(m.uri),
         state: m.state,
-        ...(m.lastError !== undefined && { error: m.lastError }),
+        ...(m.lastError !== undefined && { error: privileged ? m.lastError : m.lastPublicError ?? 'Error' }),
         origin: m.origin,
         access: mount === undefined ? undefined : mount.readonly ? 'read-only' : 'read-write',
         exportSize: client?.sizeBigInt,
@@ -120,12 +134,18 @@ export function mountTopic (m: MountRuntime, topic: string, privileged: boolean)
       }
     case 'config': {
       const settings = describeMountSettings(m.settings)
-      return { uri: privileged ? m.uri : redactUri(m.uri), file: m.file, origin: m.origin, ...(privileged ? settings : hideTls(settings)) }
+      return { uri: privileged ? m.uri : redactUri(m.uri), file: m.file, origin: m.origin, ...(privileged ? settings : publicSettings(settings)) }
     }
-    case 'connections':
-      return client === undefined ? [] : client.connectionInfo()
-    case 'requests':
-      return { fuseInFlight: mount?.stats.inFlight ?? 0, nbd: client?.requestsInFlight() ?? [] }
+    case 'connections': {
+      const connections = client?.connectionInfo() ?? []
+      // Only the message is kept per connection (the pool has no error object): hidden whole.
+      return privileged ? connections : connections.map((c) => ({ ...c, lastError: c.lastError === undefined ? undefined : '(hidden: root sees the message)' }))
+    }
+    case 'requests': {
+      // Offsets and lengths say what root's mount is reading and writing: root's to see.
+      const nbd = client?.requestsInFlight() ?? []
+      return { fuseInFlight: mount?.stats.inFlight ?? 0, ...(privileged ? { nbd } : { nbdInFlight: nbd.length }) }
+    }
     case 'paths':
       return pathRows(m, privileged)
   }
@@ -155,9 +175,9 @@ export function pathRows (m: MountRuntime, privileged: boolean): PathRow[] {
     state: p.state,
     role: p.active ? 'active' : 'standby',
     connections: p.connections,
-    checker: p.checker,
+    checker: privileged ? p.checker : p.publicChecker,
     checkedAt: p.checkedAt,
-    lastFailure: p.lastFailure?.reason,
+    lastFailure: privileged ? p.lastFailure?.reason : p.lastFailure?.publicReason,
     lastFailureAt: p.lastFailure?.at
   }))
 }
@@ -187,7 +207,7 @@ export function daemonInfo (d: Daemon, privileged: boolean): Record<string, unkn
     uptimeSeconds: Math.round((Date.now() - d.startedAt) / 1000),
     'control-socket': d.controlSocket,
     'config-file': d.configFile ?? '(none)',
-    'metrics-listen': d.metricsListen === undefined ? '(none)' : `${d.metricsListen.host}:${d.metricsListen.port}`,
+    'metrics-listen': d.metricsListen === undefined ? '(none)' : describeListen(d.metricsListen),
     'log-level': d.settings.logLevel,
     'control-timeout': `${d.settings.controlTimeout}ms`,
     reconfigures: d.reconfigures,
@@ -200,7 +220,7 @@ export function daemonConfig (d: Daemon, privileged: boolean): Record<string, un
   const defaults = describeMountSettings(d.config.defaults)
   return {
     ...daemonInfo(d, privileged),
-    defaults: privileged ? defaults : hideTls(defaults),
+    defaults: privileged ? defaults : publicSettings(defaults),
     mount: [...d.mounts.values()].map((m) => mountTopic(m, 'config', privileged))
   }
 }

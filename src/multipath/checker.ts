@@ -10,7 +10,7 @@
  * A path in use is not probed over a second connection: a server that takes one client at a
  * time would never answer it. Checks of one path never overlap, and each is bounded.
  */
-import { ServerChangedError } from '../errors.ts'
+import { ServerChangedError, publicError } from '../errors.ts'
 import type { PathSet } from './path-set.ts'
 
 export interface CheckerOptions {
@@ -74,7 +74,7 @@ export class PathChecker {
       if (this.#stopped) return
       const reason = err instanceof Error ? err.message : String(err)
       if (err instanceof ServerChangedError) paths.refused(index, reason)
-      else paths.failed(index, reason)
+      else paths.failed(index, reason, publicError(err))
     }
   }
 

@@ -17,7 +17,7 @@
  *     round-robin its own) reconnects softly: what is on its wire finishes there, new
  *     requests go to the new path
  */
-import { ConnectionError, ServerChangedError, TimeoutError, describeError } from '../errors.ts'
+import { ConnectionError, ServerChangedError, TimeoutError, describeError, publicError } from '../errors.ts'
 import { linkedSignal } from '../util/abort.ts'
 import { NBD_CMD, NBD_FLAG } from '../protocol/constants.ts'
 import { establish, type Connection } from '../connector/connection.ts'
@@ -109,7 +109,7 @@ export async function openMultipath (resolved: ResolvedOptions, mp: ResolvedPath
         if (s.aborted) throw err
         last = err
         if (err instanceof ServerChangedError) paths.refused(index, err.message)
-        else paths.failed(index, describeError(err))
+        else paths.failed(index, describeError(err), publicError(err))
       }
     }
     throw last

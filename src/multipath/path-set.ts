@@ -36,7 +36,9 @@ export interface PathStatus {
   /** What the last check said, and when (ISO time). */
   readonly checker: string
   readonly checkedAt: string | undefined
-  readonly lastFailure: { readonly at: string, readonly reason: string } | undefined
+  readonly lastFailure: { readonly at: string, readonly reason: string, readonly publicReason: string } | undefined
+  /** checker as users other than root see it: a failure's class and code, never its message. */
+  readonly publicChecker: string
 }
 
 export interface PathChange {
@@ -53,8 +55,9 @@ interface Entry {
   /** It once showed the right export: it may be used when it works. */
   verified: boolean
   checker: string
+  publicChecker: string
   checkedAt: number | undefined
-  lastFailure: { at: number, reason: string } | undefined
+  lastFailure: { at: number, reason: string, publicReason: string } | undefined
   /** performance.now() since when it has been ready without a break (failback delays). */
   readySince: number
 }
@@ -76,7 +79,7 @@ export class PathSet extends EventEmitter<{ change: [PathChange], switch: [numbe
     this.selector = selector
     this.failback = failback
     this.#entries = uris.map((uri, index) => ({
-      index, uri, state: 'failed', verified: false, checker: 'not checked yet', checkedAt: undefined, lastFailure: undefined, readySince: 0
+      index, uri, state: 'failed', verified: false, checker: 'not checked yet', publicChecker: 'not checked yet', checkedAt: undefined, lastFailure: undefined, readySince: 0
     }))
   }
 
@@ -127,7 +130,9 @@ export class PathSet extends EventEmitter<{ change: [PathChange], switch: [numbe
   ready (index: number, checker: string): void {
     const e = this.#entries[index]!
     e.verified = true
+    // Our own verdicts ("connected", "probe: ok"), never a server's words: public as they are.
     e.checker = checker
+    e.publicChecker = checker
     e.checkedAt = Date.now()
     if (e.state === 'disabled' || e.state === 'ready') return
     e.readySince = performance.now()
@@ -137,12 +142,17 @@ export class PathSet extends EventEmitter<{ change: [PathChange], switch: [numbe
     this.#considerFailback()
   }
 
-  /** A connection, a probe or the identity check found the path unusable. */
-  failed (index: number, reason: string, checker = reason): void {
+  /**
+   * A connection, a probe or the identity check found the path unusable. `publicReason` is what
+   * users other than root see (publicError: class and code); the reason itself may name a key
+   * file or a PSK identity.
+   */
+  failed (index: number, reason: string, publicReason = 'failed', checker = reason): void {
     const e = this.#entries[index]!
     e.checker = checker
+    e.publicChecker = checker === reason ? publicReason : `refused: ${publicReason}`
     e.checkedAt = Date.now()
-    e.lastFailure = { at: Date.now(), reason }
+    e.lastFailure = { at: Date.now(), reason, publicReason }
     if (e.state === 'disabled') return
     if (e.state !== 'failed') this.#set(e, 'failed', reason)
     if (this.selector === 'failover' && index === this.#active) this.#failOver()
@@ -151,14 +161,15 @@ export class PathSet extends EventEmitter<{ change: [PathChange], switch: [numbe
   /** The path showed another export: unusable until a probe finds the right one again. */
   refused (index: number, reason: string): void {
     this.#entries[index]!.verified = false
-    this.failed(index, reason, `refused: ${reason}`)
+    this.failed(index, reason, 'another export (NBD_ERR_SERVER_CHANGED)', `refused: ${reason}`)
   }
 
   /** `fail path N` (1-based): unused until reinstated. */
   disable (path: number): void {
     const e = this.#entry(path)
-    e.lastFailure = { at: Date.now(), reason: 'failed by the administrator' }
+    e.lastFailure = { at: Date.now(), reason: 'failed by the administrator', publicReason: 'failed by the administrator' }
     e.checker = 'not checked while disabled'
+    e.publicChecker = e.checker
     e.checkedAt = undefined
     this.#set(e, 'disabled', 'fail path')
     if (this.selector === 'failover' && e.index === this.#active) this.#failOver()
@@ -169,6 +180,7 @@ export class PathSet extends EventEmitter<{ change: [PathChange], switch: [numbe
     const e = this.#entry(path)
     if (e.state !== 'disabled') return
     e.checker = 'reinstated: waiting for the checker'
+    e.publicChecker = e.checker
     this.#set(e, 'failed', 'reinstated: waiting for the checker')
   }
 
@@ -189,8 +201,9 @@ export class PathSet extends EventEmitter<{ change: [PathChange], switch: [numbe
       active: this.selector === 'failover' ? e.index === this.#active : this.#linksOn(e.index) > 0,
       connections: this.#linksOn(e.index),
       checker: e.checker,
+      publicChecker: e.publicChecker,
       checkedAt: e.checkedAt === undefined ? undefined : new Date(e.checkedAt).toISOString(),
-      lastFailure: e.lastFailure === undefined ? undefined : { at: new Date(e.lastFailure.at).toISOString(), reason: e.lastFailure.reason }
+      lastFailure: e.lastFailure === undefined ? undefined : { at: new Date(e.lastFailure.at).toISOString(), reason: e.lastFailure.reason, publicReason: e.lastFailure.publicReason }
     }))
   }
 

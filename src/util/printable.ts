@@ -21,3 +21,14 @@ function escape (ch: string): string {
 export function printable (text: string): string {
   return text.replace(UNSAFE, escape)
 }
+
+const UNSAFE_BUT_LINES = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g
+
+/**
+ * printable() for text that is meant to have several lines (a control reply, a table): newlines
+ * and tabs are kept, every other control character is escaped. The client side of `ctl` and the
+ * CLI print daemon replies and errors through it, whatever the daemon escaped already.
+ */
+export function printableLines (text: string): string {
+  return text.replace(UNSAFE_BUT_LINES, escape)
+}

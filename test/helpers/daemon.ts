@@ -46,7 +46,8 @@ export interface TestDaemon {
   stop: () => Promise<void>
 }
 
-export async function startDaemon (dir: string, name: string, options: { config?: string, args?: string[], env?: NodeJS.ProcessEnv } = {}): Promise<TestDaemon> {
+/** `wrap`: a command the daemon runs under (e.g. prlimit ... --), given as its words. */
+export async function startDaemon (dir: string, name: string, options: { config?: string, args?: string[], env?: NodeJS.ProcessEnv, wrap?: string[] } = {}): Promise<TestDaemon> {
   if (!ours.includes(dir)) ours.push(dir)
   const socket = path.join(dir, `${name}.ctl`)
   const log = path.join(dir, `${name}-daemon.log`)
@@ -56,7 +57,8 @@ export async function startDaemon (dir: string, name: string, options: { config?
     writeFileSync(config, options.config, { mode: 0o644 })
     args.push('--config', config)
   }
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe', 'pipe'], env: options.env ?? process.env })
+  const [command, ...prefix] = [...(options.wrap ?? []), process.execPath]
+  const child = spawn(command!, [...prefix, ...args], { stdio: ['ignore', 'ignore', 'pipe', 'pipe'], env: options.env ?? process.env })
   children.add(child)
   let stderr = ''
   child.stderr!.setEncoding('utf8').on('data', (d: string) => { stderr += d })
