@@ -66,7 +66,9 @@ test('ctl show mounts loads the control client and grammar, not the NBD client, 
   const { code, loaded } = await imports(['ctl', '--socket', daemon.socket, 'show', 'mounts'])
   assert.equal(code, 0)
   assert.ok(loaded.some((m) => m.startsWith('dist/control/client.js')), 'the hook saw the control client')
-  assertNone(loaded, [...HEAVY, /^dist\/client\//, /^dist\/control\/(control-server|config-lock|peer-credentials)/, /node_modules\/async-mutex\//, /node_modules\/koffi\//, /node_modules\/commander\//], 'ctl show mounts')
+  // koffi and peer-credentials are used: the client checks who answers before it sends (issue 23).
+  assert.ok(loaded.some((m) => m.startsWith('dist/control/peer-credentials.js')), 'the peer is checked')
+  assertNone(loaded, [...HEAVY, /^dist\/client\//, /^dist\/control\/(control-server|config-lock)/, /node_modules\/async-mutex\//, /node_modules\/commander\//], 'ctl show mounts')
 })
 
 test('ctl --json is the command\'s json form; multipathd\'s trailing json word still works', async () => {
