@@ -26,11 +26,12 @@
  * liveness bound when there is none); the replay's own requests are covered by liveness.
  */
 import { performance } from 'node:perf_hooks'
-import { AbortedError, ClosedError, DurabilityError, NbdError, ReconnectDelayError, isTransportError } from '../errors.ts'
+import { AbortedError, ClosedError, DurabilityError, InDoubtError, NbdError, ReconnectDelayError, ServerError } from '../errors.ts'
 import { NBD_CMD, NBD_CMD_FLAG } from '../protocol/constants.ts'
 import type { Command, SubmitHooks } from './engine/request.ts'
 import type { Engine, LedgerHooks } from './engine/engine.ts'
 import type { Request } from './engine/request.ts'
+import { deferred, type Deferred } from '../util/deferred.ts'
 import { settle } from './geometry.ts'
 import { RangeLock, type HeldRange } from './range-lock.ts'
 import { WriteLedger, type FlushMark, type LedgerRecord, type Piece, type PieceKind } from './write-ledger.ts'
@@ -71,6 +72,8 @@ export class Ordering {
   /** Write-like requests on some connection's wire (not in doubt): a replay waits for none. */
   #onWire = 0
   #quiet: Array<() => void> = []
+  /** The replay's writes still on some connection's wire. */
+  readonly #replayOnWire = new Set<{ readonly start: bigint, readonly end: bigint, readonly done: Deferred<void> }>()
   /** Requests waiting for the replay of the current epoch. */
   readonly #gateWaiters = new Set<Waiter>()
   #replaying: Promise<void> | null = null
@@ -291,10 +294,34 @@ export class Ordering {
 
   /** The engines' gate: every send waits while the current epoch is not replayed. */
   gate (req: Request): Promise<void> | undefined {
-    if (this.#ledger.replayed) return undefined
+    if (this.#ledger.replayed) {
+      if (!this.#logging || (this.#replayOnWire.size === 0 && !this.#ranges.anyInDoubt && !this.#ledger.anyPoisoned)) return undefined
+      return this.#refused(req)
+    }
     // From its first failure; one that never failed (sent after the loss) from now.
     const from = req.firstFailureAt >= 0 ? req.firstFailureAt : performance.now()
     return this.#waitReplayed(from + this.#bound(), req.signal)
+  }
+
+  /**
+   * A request the gate refuses although the epoch is replayed: a write over a replay write in
+   * doubt (it could land after this one), a read of content lost with an abandoned replay.
+   */
+  #refused (req: Request): Promise<void> | undefined {
+    if (req.type === NBD_CMD.FLUSH || req.length === 0) return undefined
+    const end = req.offset + BigInt(req.length)
+    if (req.type === NBD_CMD.READ) {
+      if (!this.#ledger.poisoned(req.offset, end)) return undefined
+      return Promise.reject(new DurabilityError(`the data at ${req.offset}..${end} was acknowledged, then lost with the server's cache, and could not be written again: rewrite it`))
+    }
+    if (req.type !== NBD_CMD.WRITE && req.type !== NBD_CMD.WRITE_ZEROES && req.type !== NBD_CMD.TRIM) return undefined
+    if (this.#ranges.overlapsInDoubt(req.offset, end)) {
+      return Promise.reject(new InDoubtError(`a write to ${req.offset}..${end} is refused: a replay of an earlier write there was sent to a server that stopped answering, and may still run there`))
+    }
+    // A replay write answered early (its connection is draining) is still on that wire: a
+    // newer write there waits for its end (bounded by the drain, then it is in doubt).
+    for (const r of this.#replayOnWire) if (r.start < end && req.offset < r.end) return r.done.promise
+    return undefined
   }
 
   #epochLost (unflushed: boolean): void {
@@ -309,11 +336,13 @@ export class Ordering {
   /** Replays until the newest epoch is replayed (or the client closes). */
   async #replayLoop (): Promise<void> {
     let retry = REPLAY_RETRY_MS
-    /** When the server first refused this epoch's replay (-1: it has not). */
+    /** When the server first refused this epoch's replay (-1: it has not), and which epoch. */
     let refusedSince = -1
+    let refusedEpoch = -1
     try {
       while (!this.#ledger.replayed && this.#closed === null) {
         const epoch = this.#ledger.epoch
+        if (epoch !== refusedEpoch) refusedSince = -1
         await this.#whenQuiet()
         if (epoch !== this.#ledger.epoch) continue
         const pieces = this.#ledger.pieces()
@@ -325,7 +354,7 @@ export class Ordering {
         if (engine === undefined) return
         if (epoch !== this.#ledger.epoch) continue
         try {
-          await writePieces(this.#ledger.pieces(), (command) => engine.replay(command))
+          await writePieces(this.#ledger.pieces(), (command) => this.#replayOne(engine, command))
           this.#ledger.replayDone(epoch)
           retry = REPLAY_RETRY_MS
           refusedSince = -1
@@ -334,16 +363,19 @@ export class Ordering {
           // (EIO) is tried again a little later. Either way this epoch stays unreplayed, until
           // the server has refused it for longer than the bound: then the ledger's writes are
           // lost (every FLUSH that vouched for them says so) and requests go again.
-          if (!isTransportError(err)) {
+          if (err instanceof ServerError) {
             const now = performance.now()
-            if (refusedSince < 0) refusedSince = now
+            if (refusedSince < 0) {
+              refusedSince = now
+              refusedEpoch = epoch
+            }
             if (now - refusedSince >= this.#bound()) {
               this.#ledger.abandon(epoch)
               continue
             }
-            await sleep(retry)
-            retry = Math.min(retry * 2, 1000)
           }
+          await sleep(retry)
+          retry = Math.min(retry * 2, 1000)
         }
       }
     } finally {
@@ -353,6 +385,25 @@ export class Ordering {
     }
     for (const w of this.#gateWaiters) w.resolve()
     this.#gateWaiters.clear()
+  }
+
+  /**
+   * One write of the replay. Given up in doubt (its connection stopped answering), it may
+   * still land: its range is pinned, as an ordinary write's would be, until its life on the
+   * wire ends, so that nothing newer is sent there meanwhile.
+   */
+  #replayOne (engine: Engine, command: Command): Promise<unknown> {
+    let pinned: HeldRange | undefined
+    const onWire = { start: command.offset, end: command.offset + BigInt(command.length), done: deferred() }
+    this.#replayOnWire.add(onWire)
+    return engine.replay(command, {
+      inDoubt: () => { pinned = this.#ranges.holdInDoubt(onWire.start, onWire.end) },
+      settled: () => {
+        this.#replayOnWire.delete(onWire)
+        onWire.done.resolve()
+        if (pinned !== undefined) this.#ranges.release(pinned)
+      }
+    })
   }
 
   /** Resolves once no write-like request is on any wire (in doubt ones aside). */

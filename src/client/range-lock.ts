@@ -67,6 +67,27 @@ export class RangeLock {
     this.#queue.rejectWhere((w) => overlaps(w, range), (w) => inDoubt(w, range))
   }
 
+  /**
+   * A write nobody holds a range for (the write ledger's replay) is in doubt: [start, end) is
+   * held and pinned until release(), as pin() does for a held range.
+   */
+  holdInDoubt (start: bigint, end: bigint): HeldRange {
+    const range = { start, end }
+    this.#held.add(range)
+    this.pin(range)
+    return range
+  }
+
+  get anyInDoubt (): boolean {
+    return this.#pinned.size > 0
+  }
+
+  /** Whether [start, end) overlaps a write in doubt. */
+  overlapsInDoubt (start: bigint, end: bigint): boolean {
+    for (const pinned of this.#pinned) if (start < pinned.end && pinned.start < end) return true
+    return false
+  }
+
   #refuseInDoubt (range: HeldRange): void {
     for (const pinned of this.#pinned) if (overlaps(range, pinned)) throw inDoubt(range, pinned)
   }

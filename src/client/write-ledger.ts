@@ -128,6 +128,11 @@ export class WriteLedger {
    * on FLUSHes called later are not told again (`told`), while those called before still are.
    */
   #owed: Owed[] = []
+  /**
+   * Ranges whose acknowledged content was lost when a replay was abandoned: a read there fails
+   * rather than return older data, until a write there is acknowledged. Sorted, disjoint.
+   */
+  #poisoned: Array<{ start: bigint, end: bigint }> = []
   /** FLUSH calls so far (their numbers), and those not yet answered. */
   #flushCalls = 0
   readonly #openCalls = new Set<number>()
@@ -162,6 +167,10 @@ export class WriteLedger {
     const end = start + BigInt(length)
     const seq = this.#seq++
     this.#cut(start, end)
+    if (this.#poisoned.length > 0) this.#poisoned = this.#poisoned.flatMap((p) => p.end <= start || p.start >= end ? [p] : [
+      ...(p.start < start ? [{ start: p.start, end: start }] : []),
+      ...(p.end > end ? [{ start: end, end: p.end }] : [])
+    ])
     if (fua) return undefined
     if ((kind === 'data' && this.#limit === 0) || this.records >= MAX_RECORDS) {
       // Acknowledged before this epoch's replay: by a connection that is being left, whose
@@ -268,6 +277,9 @@ export class WriteLedger {
    */
   abandon (epoch: number): void {
     if (epoch !== this.#epoch) return
+    // Reads there would return older data: they fail until a write acknowledged there.
+    for (const seg of this.#segments) this.#poisoned.push({ start: seg.start, end: seg.end })
+    this.#poisoned.sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0))
     const records = this.#records
     if (this.records > 0) this.#owe({ min: records[this.#first]!.seq, max: records[records.length - 1]!.seq })
     for (let i = this.#first; i < records.length; i++) records[i]!.live = false
@@ -283,6 +295,16 @@ export class WriteLedger {
     if (epoch !== this.#epoch) return
     this.#replayedEpoch = epoch
     for (let i = this.#first; i < this.#records.length; i++) this.#records[i]!.epoch = epoch
+  }
+
+  get anyPoisoned (): boolean {
+    return this.#poisoned.length > 0
+  }
+
+  /** Whether a read of [start, end) would meet content lost with an abandoned replay. */
+  poisoned (start: bigint, end: bigint): boolean {
+    for (const p of this.#poisoned) if (p.start < end && start < p.end) return true
+    return false
   }
 
   /** A FLUSH is called (before it waits for its turn): what it will vouch for. */

@@ -253,8 +253,12 @@ function fault (rng: Rng, server: SimServer, time: VirtualTime, client: NbdClien
     note(`the next ${server.eio} write-like requests fail with EIO`)
   } else if (roll < 0.8 && conns.length > 0) {
     const c = rng.pick(conns)
-    note(`conn ${c.id} hangs`)
+    // Some hung servers wake up again, long after the client gave up on them, and run what
+    // they had read (a write in doubt may land late).
+    const wakes = rng.chance(0.5) ? rng.int(60_000) : -1
+    note(`conn ${c.id} hangs${wakes >= 0 ? ` (wakes in ${wakes} ms)` : ''}`)
     c.hung = true
+    if (wakes >= 0) setTimeout(() => { note(`conn ${c.id} wakes`); c.hung = false }, wakes)
   } else if (roll < 0.88 && conns.length > 0) {
     const c = rng.pick(conns)
     note(`conn ${c.id} stalls in its next READ reply`)

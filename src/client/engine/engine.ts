@@ -234,9 +234,22 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
     }
   }
 
-  /** One command on one particular link, outside admission and retries (recovery, probes). */
-  async #runOn (link: Link, command: Command): Promise<CommandResult> {
-    return await this.#sendAndReceive(new Request(command), link)
+  /**
+   * One command on one particular link, outside admission and retries (vetting, probes, the
+   * replay). Answered early like any request when its link gives up on it (in doubt); `hooks`
+   * hear of that and of the end of its life on the wire.
+   */
+  #runOn (link: Link, command: Command, hooks?: SubmitHooks): Promise<CommandResult> {
+    const req = new Request(command, hooks)
+    const result = new Promise<CommandResult>((resolve, reject) => { req.bind(resolve, reject) })
+    this.#sendAndReceive(req, link).then((value) => {
+      void req.settle(true)
+      req.answer(value)
+    }, (err: unknown) => {
+      void req.settle(false)
+      req.fail(err)
+    })
+    return result
   }
 
   async #sendAndReceive (req: Request, link: Link): Promise<CommandResult> {
@@ -320,10 +333,10 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
    * One command of the write ledger's replay, on the active connection now: outside admission,
    * retries and the gate (it is what the gate waits for). Rejects when not connected.
    */
-  async replay (command: Command): Promise<CommandResult> {
+  async replay (command: Command, hooks?: SubmitHooks): Promise<CommandResult> {
     const link = this.#connections.active
     if (link === null || this.#connections.state !== 'CONNECTED') throw new ConnectionError('not connected')
-    return await this.#runOn(link, command)
+    return await this.#runOn(link, command, hooks)
   }
 
   /** Reconnects without failing anything (see Connections.reconnect). */
