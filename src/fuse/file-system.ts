@@ -47,6 +47,8 @@ export interface FuseStats {
   readonly inFlight: number
   readonly errors: number
   readonly interrupted: number
+  /** Requests answered EINTR because their caller was being killed (no INTERRUPT came). */
+  readonly killed: number
 }
 
 const OP_NAMES = new Map<number, string>(Object.entries(FUSE_OP).map(([name, op]) => [op, name.toLowerCase()]))
@@ -92,7 +94,7 @@ export class ExportFileSystem {
   get stats (): FuseStats {
     const requests: Record<string, number> = {}
     this.#counts.forEach((n, op) => { if (n > 0) requests[OP_NAMES.get(op) ?? (op === 0 ? 'other' : `op${op}`)] = n })
-    return { requests, inFlight: this.#tracker.inFlight, errors: this.#tracker.errors, interrupted: this.#tracker.interrupted }
+    return { requests, inFlight: this.#tracker.inFlight, errors: this.#tracker.errors, interrupted: this.#tracker.interrupted, killed: this.#tracker.killed }
   }
 
   get allocation (): AllocationCounter {
@@ -107,12 +109,14 @@ export class ExportFileSystem {
   /** Stops background work (the allocation count). */
   close (): void {
     this.#allocation.close()
+    this.#tracker.close()
   }
 
   /** Dispatches one request. `request` is a view of `slot`, released here or when done. */
   handle (request: Buffer, slot: number): void {
-    const { opcode, unique, nodeid, length } = parseInHeader(request, this.#header)
+    const { opcode, unique, nodeid, length, pid } = parseInHeader(request, this.#header)
     this.#counts[opcode < 64 ? opcode : 0]!++
+    this.#tracker.requester = pid
     try {
       switch (opcode) {
         case FUSE_OP.READ: return this.#io.read(request, slot, unique, nodeid)
