@@ -234,12 +234,16 @@ export class FuseMount {
       return
     }
     try {
-      await this.#client.flush()
+      // Forced: a server that is there answers within seconds; a hung one is not waited for.
+      await this.#client.flush(wait ? {} : { signal: AbortSignal.timeout(FORCED_FLUSH_MS) })
     } catch (err) {
       this.#log('warn', `flush before unmount failed: ${(err as Error).message}`)
     }
   }
 }
+
+/** How long a forced unmount's FLUSH may take (a server that is there answers at once). */
+const FORCED_FLUSH_MS = 2000
 
 /**
  * A mount left behind by a crashed earlier run answers ENOTCONN: detach it, and say so. A live
