@@ -106,6 +106,11 @@ export class ExportFileSystem {
     return this.#tracker.idle()
   }
 
+  /** Lets go of what only a burst needs (pooled read buffers). */
+  trim (): void {
+    this.#io.trim()
+  }
+
   /** Stops background work (the allocation count). */
   close (): void {
     this.#allocation.close()

@@ -60,6 +60,11 @@ export class IoOps {
     return remaining <= 0n ? 0 : remaining < BigInt(size) ? Number(remaining) : size
   }
 
+  /** Lets the pooled read buffers go (idle after a burst). */
+  trim (): void {
+    this.#pool.clear()
+  }
+
   read (request: Buffer, slot: number, unique: number, nodeid: number): void {
     const io = parseIoIn(request)
     this.#channel.release(slot)
