@@ -5,6 +5,8 @@
  *
  *   npm run fsx -- --ops 200000 --seed 42
  *   npm run fsx -- --ops 50000 --size 64M --server 'memory 64M allocator=zstd'
+ *   npm run fsx -- --ops 10000 '--server=--filter=blocksize-policy memory 8M blocksize-minimum=4096
+ *     blocksize-maximum=262144 blocksize-error-policy=error'    # rejects unaligned and large requests
  *   npm run fsx -- --file /mnt/disk.img --ops 10000      # an existing mount (its data is lost)
  *
  * A mismatch prints the seed, the operation, the first differing offset and the last
