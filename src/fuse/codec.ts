@@ -185,7 +185,7 @@ export function parseOpenFlags (buf: Buffer): number {
 
 export interface SetattrIn {
   readonly valid: number
-  readonly size: number
+  readonly size: number | bigint
   readonly mode: number
   readonly uid: number
   readonly gid: number
@@ -194,7 +194,7 @@ export interface SetattrIn {
 export function parseSetattrIn (buf: Buffer): SetattrIn {
   return {
     valid: buf.readUInt32LE(IN_HEADER),
-    size: u64(buf, IN_HEADER + 16),
+    size: offset64(buf, IN_HEADER + 16),
     mode: buf.readUInt32LE(IN_HEADER + 68),
     uid: buf.readUInt32LE(IN_HEADER + 76),
     gid: buf.readUInt32LE(IN_HEADER + 80)
