@@ -277,16 +277,24 @@ export async function runUmount (file: string, options: UmountOptions, io: Io): 
     return 0
   }
   let forced = false
-  try {
-    await unmount(target, { lazy: options.lazy === true })
-  } catch (err) {
-    if (!(err instanceof MountError) || err.reason !== 'busy') throw err
-    if (options.force !== true) {
-      throw new MountError('busy', `${target} is busy (${describeHolders(target, target)}), so it stays mounted. ` +
-        'nbdts umount --lazy detaches it and the daemon serves it until the last user lets go; --force aborts its I/O')
-    }
-    await unmount(target, { force: true, lazy: true })
+  // Forced means nothing waits for an absent server: a verified daemon is told so (del mount
+  // force: no waiting FLUSH, its client destroyed), else it would take an unmount from outside
+  // for a normal one and wait the reconnect delay to flush.
+  if (options.force === true && 'pid' in daemon && await askedToForce(socketOf(daemon.args, target), target, { uids: [0, processOwner(daemon.pid)], pid: daemon.pid })) {
     forced = true
+  }
+  if (!forced) {
+    try {
+      await unmount(target, { lazy: options.lazy === true })
+    } catch (err) {
+      if (!(err instanceof MountError) || err.reason !== 'busy') throw err
+      if (options.force !== true) {
+        throw new MountError('busy', `${target} is busy (${describeHolders(target, target)}), so it stays mounted. ` +
+          'nbdts umount --lazy detaches it and the daemon serves it until the last user lets go; --force aborts its I/O')
+      }
+      await unmount(target, { force: true, lazy: true })
+      forced = true
+    }
   }
   const who = 'pid' in daemon ? `the daemon (pid ${daemon.pid})` : 'its daemon'
   if (options.lazy === true) {
@@ -297,18 +305,19 @@ export async function runUmount (file: string, options: UmountOptions, io: Io): 
     io.out(`${target}: unmounted (its daemon was not waited for: ${daemon.problem})`)
     return 0
   }
-  const timeoutMs = options.timeoutMs ?? 60_000
+  // A forced daemon waits for nobody: seconds, or something is wrong and the user should hear.
+  const timeoutMs = options.timeoutMs ?? (options.force === true ? 10_000 : 60_000)
   const deadline = Date.now() + timeoutMs
   const done = `${target}: unmounted${forced ? ' (forced: its I/O was aborted)' : ''}`
   if (isMultiMount(daemon.args)) {
     // An nbdts daemon serves other mounts too: it does not exit, it lets this one go.
     // The socket is named on the daemon's command line, which its user wrote: only the verified
     // daemon itself is asked (SO_PEERCRED pid), and only whether it still holds the mount.
-    const socket = socketOf(daemon.args)
+    const socket = socketOf(daemon.args, target)
     const trust = { uids: [0, processOwner(daemon.pid)], pid: daemon.pid }
     while (await daemonHolds(socket, target, trust)) {
       if (Date.now() > deadline) {
-        io.out(`${target}: unmounted; ${who} is still finishing it (flushing) after ${timeoutMs} ms`)
+        io.out(`${target}: unmounted; ${who} is still finishing it (${forced ? 'forced' : 'flushing'}) after ${timeoutMs} ms`)
         return 0
       }
       await sleep(20)
@@ -318,7 +327,7 @@ export async function runUmount (file: string, options: UmountOptions, io: Io): 
   }
   while (processExists(daemon.pid)) {
     if (Date.now() > deadline) {
-      io.out(`${target}: unmounted; ${who} is still finishing (flushing) after ${timeoutMs} ms`)
+      io.out(`${target}: unmounted; ${who} is still finishing (${forced ? 'forced' : 'flushing'}) after ${timeoutMs} ms`)
       return 0
     }
     await sleep(20)
@@ -340,10 +349,20 @@ function isMultiMount (args: readonly string[]): boolean {
   return args.includes('daemon') && !args.includes('mount')
 }
 
-/** The daemon's control socket: its --control-socket (detach always passes it), else ours by default. */
-function socketOf (args: readonly string[]): string {
+/** The daemon's control socket: its --control-socket, else the default for what it is. */
+function socketOf (args: readonly string[], target: string): string {
   const at = args.indexOf('--control-socket')
-  return at >= 0 && args[at + 1] !== undefined ? args[at + 1]! : daemonSocket()
+  if (at >= 0 && args[at + 1] !== undefined) return args[at + 1]!
+  return isMultiMount(args) ? daemonSocket() : defaultControlSocket(target)
+}
+
+/** `del mount TARGET force` on the daemon; false when it cannot be asked or refuses. */
+async function askedToForce (socket: string, target: string, trust: PeerTrust): Promise<boolean> {
+  try {
+    return (await controlRequest(socket, joinWords(['del', 'mount', target, 'force']), 2000, trust)).ok
+  } catch {
+    return false
+  }
 }
 
 /** Whether the daemon on `socket` still lists `target` (false when it cannot be asked). */

@@ -212,7 +212,9 @@ export class MountRuntime {
         throw err
       }
     }
-    await this.#closeClient()
+    // Forced: nothing waits for an absent server, so the client is destroyed, not closed
+    // (a close lets requests on the wire finish: up to the liveness bound on a hung server).
+    await this.#closeClient(mode === 'force')
     if (this.#server !== undefined) {
       this.#stopped = true
       await this.#server.stop()
@@ -224,10 +226,14 @@ export class MountRuntime {
     this.#markGone()
   }
 
-  async #closeClient (): Promise<void> {
+  async #closeClient (destroy = false): Promise<void> {
     this.#untrack?.()
     const client = this.#client
     if (client === undefined) return
+    if (destroy) {
+      client.destroy()
+      return
+    }
     await client.close().catch((err: unknown) => { this.#log('warn', `disconnect: ${describeError(err)}`) })
   }
 

@@ -17,6 +17,12 @@ export class BufferPool {
     return buffer
   }
 
+  /** Lets every pooled buffer go (idle after a burst). */
+  clear (): void {
+    this.#free.clear()
+    this.#pooled = 0
+  }
+
   give (buffer: Buffer): void {
     if (this.#pooled + buffer.length > MAX_POOLED_BYTES) return
     let list = this.#free.get(buffer.length)

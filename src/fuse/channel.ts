@@ -50,6 +50,11 @@ export class FuseChannel {
     return this.#reader.kind
   }
 
+  /** Gives the memory of idle request slots back to the kernel (after a burst). */
+  trim (): void {
+    if (!this.#closed) this.#reader.trim?.()
+  }
+
   /** Hands a slot back to the reader once its request is answered (and its data used). */
   release (slot: number): void {
     this.#reader.release(slot)

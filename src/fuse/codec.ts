@@ -7,9 +7,21 @@ import { ATTR, ATTR_OUT, DT_DIR, DT_REG, ENTRY_OUT, IN_HEADER, OUT_HEADER, STATF
 
 const TWO_32 = 0x1_0000_0000
 
-/** A u64 as a number: exact up to 2^53, which covers uniques and any export below 8 PiB. */
+/** A u64 as a number: exact up to 2^53, which covers uniques and node ids (never file offsets). */
 export function u64 (buf: Buffer, at: number): number {
   return buf.readUInt32LE(at + 4) * TWO_32 + buf.readUInt32LE(at)
+}
+
+/** Below 2^53 a number is exact and cheap; file offsets above it stay exact as a bigint. */
+const EXACT_HIGH = 0x20_0000
+
+/**
+ * A file offset or length (a u64): a number when it is exact, else a bigint. Offsets past 2^53
+ * are real on exports past 8 PiB, and one rounded to a neighbour would touch the wrong byte.
+ */
+export function offset64 (buf: Buffer, at: number): number | bigint {
+  const high = buf.readUInt32LE(at + 4)
+  return high < EXACT_HIGH ? high * TWO_32 + buf.readUInt32LE(at) : buf.readBigUInt64LE(at)
 }
 
 function writeU64 (buf: Buffer, value: number | bigint, at: number): void {
@@ -158,13 +170,13 @@ export function encodeInitOut (target: Buffer, init: InitOut): Buffer {
 
 /** fuse_read_in and fuse_write_in share their first fields: fh, offset, size. */
 export interface IoIn {
-  readonly offset: number
+  readonly offset: number | bigint
   readonly size: number
   readonly flags: number
 }
 
 export function parseIoIn (buf: Buffer): IoIn {
-  return { offset: u64(buf, IN_HEADER + 8), size: buf.readUInt32LE(IN_HEADER + 16), flags: buf.readUInt32LE(IN_HEADER + 32) }
+  return { offset: offset64(buf, IN_HEADER + 8), size: buf.readUInt32LE(IN_HEADER + 16), flags: buf.readUInt32LE(IN_HEADER + 32) }
 }
 
 export function parseOpenFlags (buf: Buffer): number {
@@ -173,7 +185,7 @@ export function parseOpenFlags (buf: Buffer): number {
 
 export interface SetattrIn {
   readonly valid: number
-  readonly size: number
+  readonly size: number | bigint
   readonly mode: number
   readonly uid: number
   readonly gid: number
@@ -182,7 +194,7 @@ export interface SetattrIn {
 export function parseSetattrIn (buf: Buffer): SetattrIn {
   return {
     valid: buf.readUInt32LE(IN_HEADER),
-    size: u64(buf, IN_HEADER + 16),
+    size: offset64(buf, IN_HEADER + 16),
     mode: buf.readUInt32LE(IN_HEADER + 68),
     uid: buf.readUInt32LE(IN_HEADER + 76),
     gid: buf.readUInt32LE(IN_HEADER + 80)
@@ -190,22 +202,22 @@ export function parseSetattrIn (buf: Buffer): SetattrIn {
 }
 
 export interface FallocateIn {
-  readonly offset: number
-  readonly length: number
+  readonly offset: bigint
+  readonly length: bigint
   readonly mode: number
 }
 
 export function parseFallocateIn (buf: Buffer): FallocateIn {
-  return { offset: u64(buf, IN_HEADER + 8), length: u64(buf, IN_HEADER + 16), mode: buf.readUInt32LE(IN_HEADER + 24) }
+  return { offset: buf.readBigUInt64LE(IN_HEADER + 8), length: buf.readBigUInt64LE(IN_HEADER + 16), mode: buf.readUInt32LE(IN_HEADER + 24) }
 }
 
 export interface LseekIn {
-  readonly offset: number
+  readonly offset: bigint
   readonly whence: number
 }
 
 export function parseLseekIn (buf: Buffer): LseekIn {
-  return { offset: u64(buf, IN_HEADER + 8), whence: buf.readUInt32LE(IN_HEADER + 16) }
+  return { offset: buf.readBigUInt64LE(IN_HEADER + 8), whence: buf.readUInt32LE(IN_HEADER + 16) }
 }
 
 export function encodeU64Out (target: Buffer, value: number | bigint): Buffer {

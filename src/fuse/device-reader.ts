@@ -20,6 +20,8 @@ export interface DeviceReader {
   release: (slot: number) => void
   /** Stops reading; the descriptor is closed after this. */
   stop: () => void
+  /** Gives the memory of idle slots back (after a burst); a reader that cannot has none. */
+  trim?: () => void
 }
 
 export interface ReaderOptions {

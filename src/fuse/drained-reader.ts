@@ -20,7 +20,7 @@
  * reusing one slot; a WRITE keeps its slot until its payload has been sent.
  */
 import { constants } from 'node:os'
-import { pollReadable, readFd, setNonBlocking, type FdPoll } from '../util/libc.ts'
+import { discardPages, pageMemory, pollReadable, readFd, setNonBlocking, type FdPoll, type PageMemory } from '../util/libc.ts'
 import { busyPoll } from '../transport/busy-poll.ts'
 import type { DeviceReader, ReaderOptions, RequestHandler } from './device-reader.ts'
 
@@ -36,7 +36,7 @@ export class DrainedReader implements DeviceReader {
   readonly ended: Promise<string>
   readonly #fd: number
   readonly #slotSize: number
-  readonly #memory: Buffer
+  readonly #memory: PageMemory
   readonly #views: Array<Buffer | undefined>
   readonly #free: number[] = []
   /** 1 while a slot holds a request (between its read and its release). */
@@ -52,8 +52,9 @@ export class DrainedReader implements DeviceReader {
     this.#fd = options.fd
     this.#slotSize = options.slotSize
     this.#onRequest = onRequest
-    // One region for every slot: pages are resident only once the kernel writes into them.
-    this.#memory = Buffer.allocUnsafeSlow(options.slotCount * options.slotSize)
+    // One region for every slot: pages are resident only once the kernel writes into them,
+    // and given back by trim() once idle (a burst of 1 MiB writes touches them all).
+    this.#memory = pageMemory(options.slotCount * options.slotSize, 'FUSE slot memory')
     this.#views = new Array<Buffer | undefined>(options.slotCount)
     this.#busy = new Uint8Array(options.slotCount)
     for (let slot = options.slotCount - 1; slot >= 0; slot--) this.#free.push(slot)
@@ -66,6 +67,11 @@ export class DrainedReader implements DeviceReader {
     this.ended = new Promise((resolve) => { this.#end = resolve })
     busyPoll.watch(options.fd)
     this.#startPolling()
+  }
+
+  /** Gives the pages of every free slot back to the kernel (the kernel writes a slot only when we read into it, here). */
+  trim (): void {
+    for (const slot of this.#free) discardPages(this.#memory, slot * this.#slotSize, this.#slotSize)
   }
 
   release (slot: number): void {
@@ -119,7 +125,7 @@ export class DrainedReader implements DeviceReader {
         this.#poll.stop()
         return 'full'
       }
-      const view = this.#views[slot] ??= this.#memory.subarray(slot * this.#slotSize, (slot + 1) * this.#slotSize)
+      const view = this.#views[slot] ??= this.#memory.buffer.subarray(slot * this.#slotSize, (slot + 1) * this.#slotSize)
       const n = readFd(this.#fd, view)
       if (n > 0) {
         this.#busy[slot] = 1

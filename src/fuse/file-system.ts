@@ -47,6 +47,8 @@ export interface FuseStats {
   readonly inFlight: number
   readonly errors: number
   readonly interrupted: number
+  /** Requests answered EINTR because their caller was being killed (no INTERRUPT came). */
+  readonly killed: number
 }
 
 const OP_NAMES = new Map<number, string>(Object.entries(FUSE_OP).map(([name, op]) => [op, name.toLowerCase()]))
@@ -54,6 +56,7 @@ const OP_NAMES = new Map<number, string>(Object.entries(FUSE_OP).map(([name, op]
 const ATTR_VALID = 1
 const O_ACCMODE = 3
 const O_RDONLY = 0
+const O_TRUNC = 0o1000
 const EISDIR = -constants.errno.EISDIR
 const ENOTDIR = -constants.errno.ENOTDIR
 const EACCES = -constants.errno.EACCES
@@ -83,7 +86,7 @@ export class ExportFileSystem {
     const client = options.client
     this.#nodes = new ExportNodes(options.layout, options.access, options.readonly, client.sizeBigInt)
     this.#tracker = new RequestTracker(channel, options.log)
-    this.#io = new IoOps(channel, this.#tracker, client, this.#nodes.exportId, options.readonly)
+    this.#io = new IoOps(channel, this.#tracker, client, this.#nodes.exportId, options.readonly, options.log)
     this.#allocation = new AllocationCounter(client, options.log, options.allocation)
     this.initialised = new Promise((resolve) => { this.#markInitialised = resolve })
   }
@@ -91,7 +94,7 @@ export class ExportFileSystem {
   get stats (): FuseStats {
     const requests: Record<string, number> = {}
     this.#counts.forEach((n, op) => { if (n > 0) requests[OP_NAMES.get(op) ?? (op === 0 ? 'other' : `op${op}`)] = n })
-    return { requests, inFlight: this.#tracker.inFlight, errors: this.#tracker.errors, interrupted: this.#tracker.interrupted }
+    return { requests, inFlight: this.#tracker.inFlight, errors: this.#tracker.errors, interrupted: this.#tracker.interrupted, killed: this.#tracker.killed }
   }
 
   get allocation (): AllocationCounter {
@@ -103,15 +106,22 @@ export class ExportFileSystem {
     return this.#tracker.idle()
   }
 
+  /** Lets go of what only a burst needs (pooled read buffers). */
+  trim (): void {
+    this.#io.trim()
+  }
+
   /** Stops background work (the allocation count). */
   close (): void {
     this.#allocation.close()
+    this.#tracker.close()
   }
 
   /** Dispatches one request. `request` is a view of `slot`, released here or when done. */
   handle (request: Buffer, slot: number): void {
-    const { opcode, unique, nodeid, length } = parseInHeader(request, this.#header)
+    const { opcode, unique, nodeid, length, pid } = parseInHeader(request, this.#header)
     this.#counts[opcode < 64 ? opcode : 0]!++
+    this.#tracker.requester = pid
     try {
       switch (opcode) {
         case FUSE_OP.READ: return this.#io.read(request, slot, unique, nodeid)
@@ -161,9 +171,14 @@ export class ExportFileSystem {
           ch.reply(unique, ERRNO.EROFS)
           return
         }
-        // O_TRUNC (negotiated as ATOMIC_O_TRUNC) is accepted and ignored: the server fixes the
-        // size, as a block device ignores O_TRUNC. So `cp img FILE` and `echo > FILE` work.
         const openFlags = FOPEN_PARALLEL_DIRECT_WRITES | (this.#options.keepCache === true ? FOPEN_KEEP_CACHE : 0)
+        // O_TRUNC (negotiated as ATOMIC_O_TRUNC, so it comes here): the size stays (the server
+        // fixes it) but the contents go, so that what a program assumes after it holds: the
+        // file reads as zeroes (GNU cp skips the source's holes on that word).
+        if ((flags & O_TRUNC) !== 0 && !this.#options.readonly) {
+          this.#io.truncate(unique, () => { ch.reply(unique, 0, encodeOpenOut(this.#scratch, 0, openFlags)) })
+          return
+        }
         ch.reply(unique, 0, encodeOpenOut(this.#scratch, 0, openFlags))
         return
       }
@@ -177,7 +192,7 @@ export class ExportFileSystem {
           return
         }
         const io = parseIoIn(request)
-        ch.reply(unique, 0, encodeDirents(nodes.entries(), io.offset, io.size))
+        ch.reply(unique, 0, encodeDirents(nodes.entries(), Number(io.offset), io.size))
         return
       }
       case FUSE_OP.STATFS: {

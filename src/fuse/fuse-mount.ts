@@ -21,6 +21,7 @@ import { IN_HEADER, S_IFDIR, S_IFREG, WRITE_IN } from './abi.ts'
 import type { AllocationOptions } from './allocation.ts'
 import { busyPoll } from '../transport/busy-poll.ts'
 import { FuseChannel } from './channel.ts'
+import { IdleTrim } from './idle-trim.ts'
 import { mountState } from './daemon-check.ts'
 import { ExportFileSystem, type FuseStats } from './file-system.ts'
 import { mountWithFusermount } from './fusermount.ts'
@@ -30,6 +31,7 @@ import { parseMountOptions } from './mount-options.ts'
 import { pinMountTarget, type PinnedTarget } from './mount-point.ts'
 import { connectionNumber, mountFuse, nbdtsMountAt, nbdtsMountWithSource, unmount } from './mount-table.ts'
 import { directoryMode, type Layout } from './nodes.ts'
+import { trimHeap } from '../util/libc.ts'
 
 export interface MountExportOptions {
   readonly client: NbdClient
@@ -74,6 +76,7 @@ export class FuseMount {
   readonly #fs: ExportFileSystem
   readonly #client: NbdClient
   readonly #log: LogFn
+  readonly #idleTrim: IdleTrim
   #unmounting: Promise<void> | null = null
 
   private constructor (args: { path: string, layout: Layout, readonly: boolean, channel: FuseChannel, fs: ExportFileSystem, client: NbdClient, log: LogFn, connection: number }) {
@@ -86,6 +89,11 @@ export class FuseMount {
     this.#fs = args.fs
     this.#client = args.client
     this.#log = args.log
+    const channel = args.channel
+    this.#idleTrim = new IdleTrim({
+      activity: () => channel.repliesWritten,
+      trim: () => { args.fs.trim(); channel.trim(); trimHeap() }
+    }, args.log)
     let destroyed: (reason: string) => void = () => {}
     const destroy = new Promise<string>((resolve) => { destroyed = resolve })
     args.fs.onDestroy = () => { destroyed('unmounted (DESTROY)') }
@@ -223,6 +231,7 @@ export class FuseMount {
       await this.closed
     }
     this.#fs.close()
+    this.#idleTrim.stop()
     await this.#flush(wait)
     this.#channel.close()
   }
@@ -234,12 +243,16 @@ export class FuseMount {
       return
     }
     try {
-      await this.#client.flush()
+      // Forced: a server that is there answers within seconds; a hung one is not waited for.
+      await this.#client.flush(wait ? {} : { signal: AbortSignal.timeout(FORCED_FLUSH_MS) })
     } catch (err) {
       this.#log('warn', `flush before unmount failed: ${(err as Error).message}`)
     }
   }
 }
+
+/** How long a forced unmount's FLUSH may take (a server that is there answers at once). */
+const FORCED_FLUSH_MS = 2000
 
 /**
  * A mount left behind by a crashed earlier run answers ENOTCONN: detach it, and say so. A live

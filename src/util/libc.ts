@@ -3,8 +3,9 @@
  * SCM_RIGHTS (fusermount3 hands the /dev/fuse descriptor back that way), prctl(2), a Unix
  * datagram socket with sendto(2) (systemd's notification socket; Node has no datagram Unix
  * sockets), setsockopt(SO_SNDBUF) (a Unix socket's send buffer), flock(2) (the pidfile),
- * getsockopt(SO_PEERCRED) (the control socket's peers), and a descriptor read on the main
- * thread: fcntl(2) O_NONBLOCK, read(2) and a libuv poll handle (koffi.node.poll).
+ * getsockopt(SO_PEERCRED) (the control socket's peers), a descriptor read on the main
+ * thread: fcntl(2) O_NONBLOCK, read(2) and a libuv poll handle (koffi.node.poll), and memory
+ * that can be given back after a burst: mmap(2), madvise(MADV_DONTNEED), malloc_trim(3).
  * koffi is an optional dependency, loaded on first use, synchronously, so a machine without it
  * still runs everything that does not need these calls, and the one that does fails with a
  * clear message (NativeUnavailableError).
@@ -46,6 +47,9 @@ interface Libc {
   readonly epoll_ctl: (epfd: number, op: number, fd: number, event: Uint8Array | null) => number
   readonly epoll_wait: (epfd: number, events: Uint8Array, max: number, timeout: number) => number
   readonly sched_yield: () => number
+  readonly mmap: (addr: null, length: number, prot: number, flags: number, fd: number, offset: number) => unknown
+  readonly madvise: (addr: bigint, length: number, advice: number) => number
+  readonly malloc_trim: (pad: number) => number
 }
 
 export class NativeUnavailableError extends Error {
@@ -75,7 +79,10 @@ function load (what: string): Libc {
         epoll_create1: lib.func('int epoll_create1(int flags)') as Libc['epoll_create1'],
         epoll_ctl: lib.func('int epoll_ctl(int epfd, int op, int fd, void *event)') as Libc['epoll_ctl'],
         epoll_wait: lib.func('int epoll_wait(int epfd, _Out_ void *events, int max, int timeout)') as Libc['epoll_wait'],
-        sched_yield: lib.func('int sched_yield()') as Libc['sched_yield']
+        sched_yield: lib.func('int sched_yield()') as Libc['sched_yield'],
+        mmap: lib.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, intptr_t offset)') as Libc['mmap'],
+        madvise: lib.func('int madvise(uintptr_t addr, size_t length, int advice)') as Libc['madvise'],
+        malloc_trim: lib.func('int malloc_trim(size_t pad)') as Libc['malloc_trim']
       }
     } catch (err) {
       libc = err as Error
@@ -368,4 +375,43 @@ export class ReadySet {
 /** sched_yield(2): let whatever else is runnable on this CPU run. */
 export function schedYield (): void {
   load('sched_yield').sched_yield()
+}
+
+/** Memory whose pages can be given back (discardPages): anonymous, private, page-aligned. */
+export interface PageMemory {
+  readonly buffer: Buffer
+  readonly address: bigint
+}
+
+const PROT_READ_WRITE = 3
+const MAP_PRIVATE_ANONYMOUS = 0x22
+const MADV_DONTNEED = 4
+const PAGE = 4096n
+
+/** `length` bytes of anonymous memory, resident only where touched. Never unmapped (views may outlive their user). */
+export function pageMemory (length: number, what = 'page memory'): PageMemory {
+  const c = load(what)
+  const pointer = c.mmap(null, length, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, -1, 0)
+  const address = pointer === null ? -1n : c.koffi.address(pointer)
+  if (address <= 0n || address === (1n << 64n) - 1n) throw errnoError('mmap', c.koffi.errno())
+  return { buffer: Buffer.from(c.koffi.view(pointer, length)), address }
+}
+
+/**
+ * Gives the whole pages inside [offset, offset+length) of `memory` back to the kernel: they
+ * read as zeroes when next touched, and hold no memory until then.
+ */
+export function discardPages (memory: PageMemory, offset: number, length: number): void {
+  const start = (memory.address + BigInt(offset) + PAGE - 1n) / PAGE * PAGE
+  const end = (memory.address + BigInt(offset + length)) / PAGE * PAGE
+  if (end <= start) return
+  const c = load('madvise(2)')
+  if (c.madvise(start, Number(end - start), MADV_DONTNEED) !== 0) throw errnoError('madvise', c.koffi.errno())
+}
+
+/** malloc_trim(0): the C heap's free memory back to the kernel (Buffers live there). */
+export function trimHeap (): void {
+  try {
+    load('malloc_trim(3)').malloc_trim(0)
+  } catch { /* no koffi: nothing to give back this way */ }
 }

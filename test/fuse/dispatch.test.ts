@@ -1,6 +1,6 @@
 /**
  * The dispatcher's answers that the kernel tests cannot see directly: what INIT negotiates,
- * the OPEN flags (-o kernel_cache), O_TRUNC accepted on a writable mount and refused on a
+ * the OPEN flags (-o kernel_cache), O_TRUNC zeroing a writable mount and refused on a
  * read-only one.
  */
 import assert from 'node:assert/strict'
@@ -16,18 +16,24 @@ import { ExportFileSystem } from '../../src/fuse/file-system.ts'
 
 interface Reply { unique: number, error: number, body: Buffer }
 
-function rig (options: { readonly?: boolean, keepCache?: boolean } = {}): { fs: ExportFileSystem, replies: Reply[] } {
+function rig (options: { readonly?: boolean, keepCache?: boolean } = {}): { fs: ExportFileSystem, replies: Reply[], zeroed: Array<[bigint, number]> } {
   const replies: Reply[] = []
   const channel = {
     reply: (unique: number, error: number, ...parts: Buffer[]) => { replies.push({ unique, error, body: Buffer.from(Buffer.concat(parts)) }) },
     release: () => {}
   }
-  const client = { sizeBigInt: 1n << 20n, metaContexts: [] }
+  const zeroed: Array<[bigint, number]> = []
+  const client = {
+    sizeBigInt: 1n << 20n,
+    metaContexts: [],
+    canZero: true,
+    punchHole: async (offset: bigint, length: number) => { zeroed.push([offset, length]) }
+  }
   const fs = new ExportFileSystem(channel as unknown as FuseChannel, {
     client: client as unknown as NbdClient, layout: { kind: 'file' }, readonly: options.readonly === true,
     access: { uid: 0, gid: 0, mode: 0o600 }, maxWrite: 1 << 20, keepCache: options.keepCache === true, log: () => {}
   })
-  return { fs, replies }
+  return { fs, replies, zeroed }
 }
 
 
@@ -37,8 +43,8 @@ function openIn (flags: number): Buffer {
   return b
 }
 
-test('INIT takes ATOMIC_O_TRUNC; OPEN with O_TRUNC succeeds (the size stays), with KEEP_CACHE under -o kernel_cache', () => {
-  const { fs, replies } = rig({ keepCache: true })
+test('INIT takes ATOMIC_O_TRUNC; OPEN with O_TRUNC zeroes the whole export first (the size stays), with KEEP_CACHE under -o kernel_cache', async () => {
+  const { fs, replies, zeroed } = rig({ keepCache: true })
   const init = Buffer.alloc(16)
   init.writeUInt32LE(7, 0)
   init.writeUInt32LE(45, 4)
@@ -49,6 +55,9 @@ test('INIT takes ATOMIC_O_TRUNC; OPEN with O_TRUNC succeeds (the size stays), wi
   const flags = replies[0]!.body.readUInt32LE(12)
   assert.notEqual(flags & FUSE_INIT_FLAG.ATOMIC_O_TRUNC, 0, 'the kernel passes O_TRUNC to OPEN instead of a SETATTR to size 0')
   fs.handle(fuseRequest(FUSE_OP.OPEN, 2, openIn(constants.O_WRONLY | constants.O_TRUNC)), 0)
+  assert.equal(replies.length, 1, 'no answer before the export is zeroed')
+  await fs.idle()
+  assert.deepEqual(zeroed, [[0n, 1 << 20]])
   assert.equal(replies[1]!.error, 0)
   assert.equal(replies[1]!.body.readUInt32LE(8), FOPEN_PARALLEL_DIRECT_WRITES | FOPEN_KEEP_CACHE)
   const plain = rig()

@@ -1,5 +1,5 @@
 /**
- * What the mounted file promises, as a file: O_TRUNC opens work and the size stays; punched
+ * What the mounted file promises, as a file: O_TRUNC opens zero the export and the size stays; punched
  * and zeroed ranges read back as zeroes on a server whose TRIM does nothing (also through a
  * loop device's discard); fallocate past the end is clamped; the directory refuses new
  * entries with EACCES; an interrupted write never overtakes a later one to the same range.
@@ -51,20 +51,25 @@ function fill (file: string, length: number, byte: number): void {
 const failure = (p: Promise<unknown>): Promise<string> => p.then(() => 'ok', (err: Error) => err.message)
 
 describe('the mounted file', () => {
-  test('O_TRUNC opens (echo >, cp, dd without notrunc) write from the start and the size stays', async () => {
+  test('O_TRUNC opens (echo >, cp, dd without notrunc) zero the export, write from the start, and the size stays', async () => {
     const s = await server('trunc', ['memory', '16M'])
     const m = await mounted(s.uri(), 'trunc.img')
+    fill(m.file, 16 * MiB, 0xee)
     await run('sh', ['-c', `echo hello > ${m.file}`])
     assert.equal(readAt(m.file, 0, 6).toString(), 'hello\n')
     assert.equal(statSync(m.file).size, 16 * MiB)
+    assert.ok(readAt(m.file, 6, 16 * MiB - 6).equals(Buffer.alloc(16 * MiB - 6)), 'after O_TRUNC the rest reads as zeroes')
     const image = path.join(dir, 'small.img')
     writeFileSync(image, Buffer.alloc(8192, 0x5c))
     await run('cp', [image, m.file])
+    assert.ok(readAt(m.file, 0, 8192).equals(Buffer.alloc(8192, 0x5c)), 'cp wrote the image')
+    // dd without conv=notrunc truncates too: one block written, the block cp wrote after it is gone.
     await run('dd', [`if=${image}`, `of=${m.file}`, 'bs=4096', 'count=1', 'seek=0', 'status=none'])
-    assert.ok(readAt(m.file, 0, 8192).equals(Buffer.alloc(8192, 0x5c)))
+    const expected = Buffer.concat([Buffer.alloc(4096, 0x5c), Buffer.alloc(4096)])
+    assert.ok(readAt(m.file, 0, 8192).equals(expected), 'dd\'s block, then zeroes')
     assert.equal(statSync(m.file).size, 16 * MiB, 'the export keeps its size')
     const { stdout } = await run('nbdcopy', [s.uri(), '-'])
-    assert.ok(stdout.subarray(0, 8192).equals(Buffer.alloc(8192, 0x5c)), 'the server has it')
+    assert.ok(stdout.subarray(0, 8192).equals(expected), 'the server has it')
   })
 
   test('fallocate past the end is clamped as for a regular file; only growing fails (ENOSPC)', async () => {

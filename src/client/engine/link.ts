@@ -107,6 +107,9 @@ export class Link {
   /** When bytes last moved either way (liveness). */
   lastProgressAt = performance.now()
   #progress = 0
+  /** bytesWritten at the last look, and how much of it was written while probing (left out). */
+  #written = 0
+  #unheard = 0
   #drainTimer: NodeJS.Timeout | null = null
   #answerTimer: NodeJS.Timeout | null = null
   #closeTimer: NodeJS.Timeout | null = null
@@ -267,10 +270,18 @@ export class Link {
     socket.setKeepAlive?.(true, 10_000)
   }
 
-  /** Did bytes move since the last look? Updates lastProgressAt when they did. */
+  /**
+   * Did bytes move since the last look? Updates lastProgressAt when they did. While a probe is
+   * out, bytes we write are not the server moving (the probe's own request would restart the
+   * quiet clock, and a hung server would be declared dead only after 1.5 timeouts): only
+   * bytes read count then.
+   */
   progressed (now: number): boolean {
     const socket = this.conn.socket as { bytesWritten?: number }
-    const progress = this.conn.reader.bytesRead + (typeof socket.bytesWritten === 'number' ? socket.bytesWritten : 0)
+    const written = typeof socket.bytesWritten === 'number' ? socket.bytesWritten : 0
+    if (this.probing) this.#unheard += written - this.#written
+    this.#written = written
+    const progress = this.conn.reader.bytesRead + written - this.#unheard
     if (progress === this.#progress) return false
     this.#progress = progress
     this.lastProgressAt = now
