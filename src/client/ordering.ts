@@ -388,21 +388,38 @@ export class Ordering {
   }
 
   /**
-   * One write of the replay. Given up in doubt (its connection stopped answering), it may
-   * still land: its range is pinned, as an ordinary write's would be, until its life on the
-   * wire ends, so that nothing newer is sent there meanwhile.
+   * One write of the replay. Answered early or in doubt while still on a wire (its connection
+   * stopped answering), it may still land: its range is pinned, as an ordinary write's would
+   * be, until its life on that wire ends, so that nothing newer is sent there meanwhile. While
+   * it is simply on a wire, a newer write there waits for it (see #refused).
    */
   #replayOne (engine: Engine, command: Command): Promise<unknown> {
+    const entry = { start: command.offset, end: command.offset + BigInt(command.length), done: deferred() }
+    let onWire = false
     let pinned: HeldRange | undefined
-    const onWire = { start: command.offset, end: command.offset + BigInt(command.length), done: deferred() }
-    this.#replayOnWire.add(onWire)
+    const finish = (): void => { if (this.#replayOnWire.delete(entry)) entry.done.resolve() }
+    const pin = (): void => { if (onWire && pinned === undefined) pinned = this.#ranges.holdInDoubt(entry.start, entry.end) }
+    this.#replayOnWire.add(entry)
     return engine.replay(command, {
-      inDoubt: () => { pinned = this.#ranges.holdInDoubt(onWire.start, onWire.end) },
-      settled: () => {
-        this.#replayOnWire.delete(onWire)
-        onWire.done.resolve()
+      wire: (on) => {
+        onWire = on
+        if (on) return
+        finish()
         if (pinned !== undefined) this.#ranges.release(pinned)
+        pinned = undefined
+      },
+      inDoubt: () => {
+        pin()
+        finish()
       }
+    }).then((result) => {
+      finish()
+      return result
+    }, (err: unknown) => {
+      // Not sent at all, or answered while its wire still holds it.
+      pin()
+      finish()
+      throw err
     })
   }
 

@@ -34,13 +34,12 @@ function socketFd (socket: net.Socket): number {
 }
 
 /**
- * Loading koffi takes 40-60 ms, a third of a short command's run (nbdts info, a list). So
- * when it is not loaded yet, the buffer is widened a little later, on a timer that does not
- * keep the process alive: a short-lived connection ends first and never pays for it, one
- * that carries data (a mount, a copy) gets the wide buffer within WIDEN_DELAY_MS.
+ * Loading koffi takes 40-60 ms, a third of a short command's run (nbdts info, a list). So when
+ * it is not loaded yet, the buffer is widened at the socket's first 'drain': the first time
+ * our writes outran the default buffer, which is when a wider one starts to matter (a write
+ * load: a mount, a copy to NBD). A command that only asks and reads never pays for it, however
+ * long it runs.
  */
-const WIDEN_DELAY_MS = 50
-
 function widenSendBuffer (socket: net.Socket, fd: number): void {
   const widen = (): void => {
     // After destroy() the descriptor may already be closed and reused: only while it is ours.
@@ -55,8 +54,7 @@ function widenSendBuffer (socket: net.Socket, fd: number): void {
     widen()
     return
   }
-  const timer = setTimeout(widen, WIDEN_DELAY_MS).unref()
-  socket.once('close', () => { clearTimeout(timer) })
+  socket.once('drain', widen)
 }
 
 /** The default opener: TCP with Nagle off (both sides SHOULD set TCP_NODELAY), or a Unix socket. */

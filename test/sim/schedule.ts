@@ -50,7 +50,9 @@ export async function runSchedule (seed: number): Promise<ScheduleResult> {
   // only cost the collector: the exports here are at most 16 KiB).
   const replayLog = rng.pick([LARGE_LOG, LARGE_LOG, LARGE_LOG, 4 * BLOCK, 8 * BLOCK, 16 * BLOCK, 0])
   const maxInFlight = rng.pick([16, 3])
-  const config = `blocks=${blocks} connections=${connections} reconnectDelay=${reconnectDelay} requestTimeout=${requestTimeout} replayLog=${replayLog} maxInFlight=${maxInFlight}`
+  // The first reconnect back-off: it sets how far apart the connections' attempts fall.
+  const backoffMs = rng.pick([10, 100, 500])
+  const config = `blocks=${blocks} connections=${connections} reconnectDelay=${reconnectDelay} requestTimeout=${requestTimeout} replayLog=${replayLog} maxInFlight=${maxInFlight} backoff=${backoffMs}`
   // Reads are judged only where the client can keep every acknowledged write (nothing lost).
   const judgeReads = replayLog === LARGE_LOG
   const server = new SimServer(blocks, BLOCK, connections > 1)
@@ -79,7 +81,7 @@ export async function runSchedule (seed: number): Promise<ScheduleResult> {
       requestTimeout,
       replayLog,
       maxInFlight,
-      backoff: { initialMs: 100, maxMs: 2000 }
+      backoff: { initialMs: backoffMs, maxMs: 2000 }
     })
     let connected: NbdClient | undefined
     let connectError: unknown
@@ -226,16 +228,17 @@ function fault (rng: Rng, server: SimServer, time: VirtualTime, client: NbdClien
   const roll = rng.next()
   const conns = [...server.connections].filter((c) => !c.closed)
   if (roll < 0.1 && server.alive) {
-    // A crash loop: down briefly, up briefly, down again.
-    note('crash loop: crash, restart in 10 ms, crash 60 ms later, restart 10 ms after')
+    // A crash loop: down briefly, up briefly, down again; gaps around a back-off's length.
+    const [down1, up, down2] = [rng.int(1000), rng.int(1000), rng.int(100)]
+    note(`crash loop: crash, restart in ${down1} ms, crash ${up} ms later, restart ${down2} ms after`)
     server.crash()
     setTimeout(() => {
       note('restart'); server.restart()
       setTimeout(() => {
         note('crash'); server.crash()
-        setTimeout(() => { note('restart'); server.restart() }, 10)
-      }, 60)
-    }, 10)
+        setTimeout(() => { note('restart'); server.restart() }, down2)
+      }, up)
+    }, down1)
   } else if (roll < 0.45) {
     if (!server.alive) return
     const down = rng.chance(0.5) ? rng.int(50) : rng.int(3000)
