@@ -39,8 +39,9 @@
 export type PieceKind = 'data' | 'zero' | 'trim'
 
 export interface LedgerRecord {
-  readonly start: bigint
-  readonly end: bigint
+  /** Byte offsets as numbers (exact: the ledger keeps nothing past 2^53). */
+  readonly start: number
+  readonly end: number
   readonly kind: PieceKind
   /** Acknowledgement order. */
   readonly seq: number
@@ -58,8 +59,8 @@ export interface LedgerRecord {
 }
 
 interface Segment {
-  start: bigint
-  end: bigint
+  start: number
+  end: number
   readonly rec: LedgerRecord
 }
 
@@ -106,6 +107,8 @@ export interface FlushMark {
 /** Records kept at most: past half of it the ledger wants a FLUSH; past all of it writes are borrowed or lost. */
 export const MAX_RECORDS = 1 << 16
 
+const MAX_EXACT = BigInt(Number.MAX_SAFE_INTEGER)
+
 export class WriteLedger {
   readonly #limit: number
   #ring: Buffer | null = null
@@ -132,7 +135,7 @@ export class WriteLedger {
    * Ranges whose acknowledged content was lost when a replay was abandoned: a read there fails
    * rather than return older data, until a write there is acknowledged. Sorted, disjoint.
    */
-  #poisoned: Array<{ start: bigint, end: bigint }> = []
+  #poisoned: Array<{ start: number, end: number }> = []
   /** FLUSH calls so far (their numbers), and those not yet answered. */
   #flushCalls = 0
   readonly #openCalls = new Set<number>()
@@ -163,9 +166,17 @@ export class WriteLedger {
    * returns the record, or undefined when nothing needs keeping (FUA: durable already, or
    * lost).
    */
-  acknowledged (start: bigint, kind: PieceKind, length: number, fua: boolean, payload?: Uint8Array): LedgerRecord | undefined {
-    const end = start + BigInt(length)
+  acknowledged (offset: bigint, kind: PieceKind, length: number, fua: boolean, payload?: Uint8Array): LedgerRecord | undefined {
     const seq = this.#seq++
+    // Numbers on the data path (a BigInt compare costs several times a number's): an export
+    // past 2^53 bytes keeps nothing there, and says so (lost).
+    if (offset + BigInt(length) > MAX_EXACT) {
+      if (this.replayed) this.#lose(seq)
+      else this.#owe({ min: seq, max: seq })
+      return undefined
+    }
+    const start = Number(offset)
+    const end = start + length
     this.#cut(start, end)
     if (this.#poisoned.length > 0) this.#poisoned = this.#poisoned.flatMap((p) => p.end <= start || p.start >= end ? [p] : [
       ...(p.start < start ? [{ start: p.start, end: start }] : []),
@@ -279,7 +290,7 @@ export class WriteLedger {
     if (epoch !== this.#epoch) return
     // Reads there would return older data: they fail until a write acknowledged there.
     for (const seg of this.#segments) this.#poisoned.push({ start: seg.start, end: seg.end })
-    this.#poisoned.sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0))
+    this.#poisoned.sort((a, b) => a.start - b.start)
     const records = this.#records
     if (this.records > 0) this.#owe({ min: records[this.#first]!.seq, max: records[records.length - 1]!.seq })
     for (let i = this.#first; i < records.length; i++) records[i]!.live = false
@@ -303,7 +314,9 @@ export class WriteLedger {
 
   /** Whether a read of [start, end) would meet content lost with an abandoned replay. */
   poisoned (start: bigint, end: bigint): boolean {
-    for (const p of this.#poisoned) if (p.start < end && start < p.end) return true
+    const s = Number(start)
+    const e = Number(end)
+    for (const p of this.#poisoned) if (p.start < e && s < p.end) return true
     return false
   }
 
@@ -354,9 +367,9 @@ export class WriteLedger {
   pieces (): Piece[] {
     return this.#segments.map((s) => {
       const rec = s.rec
-      const from = Number(s.start - rec.start)
-      const to = Number(s.end - rec.start)
-      return { start: s.start, end: s.end, kind: rec.kind, data: rec.kind === 'data' ? rec.data!.subarray(from, to) : undefined }
+      const from = s.start - rec.start
+      const to = s.end - rec.start
+      return { start: BigInt(s.start), end: BigInt(s.end), kind: rec.kind, data: rec.kind === 'data' ? rec.data!.subarray(from, to) : undefined }
     })
   }
 
@@ -401,7 +414,7 @@ export class WriteLedger {
   }
 
   /** Removes [start, end) from every segment. */
-  #cut (start: bigint, end: bigint): void {
+  #cut (start: number, end: number): void {
     const segs = this.#segments
     let i = this.#firstEndingAfter(start)
     if (i >= segs.length || segs[i]!.start >= end) return
@@ -431,7 +444,7 @@ export class WriteLedger {
   }
 
   /** The first segment whose end is past `at` (binary search). */
-  #firstEndingAfter (at: bigint): number {
+  #firstEndingAfter (at: number): number {
     const segs = this.#segments
     let lo = 0
     let hi = segs.length
