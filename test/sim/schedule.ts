@@ -261,7 +261,9 @@ function fault (rng: Rng, server: SimServer, time: VirtualTime, client: NbdClien
     const wakes = rng.chance(0.5) ? rng.int(60_000) : -1
     note(`conn ${c.id} hangs${wakes >= 0 ? ` (wakes in ${wakes} ms)` : ''}`)
     c.hung = true
-    if (wakes >= 0) setTimeout(() => { note(`conn ${c.id} wakes`); c.hung = false }, wakes)
+    // One stopped mid-reply stays stopped: a server that went on there would break the
+    // protocol in a way no client can see (NBD has no checksum).
+    if (wakes >= 0) setTimeout(() => { if (!c.stalled) { note(`conn ${c.id} wakes`); c.hung = false } }, wakes)
   } else if (roll < 0.88 && conns.length > 0) {
     const c = rng.pick(conns)
     note(`conn ${c.id} stalls in its next READ reply`)

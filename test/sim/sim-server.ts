@@ -39,6 +39,8 @@ export class SimConnection {
   readonly pending: SimRequest[] = []
   hung = false
   stallNext = false
+  /** Stopped mid-reply: the stream is out of step for good (nothing may be sent on it again). */
+  stalled = false
   closed = false
   #phase: 'flags' | 'options' | 'transmission' = 'flags'
   #buffer: Buffer = Buffer.alloc(0)
@@ -185,6 +187,7 @@ export class SimConnection {
         this.#send(Buffer.concat([head, data.subarray(0, data.length >> 1)]))
         this.stallNext = false
         this.hung = true
+        this.stalled = true
         return
       }
       this.#send(Buffer.concat([head, data]))
