@@ -195,7 +195,10 @@ export class Ordering {
       if (!this.#ledger.replayed) await this.#waitReplayed(deadline, undefined).catch(() => {})
       else await sleep(REPLAY_RETRY_MS)
     }
-    this.#ledger.lose(rec)
+    if (this.#ledger.lose(rec)) {
+      // Its server may have lost it, and no copy is left to write again: the caller hears so.
+      throw new DurabilityError('the write was acknowledged, then the connection to the server was lost before a FLUSH covered it, and it could not be written again within the bound')
+    }
   }
 
   /**

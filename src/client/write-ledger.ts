@@ -219,17 +219,25 @@ export class WriteLedger {
     return true
   }
 
-  /** A borrowed record's caller must be answered without a copy: the write is lost. */
-  lose (rec: LedgerRecord): void {
-    if (!rec.borrowed) return
+  /**
+   * A borrowed record's caller must be answered without a copy: the write is lost. Returns
+   * true when its epoch already ended (the server may have lost it too: its caller must not be
+   * told it succeeded), false when the server of this epoch still holds it.
+   */
+  lose (rec: LedgerRecord): boolean {
+    if (!rec.borrowed) return false
     rec.borrowed = false
     rec.data = null
-    if (!rec.live) return
+    if (!rec.live) return false
     // Its segments go (it already cut what it overwrote). Lost in an epoch that already ended,
     // it is owed now; else when this epoch ends before a FLUSH covers it.
     this.#segments = this.#segments.filter((s) => s.rec !== rec)
-    if (rec.epoch === this.#epoch) this.#lose(rec.seq)
-    else this.#owe({ min: rec.seq, max: rec.seq })
+    if (rec.epoch === this.#epoch) {
+      this.#lose(rec.seq)
+      return false
+    }
+    this.#owe({ min: rec.seq, max: rec.seq })
+    return true
   }
 
   /** A FLUSH is being sent (each send: a FLUSH sent again after a reconnect marks again). */
