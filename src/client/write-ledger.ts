@@ -45,6 +45,12 @@ export interface LedgerRecord {
   readonly kind: PieceKind
   /** Acknowledgement order. */
   readonly seq: number
+  /**
+   * The oldest record whose content this one replaced (its seq; seq itself when none): if this
+   * one is lost, what those held in its range is gone too, so FLUSHes that vouched for them
+   * since must hear of it.
+   */
+  readonly replaced: number
   /** The epoch whose server holds it: where it was acknowledged, or replayed since (-1: not known). */
   epoch: number
   /** The bytes to write again (data records): a view of the ring, or the caller's buffer while borrowed. */
@@ -171,13 +177,13 @@ export class WriteLedger {
     // Numbers on the data path (a BigInt compare costs several times a number's): an export
     // past 2^53 bytes keeps nothing there, and says so (lost).
     if (offset + BigInt(length) > MAX_EXACT) {
-      if (this.replayed) this.#lose(seq)
+      if (this.replayed) this.#lose({ min: seq, max: seq })
       else this.#owe({ min: seq, max: seq })
       return undefined
     }
     const start = Number(offset)
     const end = start + length
-    this.#cut(start, end)
+    const replaced = Math.min(seq, this.#cut(start, end))
     if (this.#poisoned.length > 0) this.#poisoned = this.#poisoned.flatMap((p) => p.end <= start || p.start >= end ? [p] : [
       ...(p.start < start ? [{ start: p.start, end: start }] : []),
       ...(p.end > end ? [{ start: end, end: p.end }] : [])
@@ -186,13 +192,13 @@ export class WriteLedger {
     if ((kind === 'data' && this.#limit === 0) || this.records >= MAX_RECORDS) {
       // Acknowledged before this epoch's replay: by a connection that is being left, whose
       // server a FLUSH elsewhere need not cover. Owed at once.
-      if (this.replayed) this.#lose(seq)
-      else this.#owe({ min: seq, max: seq })
+      if (this.replayed) this.#lose({ min: replaced, max: seq })
+      else this.#owe({ min: replaced, max: seq })
       return undefined
     }
     // Acknowledged before this epoch's replay (by a connection still draining): which server
     // holds it is not known until the replay has written it.
-    const rec: LedgerRecord = { start, end, kind, seq, epoch: this.replayed ? this.#epoch : -1, data: null, borrowed: false, at: this.#head, footprint: 0, live: true }
+    const rec: LedgerRecord = { start, end, kind, seq, replaced, epoch: this.replayed ? this.#epoch : -1, data: null, borrowed: false, at: this.#head, footprint: 0, live: true }
     if (this.#used === 0) this.#head = this.#tail = rec.at = 0
     if (kind === 'data') {
       if (!this.#copy(rec, payload!)) {
@@ -232,11 +238,12 @@ export class WriteLedger {
     // Its segments go (it already cut what it overwrote). Lost in an epoch that already ended,
     // it is owed now; else when this epoch ends before a FLUSH covers it.
     this.#segments = this.#segments.filter((s) => s.rec !== rec)
+    const lost = { min: rec.replaced, max: rec.seq }
     if (rec.epoch === this.#epoch) {
-      this.#lose(rec.seq)
+      this.#lose(lost)
       return false
     }
-    this.#owe({ min: rec.seq, max: rec.seq })
+    this.#owe(lost)
     return true
   }
 
@@ -381,8 +388,8 @@ export class WriteLedger {
     })
   }
 
-  #lose (seq: number): void {
-    this.#pendingLost = merge(this.#pendingLost, { min: seq, max: seq })
+  #lose (range: SeqRange): void {
+    this.#pendingLost = merge(this.#pendingLost, range)
   }
 
   /** Copies `payload` into the ring for `rec`; false when there is no room. */
@@ -421,26 +428,35 @@ export class WriteLedger {
     return this.#tail - this.#head >= bytes ? { at: this.#head, footprint: bytes } : undefined
   }
 
-  /** Removes [start, end) from every segment. */
-  #cut (start: number, end: number): void {
+  /** Removes [start, end) from every segment; returns the oldest seq it cut from (Infinity: none). */
+  #cut (start: number, end: number): number {
     const segs = this.#segments
     let i = this.#firstEndingAfter(start)
-    if (i >= segs.length || segs[i]!.start >= end) return
+    if (i >= segs.length || segs[i]!.start >= end) return Infinity
     const s = segs[i]!
     if (s.start < start && s.end > end) {
       // A hole in the middle: split in two.
       segs.splice(i + 1, 0, { start: end, end: s.end, rec: s.rec })
       s.end = start
-      return
+      return s.rec.seq
     }
+    let oldest = Infinity
     if (s.start < start) {
+      oldest = s.rec.seq
       s.end = start
       i++
     }
     let j = i
-    while (j < segs.length && segs[j]!.end <= end) j++
-    if (j < segs.length && segs[j]!.start < end) segs[j]!.start = end
+    while (j < segs.length && segs[j]!.end <= end) {
+      if (segs[j]!.rec.seq < oldest) oldest = segs[j]!.rec.seq
+      j++
+    }
+    if (j < segs.length && segs[j]!.start < end) {
+      if (segs[j]!.rec.seq < oldest) oldest = segs[j]!.rec.seq
+      segs[j]!.start = end
+    }
     if (j > i) segs.splice(i, j - i)
+    return oldest
   }
 
   #insert (seg: Segment): void {
