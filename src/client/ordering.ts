@@ -116,69 +116,75 @@ export class Ordering {
    * range covering it (a read-modify-write holds the widened range across read and
    * write-back) and hears through `done` when this write's life on the wire is over.
    */
-  async write (engine: Engine, command: Command, signal: AbortSignal | undefined, held?: { readonly range: HeldRange, readonly done: () => void }): Promise<void> {
-    const end = command.offset + BigInt(command.length)
-    let range: HeldRange | undefined
-    if (held === undefined) range = this.#ranges.tryAcquire(command.offset, end) ?? await this.#ranges.acquire(command.offset, end, signal)
+  write (engine: Engine, command: Command, signal: AbortSignal | undefined, held?: HeldWrite): Promise<void> {
+    // The common write: its range and its place at once, no promise but the engine's.
+    if (held === undefined) {
+      let range: HeldRange | undefined
+      try {
+        range = this.#ranges.tryAcquire(command.offset, command.offset + BigInt(command.length))
+      } catch (err) {
+        return Promise.reject(err)
+      }
+      if (range !== undefined) {
+        const entering = this.#order.enter('write', signal)
+        if (entering === undefined) return this.#submit(engine, command, signal, range, undefined)
+        return this.#writeAfterWaits(engine, command, signal, undefined, range, entering)
+      }
+    }
+    return this.#writeAfterWaits(engine, command, signal, held, undefined, undefined)
+  }
+
+  /** The write once its range (unless `held` or `range`) and its place (unless `entering`) are there. */
+  async #writeAfterWaits (engine: Engine, command: Command, signal: AbortSignal | undefined, held: HeldWrite | undefined, range: HeldRange | undefined, entering: Promise<void> | undefined): Promise<void> {
+    if (held === undefined && range === undefined) range = await this.#ranges.acquire(command.offset, command.offset + BigInt(command.length), signal)
     try {
-      const entering = this.#order.enter('write', signal)
+      entering ??= this.#order.enter('write', signal)
       if (entering !== undefined) await entering
     } catch (err) {
       if (range !== undefined) this.#ranges.release(range)
       held?.done()
       throw err
     }
-    let pinned = false
-    let wired = false
-    let rec: LedgerRecord | undefined
-    const watched = this.watch?.(command)
-    const hooks: SubmitHooks = {
-      wire: (on) => {
-        if (on) {
-          wired = true
-          this.#onWire++
-        } else if (wired) {
-          wired = false
-          this.#offWire()
-        }
-      },
-      acked: () => {
-        if (this.#logging) rec = this.#ledger.acknowledged(command.offset, kindOf(command), command.length, (command.flags & NBD_CMD_FLAG.FUA) !== 0, command.payload)
-      },
-      inDoubt: () => {
-        pinned = true
-        this.#order.pin()
-        this.#ranges.pin(range ?? held!.range)
-        // Nothing waits for a write in doubt: the replay may overtake it (its caller was told
-        // it failed, so either content is allowed there).
-        if (wired) {
-          wired = false
-          this.#offWire()
-        }
-      },
-      settled: (ok) => {
-        watched?.(ok)
-        return this.#settled(rec, range, held?.done, pinned)
-      }
-    }
-    await engine.submit(command, signal, hooks)
+    await this.#submit(engine, command, signal, range, held)
+  }
+
+  /** Range and place held: to the engine, with the hooks that keep them for its life on the wire. */
+  #submit (engine: Engine, command: Command, signal: AbortSignal | undefined, range: HeldRange | undefined, held: HeldWrite | undefined): Promise<void> {
+    const hooks = new OrderedWrite(this.#writeEvents, command, range, held, this.watch?.(command))
+    return engine.submit(command, signal, hooks) as Promise<unknown> as Promise<void>
+  }
+
+  /** What each write's hooks (OrderedWrite) tell the ordering: one object for every write. */
+  readonly #writeEvents: WriteEvents = {
+    onWire: () => { this.#onWire++ },
+    offWire: () => { this.#offWire() },
+    acked: (command) => this.#logging
+      ? this.#ledger.acknowledged(command.offset, kindOf(command), command.length, (command.flags & NBD_CMD_FLAG.FUA) !== 0, command.payload)
+      : undefined,
+    inDoubt: (range) => {
+      this.#order.pin()
+      this.#ranges.pin(range)
+    },
+    settled: (rec, range, done, pinned) => this.#settled(rec, range, done, pinned)
   }
 
   /** A write's life on the wire is over: its caller's buffer freed from the ledger, then others go. */
   #settled (rec: LedgerRecord | undefined, range: HeldRange | undefined, done: (() => void) | undefined, pinned: boolean): void | Promise<void> {
-    const release = (): void => {
-      if (!pinned) this.#order.leave('write')
-      if (range !== undefined) this.#ranges.release(range)
-      done?.()
-    }
     if (rec === undefined || this.#ledger.keep(rec)) {
-      release()
+      this.#release(range, done, pinned)
       if (this.#ledger.wantsFlush) this.#flushEarly(false).catch(() => {})
       return
     }
     // Kept as the caller's own buffer (too big for the ring, or the ring is full): its caller
     // waits until a FLUSH covers it or the ring takes a copy.
-    return this.#keep(rec).finally(release)
+    return this.#keep(rec).finally(() => { this.#release(range, done, pinned) })
+  }
+
+  /** The write's place in the barrier and its range go back: whoever waits for them goes. */
+  #release (range: HeldRange | undefined, done: (() => void) | undefined, pinned: boolean): void {
+    if (!pinned) this.#order.leave('write')
+    if (range !== undefined) this.#ranges.release(range)
+    done?.()
   }
 
   /**
@@ -515,4 +521,71 @@ function replayCommand (piece: Piece): Command {
   const length = Number(piece.end - piece.start)
   if (piece.kind === 'data') return { type: NBD_CMD.WRITE, flags: 0, offset: piece.start, length, payload: piece.data! }
   return { type: piece.kind === 'trim' ? NBD_CMD.TRIM : NBD_CMD.WRITE_ZEROES, flags: 0, offset: piece.start, length }
+}
+
+/** A range a caller already holds for a write (a read-modify-write), and how it hears the end. */
+interface HeldWrite {
+  readonly range: HeldRange
+  readonly done: () => void
+}
+
+interface WriteEvents {
+  onWire: () => void
+  offWire: () => void
+  acked: (command: Command) => LedgerRecord | undefined
+  inDoubt: (range: HeldRange) => void
+  settled: (rec: LedgerRecord | undefined, range: HeldRange | undefined, done: (() => void) | undefined, pinned: boolean) => void | Promise<void>
+}
+
+/**
+ * One write's hooks (SubmitHooks) as one object rather than a closure per hook: on its wire
+ * or not, acknowledged (its ledger record), in doubt, and its life's end.
+ */
+class OrderedWrite implements SubmitHooks {
+  readonly #events: WriteEvents
+  readonly #command: Command
+  readonly #range: HeldRange | undefined
+  readonly #held: HeldWrite | undefined
+  readonly #watched: ((ok: boolean) => void) | undefined
+  #wired = false
+  #pinned = false
+  #rec: LedgerRecord | undefined = undefined
+
+  constructor (events: WriteEvents, command: Command, range: HeldRange | undefined, held: HeldWrite | undefined, watched: ((ok: boolean) => void) | undefined) {
+    this.#events = events
+    this.#command = command
+    this.#range = range
+    this.#held = held
+    this.#watched = watched
+  }
+
+  wire (on: boolean): void {
+    if (on) {
+      this.#wired = true
+      this.#events.onWire()
+    } else if (this.#wired) {
+      this.#wired = false
+      this.#events.offWire()
+    }
+  }
+
+  acked (): void {
+    this.#rec = this.#events.acked(this.#command)
+  }
+
+  inDoubt (): void {
+    this.#pinned = true
+    this.#events.inDoubt(this.#range ?? this.#held!.range)
+    // Nothing waits for a write in doubt: the replay may overtake it (its caller was told
+    // it failed, so either content is allowed there).
+    if (this.#wired) {
+      this.#wired = false
+      this.#events.offWire()
+    }
+  }
+
+  settled (ok: boolean): void | Promise<void> {
+    this.#watched?.(ok)
+    return this.#events.settled(this.#rec, this.#range, this.#held?.done, this.#pinned)
+  }
 }

@@ -1,6 +1,9 @@
 /**
  * The request engine of one NBD connection, after QEMU's block/nbd.c once it dropped its
- * always-running connection coroutine (4ddb5d2fde). Each request is its own async function:
+ * always-running connection coroutine (4ddb5d2fde). Each request is QEMU's coroutine, written
+ * as continuations around its one promise (the caller's): every step runs synchronously as far
+ * as it can, and only the rare waits (a slot, the outage, the ledger's gate, a full socket)
+ * are promises of their own:
  *
  *   submit ─► slot (Admission) ─► a CONNECTED link (or wait in the outage: Connections)
  *          ─► send under sendMutex (Sender) ─► receiveReplies under receiveMutex (Receiver)
@@ -25,7 +28,7 @@
  *   s->send_mutex             Sender's sendMutex           (per connection)
  *   s->receive_mutex          Receiver's receiveMutex      (per connection)
  *   s->free_sema, in_flight   Admission, CookieTable       (slots.ts)
- *   s->requests[i].receiving  Request.receiving
+ *   s->requests[i].receiving  Request.receiving (woken: Request.replied, at its reply's end)
  *   s->state                  Lifecycle (CONNECTED, CONNECTING_WAIT, CONNECTING_NOWAIT, QUIT)
  *   reconnect_delay_timer     Outage (per request: from its first failure)
  *   nbd_co_establish_connection   Connections.waitConnected, the Connector
@@ -151,6 +154,14 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
   /**
    * Runs one command. The promise settles once the engine no longer touches the caller's
    * buffers; `hooks` see each send and the end of its life on the wire (see SubmitHooks).
+   *
+   * It is the request's one promise. The steps below are QEMU's coroutine written as
+   * continuations: each runs synchronously as far as it can, and only the rare waits (a slot,
+   * the outage, the ledger's gate, a full socket) are promises of their own.
+   *
+   *   submit ─► #admitted ─► #attempt ─► send ─► receiver.receive ─► #replied ─► #end
+   *                              ▲                                       │ transport error,
+   *                              └───────────── #failed (retry) ◄────────┘ bound not passed
    */
   submit (command: Command, signal?: AbortSignal, hooks?: SubmitHooks): Promise<CommandResult> {
     if (signal?.aborted === true || this.#connections.closing) {
@@ -164,74 +175,113 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
       req.onAbort = () => { req.answerEarly(new AbortedError(signal.reason)) }
       signal.addEventListener('abort', req.onAbort, { once: true })
     }
-    void this.#run(req)
+    req.replied = this.#replied
+    const admission = this.#admission.admit(req, req.signal)
+    if (admission === undefined) this.#admitted(req)
+    else admission.then(() => { this.#admitted(req) }, (err: unknown) => { this.#end(req, false, undefined, err) })
     return result
   }
 
-  /** QEMU's do/while retry loop, inside one slot. Never rejects: it answers the request. */
-  async #run (req: Request): Promise<void> {
-    let ok = false
-    let result: CommandResult
-    let error: unknown
-    try {
-      const admission = this.#admission.admit(req, req.signal)
-      if (admission !== undefined) await admission
-      // A request in doubt (see Request) gives its slot back at once: it may stay on the wire
-      // of a connection that was given up for as long as that stays open.
-      let held = true
-      const release = (): void => {
-        if (!held) return
-        held = false
-        this.#admission.release()
-      }
-      req.releaseSlot = release
-      try {
-        result = await this.#execute(req)
-        ok = true
-      } finally {
-        release()
-      }
-    } catch (err) {
-      error = err
-    }
-    if (req.onAbort !== undefined) req.signal!.removeEventListener('abort', req.onAbort)
-    try {
-      const settling = req.settle(ok && !req.abandoned)
-      if (settling !== undefined) await settling
-    } catch (err) {
-      if (ok) {
-        ok = false
-        error = err
-      }
-    }
-    if (ok) req.answer(result)
-    else req.fail(error)
+  #admitted (req: Request): void {
+    // A request in doubt (see Request) gives its slot back at once: it may stay on the wire
+    // of a connection that was given up for as long as that stays open.
+    req.slots = this.#admission
+    this.#attempt(req)
   }
 
-  async #execute (req: Request): Promise<CommandResult> {
+  /** QEMU's do/while retry loop, inside one slot: one more attempt at sending `req`. */
+  #attempt (req: Request): void {
     const connections = this.#connections
-    for (;;) {
-      if (req.abandoned) throw new AbortedError()
-      const link = connections.active
-      if (link === null || connections.state !== 'CONNECTED') {
-        await connections.waitConnected(req)
-        continue
-      }
-      const gate = this.#gate?.(req) ?? req.beforeSend()
-      if (gate !== undefined) {
-        await gate
-        continue
-      }
-      try {
-        return await this.#sendAndReceive(req, link)
-      } catch (err) {
-        if (!isTransportError(err) || req.abandoned) throw err
-        if (req.firstFailureAt < 0) req.firstFailureAt = link.lostAt >= 0 ? link.lostAt : performance.now()
-        if (!connections.mayRetry(req)) throw connections.finalError(req, err)
-        req.attempts++
-        this.stats.retriedRequests++
-      }
+    if (req.abandoned) {
+      this.#end(req, false, undefined, new AbortedError())
+      return
     }
+    const link = connections.active
+    if (link === null || connections.state !== 'CONNECTED') {
+      this.#later(req, connections.waitConnected(req))
+      return
+    }
+    const gate = this.#gate?.(req) ?? req.beforeSend()
+    if (gate !== undefined) {
+      this.#later(req, gate)
+      return
+    }
+    let sending: Promise<void> | undefined
+    try {
+      sending = link.sender.send(req)
+    } catch (err) {
+      this.#failed(req, link, err)
+      return
+    }
+    if (sending === undefined) link.receiver.receive(req)
+    else sending.then(() => { link.receiver.receive(req) }, (err: unknown) => { this.#failed(req, link, err) })
+  }
+
+  /** A rare wait before sending; then the request looks for a connection again. */
+  #later (req: Request, wait: Promise<void>): void {
+    wait.then(() => { this.#attempt(req) }, (err: unknown) => { this.#end(req, false, undefined, err) })
+  }
+
+  /** The receiver read `req`'s reply whole (`error` null) or its link failed under it. */
+  readonly #replied = (req: Request, link: Link, error: Error | null): void => {
+    if (error !== null) {
+      link.release(req)
+      this.#failed(req, link, error)
+      return
+    }
+    // The outcome is taken before the link lets go of the request: a closing link that is now
+    // idle decides on its own FLUSH by what it acknowledged, this write included.
+    let result: CommandResult
+    try {
+      result = this.#outcome(req, link)
+    } catch (err) {
+      link.release(req)
+      this.#failed(req, link, err)
+      return
+    }
+    link.release(req)
+    this.#end(req, true, result, undefined)
+  }
+
+  /** An attempt failed: sent again after a transport failure within the bound, else the end. */
+  #failed (req: Request, link: Link, err: unknown): void {
+    if (!isTransportError(err) || req.abandoned) {
+      this.#end(req, false, undefined, err)
+      return
+    }
+    const connections = this.#connections
+    if (req.firstFailureAt < 0) req.firstFailureAt = link.lostAt >= 0 ? link.lostAt : performance.now()
+    if (!connections.mayRetry(req)) {
+      this.#end(req, false, undefined, connections.finalError(req, err))
+      return
+    }
+    req.attempts++
+    this.stats.retriedRequests++
+    // In a later turn: the failure that caused this may still be unwinding (Link.fail).
+    queueMicrotask(() => { this.#attempt(req) })
+  }
+
+  /** The life on the wire is over: the slot goes back, whoever orders against it hears, then the caller. */
+  #end (req: Request, ok: boolean, result: CommandResult, error: unknown): void {
+    req.releaseSlot()
+    if (req.onAbort !== undefined) req.signal!.removeEventListener('abort', req.onAbort)
+    let settling: void | Promise<void>
+    try {
+      settling = req.settle(ok && !req.abandoned)
+    } catch (err) {
+      if (ok) req.fail(err)
+      else req.fail(error)
+      return
+    }
+    if (settling === undefined) {
+      if (ok) req.answer(result)
+      else req.fail(error)
+      return
+    }
+    settling.then(() => {
+      if (ok) req.answer(result)
+      else req.fail(error)
+    }, (err: unknown) => { req.fail(ok ? err : error) })
   }
 
   /**
@@ -242,32 +292,41 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
   #runOn (link: Link, command: Command, hooks?: SubmitHooks): Promise<CommandResult> {
     const req = new Request(command, hooks)
     const result = new Promise<CommandResult>((resolve, reject) => { req.bind(resolve, reject) })
-    this.#sendAndReceive(req, link).then((value) => {
-      void req.settle(true)
-      req.answer(value)
-    }, (err: unknown) => {
-      void req.settle(false)
-      req.fail(err)
-    })
+    req.replied = this.#repliedOn
+    let sending: Promise<void> | undefined
+    try {
+      sending = link.sender.send(req)
+    } catch (err) {
+      this.#endOn(req, false, undefined, err)
+      return result
+    }
+    if (sending === undefined) link.receiver.receive(req)
+    else sending.then(() => { link.receiver.receive(req) }, (err: unknown) => { this.#endOn(req, false, undefined, err) })
     return result
   }
 
-  async #sendAndReceive (req: Request, link: Link): Promise<CommandResult> {
-    const sending = link.sender.send(req)
-    if (sending !== undefined) await sending
+  readonly #repliedOn = (req: Request, link: Link, error: Error | null): void => {
+    if (error !== null) {
+      link.release(req)
+      this.#endOn(req, false, undefined, error)
+      return
+    }
+    let result: CommandResult
     try {
-      await link.receiver.receive(req)
+      result = this.#outcome(req, link)
     } catch (err) {
       link.release(req)
-      throw err
+      this.#endOn(req, false, undefined, err)
+      return
     }
-    // The outcome is taken before the link lets go of the request: a closing link that is now
-    // idle decides on its own FLUSH by what it acknowledged, this write included.
-    try {
-      return this.#outcome(req, link)
-    } finally {
-      link.release(req)
-    }
+    link.release(req)
+    this.#endOn(req, true, result, undefined)
+  }
+
+  #endOn (req: Request, ok: boolean, result: CommandResult, error: unknown): void {
+    void req.settle(ok)
+    if (ok) req.answer(result)
+    else req.fail(error)
   }
 
   /** The reply is read: check it whole, then hand out its result (or its error). */

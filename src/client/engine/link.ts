@@ -223,6 +223,7 @@ export class Link {
     this.conn.socket.destroy()
     this.#clearDrainTimer()
     this.#hooks.failed(this, error)
+    this.receiver.failed()
     return error
   }
 

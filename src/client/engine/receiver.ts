@@ -1,171 +1,217 @@
 /**
- * The read side of one connection (QEMU §3.2, nbd_receive_replies). Each request reads its
- * own reply; whoever holds receiveMutex reads reply headers into `#current` (QEMU's s->reply).
- * A header that is someone else's wakes its owner, and the reader parks; the owner reads its
- * chunk's payload straight into its own buffer, then clears `#current` and wakes one parked
- * request to read the next header. `#current !== null` is the token for "the read side
- * belongs to that cookie".
+ * The read side of one connection (QEMU §3.2, nbd_receive_replies). A request that is sent
+ * calls receive(); whoever finds receiveMutex free runs receiveReplies(), which reads reply
+ * headers into `#current` (QEMU's s->reply) and wakes the request each one belongs to — here
+ * waking is reading that request's chunk into its own buffer and, at its reply's end, telling
+ * the request (req.replied), which settles its one promise. There is one thread, so the mutex
+ * is a field: nobody ever waits on it, and receiveReplies() runs for as long as sent requests
+ * wait for replies, synchronously while bytes are buffered and with one read pending when
+ * they are not.
  *
- *     request A (holds receiveMutex)          request B (parked)
- *     header for B ──► current = B, wake B ──► B: current is mine, read payload into B.dest
- *     A parks (receiving = true)              B: current = null, wake A ──► A reads next header
+ *     request A sent ──► receive(A): mutex free ──► receiveReplies() holds it
+ *     request B sent ──► receive(B): mutex held ──► nothing more to do
+ *     header for B ──► current = B ──► B's payload straight into B.dest ──► B.replied()
+ *     header for A ──► current = A ──► …                                 ──► A.replied()
+ *     nobody waits ──► mutex released
  *
- * A request that finds the mutex held parks at once instead of queueing on it (QEMU queues on
- * its CoMutex, and each queued coroutine then takes the mutex only to find another's header):
- * every parked request is woken either by its own header or when the read side is free again,
- * so a reply costs one wake-up however many requests wait. The read side is given back after
- * every chunk, so chunks of different replies may interleave.
+ * The read side is given back after every chunk, so chunks of different replies may
+ * interleave. A header for a request still waiting for the socket to take its bytes (its
+ * receive() not called yet) stays current, and reading resumes at that request's receive().
  *
- * The first error on the connection wins (Link.fail): the reader fails every read, whoever is
- * reading fails and wakes the next parked request, which fails in turn, so every pending
- * request is rejected with the same typed error and nothing hangs.
+ * The first error on the connection wins (Link.fail): every request waiting for a reply is
+ * told it (in a later turn, never from inside Link.fail), so nothing hangs and nothing retries
+ * on a link in the middle of failing.
  */
-import { Semaphore } from 'async-mutex'
 import { parseReplyHeader, replyHeaderSize, type ReplyHeader } from '../../protocol/reply.ts'
 import type { Link } from './link.ts'
-import { STEP, type Step } from './reply.ts'
+import { STEP } from './reply.ts'
 import type { Request } from './request.ts'
+
+/** Where receiveReplies() is in the current chunk. */
+const AT = {
+  /** The chunk's header is read; the owner's Reply has not seen it yet. */
+  HEADER: 0,
+  /** The chunk's payload bytes are wanted (Reply.payload). */
+  PAYLOAD: 1,
+  /** Data is wanted in the owner's destination (Reply.data). */
+  DATA: 2,
+  /** The payload bytes arrived (in #bytes). */
+  PAYLOAD_READ: 3,
+  /** The data is in the owner's destination. */
+  DATA_READ: 4
+} as const
+type At = (typeof AT)[keyof typeof AT]
 
 export class Receiver {
   readonly #link: Link
-  /**
-   * Held by the request reading reply headers. Nobody ever waits on it (a request that finds
-   * it held parks), so it is taken only when free, synchronously: a binary semaphore set to 0,
-   * without acquire()'s promises.
-   */
-  readonly #receiveMutex = new Semaphore(1)
+  /** QEMU's receive_mutex: held while receiveReplies() runs (a read may be pending). */
+  #receiveMutex = false
+  /** The chunk being read (QEMU's s->reply), whose request, and how far. */
   #current: ReplyHeader | null = null
-  readonly #parked = new Set<Request>()
+  #owner: Request | null = null
+  #at: At = AT.HEADER
+  #bytes: Buffer | null = null
+  /** Sent requests waiting for their replies. */
+  #receiving = 0
+  readonly #resume = (): void => { this.#run() }
+  readonly #payloadRead = (bytes: Buffer): void => {
+    this.#bytes = bytes
+    this.#at = AT.PAYLOAD_READ
+    this.#run()
+  }
+
+  readonly #dataRead = (): void => {
+    this.#at = AT.DATA_READ
+    this.#run()
+  }
+
+  readonly #readFailed = (err: unknown): void => {
+    this.#link.fail(err)
+    this.#run()
+  }
 
   constructor (link: Link) {
     this.#link = link
   }
 
-  /** Reads `req`'s whole reply (every chunk, up to DONE). The outcome is in req.reply. */
-  async receive (req: Request): Promise<void> {
-    const reply = req.reply!
-    for (;;) {
-      // Until #current holds our header: each promise means "look again" (we parked, or read
-      // headers for others), so no async frame is kept per wait.
-      let receiving = this.#receiveReplies(req)
-      while (receiving !== undefined) {
-        await receiving
-        receiving = this.#receiveReplies(req)
-      }
-      let step: Step
-      try {
-        const next = this.#drive(req, reply.header(this.#current!))
-        step = typeof next === 'number' ? next : await next
-      } catch (err) {
-        throw this.#link.fail(err)
-      } finally {
-        this.#current = null
-        this.#wakeNext()
-      }
-      if (step === STEP.DONE) return
-    }
-  }
-
-  /** The request leaves without reading (on) its reply: hand the read side on if it held it. */
-  leave (req: Request): void {
-    if (this.#current !== null && this.#current.cookie === req.cookie) {
-      this.#current = null
-      this.#wakeNext()
-    }
-  }
-
-  /** Runs the chunk's PAYLOAD and DATA steps; synchronous while the bytes are buffered. */
-  #drive (req: Request, first: Step): Step | Promise<Step> {
-    const reader = this.#link.conn.reader
-    const reply = req.reply!
-    let step = first
-    for (;;) {
-      if (step === STEP.PAYLOAD) {
-        const bytes = reader.tryTake(reply.length)
-        if (bytes === undefined) return reader.take(reply.length, reply.what).then((b) => this.#drive(req, reply.payload(b)))
-        step = reply.payload(bytes)
-      } else if (step === STEP.DATA) {
-        const pending = reader.readInto(req, reply.at, reply.length, reply.what)
-        if (pending !== undefined) return pending.then(() => this.#drive(req, reply.data()))
-        step = reply.data()
-      } else {
-        return step
-      }
-    }
-  }
-
-  /**
-   * QEMU's nbd_receive_replies: undefined once #current holds this request's header;
-   * otherwise a promise after which the caller asks again. A header that is already buffered
-   * is read synchronously, so the mutex is only taken when a reader has to wait for bytes,
-   * and only when it is free: whoever finds it held parks.
-   */
-  #receiveReplies (req: Request): Promise<void> | undefined {
-    try {
-      for (;;) {
-        const current = this.#current
-        if (current !== null) {
-          if (current.cookie === req.cookie) return undefined
-          return this.#park(req)
-        }
-        const poison = this.#link.error
-        if (poison !== null) throw poison
-        const header = this.#tryReadHeader()
-        if (header === undefined) {
-          if (this.#receiveMutex.isLocked()) return this.#park(req)
-          return this.#receiveRepliesLocked(req)
-        }
-        this.#dispatch(req, header)
-      }
-    } catch (err) {
-      throw this.#readFailed(err)
-    }
-  }
-
-  /**
-   * The same loop, holding receiveMutex across every wait for bytes; resolves once #current is
-   * set (for us, or for someone we woke), with the mutex released.
-   */
-  async #receiveRepliesLocked (req: Request): Promise<void> {
-    this.#receiveMutex.setValue(0)
-    const reader = this.#link.conn.reader
-    try {
-      while (this.#current === null) {
-        const poison = this.#link.error
-        if (poison !== null) throw poison
-        const header = this.#tryReadHeader()
-        if (header !== undefined) this.#dispatch(req, header)
-        else await reader.fill(this.#headerBytesWanted(), 'reply header')
-      }
-    } catch (err) {
-      throw this.#readFailed(err)
-    } finally {
-      this.#receiveMutex.release()
-    }
-  }
-
-  /**
-   * Another request owns the read side: wait until it hands it over. We are woken because our
-   * header arrived (holding it grants the read side), or because the read side is free again.
-   */
-  #park (req: Request): Promise<void> {
+  /** `req` is sent: its reply is read, and req.replied told, by receiveReplies(). */
+  receive (req: Request): void {
     req.receiving = true
-    this.#parked.add(req)
-    return new Promise<void>((resolve) => { req.wake = resolve })
+    this.#receiving++
+    this.#receiveReplies()
   }
 
-  /** A header arrived: make it the current reply and wake its owner (QEMU: wake_one). */
-  #dispatch (req: Request, header: ReplyHeader): void {
-    const owner = this.#link.table.lookup(header.cookie)
-    this.#current = header
-    if (owner !== req) this.#wake(owner)
+  /** The request lets go of the link without (the rest of) its reply. */
+  leave (req: Request): void {
+    if (req.receiving) {
+      req.receiving = false
+      this.#receiving--
+    }
+    // Its header was current while it still waited for the socket (nothing is being read for
+    // it): the next header is someone else's.
+    if (this.#owner === req && !this.#receiveMutex) {
+      this.#owner = null
+      this.#current = null
+      this.#receiveReplies()
+    }
   }
 
-  /** We were reading headers and failed: record it, and let the next parked request find out. */
-  #readFailed (err: unknown): Error {
-    const error = this.#link.fail(err)
-    this.#wakeNext()
-    return error
+  /** The link failed: whoever waits for a reply is told, in a later turn. */
+  failed (): void {
+    if (this.#receiving > 0 && !this.#receiveMutex) queueMicrotask(this.#resume)
+  }
+
+  /** QEMU's nbd_receive_replies, entered when the mutex is free. */
+  #receiveReplies (): void {
+    if (this.#receiveMutex) return
+    this.#receiveMutex = true
+    this.#run()
+  }
+
+  /**
+   * Holding receiveMutex: reads chunks until a read must wait (it returns with the mutex held
+   * and the read's callbacks coming back here) or nobody waits for a reply (released).
+   */
+  #run (): void {
+    if (!this.#receiveMutex) {
+      // A failed link's wake-up (failed()) that found nobody reading.
+      this.#receiveReplies()
+      return
+    }
+    const link = this.#link
+    const reader = link.conn.reader
+    for (;;) {
+      if (link.error !== null) {
+        this.#receiveMutex = false
+        this.#owner = null
+        this.#current = null
+        this.#bytes = null
+        this.#failAll(link.error)
+        return
+      }
+      try {
+        let owner = this.#owner
+        if (owner === null) {
+          if (this.#receiving === 0) {
+            this.#receiveMutex = false
+            return
+          }
+          const header = this.#tryReadHeader()
+          if (header === undefined) {
+            reader.fill(this.#headerBytesWanted(), 'reply header').then(this.#resume, this.#readFailed)
+            return
+          }
+          owner = link.table.lookup(header.cookie)
+          this.#owner = owner
+          this.#current = header
+          this.#at = AT.HEADER
+        }
+        if (!owner.receiving) {
+          // Still waiting for the socket to take its bytes: go on at its receive().
+          this.#receiveMutex = false
+          return
+        }
+        const reply = owner.reply!
+        let step: number
+        switch (this.#at) {
+          case AT.HEADER: step = reply.header(this.#current!); break
+          case AT.PAYLOAD_READ: {
+            const bytes = this.#bytes!
+            this.#bytes = null
+            step = reply.payload(bytes)
+            break
+          }
+          case AT.DATA_READ: step = reply.data(); break
+          default: throw new Error('internal: receiveReplies resumed without its read')
+        }
+        for (;;) {
+          if (step === STEP.PAYLOAD) {
+            const bytes = reader.tryTake(reply.length)
+            if (bytes === undefined) {
+              this.#at = AT.PAYLOAD
+              reader.take(reply.length, reply.what).then(this.#payloadRead, this.#readFailed)
+              return
+            }
+            step = reply.payload(bytes)
+          } else if (step === STEP.DATA) {
+            const pending = reader.readInto(owner, reply.at, reply.length, reply.what)
+            if (pending !== undefined) {
+              this.#at = AT.DATA
+              pending.then(this.#dataRead, this.#readFailed)
+              return
+            }
+            step = reply.data()
+          } else {
+            break
+          }
+        }
+        // The chunk is read: the read side is free for the next header, whoever's it is.
+        this.#owner = null
+        this.#current = null
+        if (step === STEP.DONE) {
+          owner.receiving = false
+          this.#receiving--
+          owner.replied!(owner, link, null)
+        }
+      } catch (err) {
+        // The server broke the protocol (or the stream ended): the link dies, and on the
+        // next turn of the loop everyone waiting hears of it.
+        link.fail(err)
+      }
+    }
+  }
+
+  /** Every request waiting for a reply on this (failed) link is told `error`. */
+  #failAll (error: Error): void {
+    if (this.#receiving === 0) return
+    const waiting: Request[] = []
+    for (const req of this.#link.table.requests()) if (req.receiving) waiting.push(req)
+    for (const req of waiting) {
+      if (!req.receiving) continue
+      req.receiving = false
+      this.#receiving--
+      req.replied!(req, this.#link, error)
+    }
   }
 
   /** The next reply header if all of it is buffered; undefined when bytes must be awaited. */
@@ -181,22 +227,5 @@ export class Receiver {
   #headerBytesWanted (): number {
     const reader = this.#link.conn.reader
     return reader.buffered < 4 ? 4 : replyHeaderSize(reader.peekUInt32BE(), this.#link.conn.info.mode)
-  }
-
-  #wake (req: Request): void {
-    if (!req.receiving) return
-    // Clear the flag before waking so the request is never woken twice (QEMU bbfb7c2f35).
-    req.receiving = false
-    this.#parked.delete(req)
-    const wake = req.wake!
-    req.wake = null
-    wake()
-  }
-
-  #wakeNext (): void {
-    for (const req of this.#parked) {
-      this.#wake(req)
-      return
-    }
   }
 }

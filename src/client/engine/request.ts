@@ -22,6 +22,17 @@ import type { PayloadSink } from '../../transport/socket-reader.ts'
 import type { Link } from './link.ts'
 import type { CommandResult, Reply, ReplyTarget } from './reply.ts'
 
+/** Gives back an admission slot (Admission). */
+export interface SlotHolder {
+  release: () => void
+}
+
+/**
+ * Who hears that a request's reply was read whole (`error` null: see req.reply) or that its
+ * link failed under it. The engine's, one per engine: a request carries it, not a closure.
+ */
+export type ReplyListener = (req: Request, link: Link, error: Error | null) => void
+
 export interface Command {
   readonly type: NbdCmd
   readonly flags: number
@@ -84,8 +95,10 @@ export class Request implements PayloadSink, ReplyTarget {
   #early: Error | null = null
   signal: AbortSignal | undefined = undefined
   onAbort: (() => void) | undefined = undefined
-  /** Gives back the request's admission slot (the engine sets it; idempotent). */
-  releaseSlot: (() => void) | null = null
+  /** The admission the request holds a slot of, until releaseSlot(). */
+  slots: SlotHolder | null = null
+  /** Told when the reply is read whole, or the link failed under it (see Receiver). */
+  replied: ReplyListener | null = null
 
   /** The link the request was last sent on; null before the first send. */
   link: Link | null = null
@@ -99,13 +112,13 @@ export class Request implements PayloadSink, ReplyTarget {
   attempts = 0
   /** When it first could not be served (performance.now()); -1: never. Bounds every retry. */
   firstFailureAt = -1
-  /** Parked in receiveReplies, waiting for another request to finish its chunk (QEMU's `receiving`). */
+  /** Sent, and waiting for its reply in receiveReplies (QEMU's `receiving`). */
   receiving = false
-  wake: (() => void) | null = null
   /** The reply being read, one per attempt. */
   reply: Reply | null = null
   /** Writes of the payload still queued in a socket (the caller's buffer is still in use). */
   #queuedPayloads = 0
+  #releasePayload: (() => void) | null = null
 
   constructor (command: Command, hooks?: SubmitHooks) {
     this.type = command.type
@@ -176,8 +189,16 @@ export class Request implements PayloadSink, ReplyTarget {
     // slot would carry the next request's bytes). It is answered once the server takes the
     // payload or the socket is destroyed (close()).
     this.answerEarly(err)
-    this.releaseSlot?.()
+    this.releaseSlot()
     this.#hooks?.inDoubt?.()
+  }
+
+  /** Gives back the request's admission slot (idempotent). */
+  releaseSlot (): void {
+    const slots = this.slots
+    if (slots === null) return
+    this.slots = null
+    slots.release()
   }
 
   /** The life on the wire is over (called once, after the last attempt). */
@@ -185,9 +206,14 @@ export class Request implements PayloadSink, ReplyTarget {
     return this.#hooks?.settled?.(ok)
   }
 
-  /** The payload is about to be queued in a socket; pass releasePayload as the write callback. */
-  queuePayload (): void {
+  /**
+   * The payload is about to be queued in a socket: returns the write callback that tells us
+   * the socket let go of it (made once, and only for requests with a payload).
+   */
+  queuePayload (): () => void {
     this.#queuedPayloads++
+    this.#releasePayload ??= () => { this.#payloadReleased() }
+    return this.#releasePayload
   }
 
   get payloadQueued (): boolean {
@@ -195,7 +221,7 @@ export class Request implements PayloadSink, ReplyTarget {
   }
 
   /** A socket let go of one queued copy of the payload (flushed, or the socket died). */
-  readonly releasePayload = (): void => {
+  #payloadReleased (): void {
     if (--this.#queuedPayloads > 0) return
     const early = this.#early
     if (early !== null) {

@@ -84,8 +84,7 @@ export class Sender {
     }
     socket.write(extended ? header : link.table.compactOf(req))
     if (req.payload !== undefined) {
-      req.queuePayload()
-      socket.write(req.payload, req.releasePayload)
+      socket.write(req.payload, req.queuePayload())
     }
     // A reply is due: spin before the loop sleeps, where busy polling is on.
     busyPoll.arm()
