@@ -65,21 +65,40 @@ function readCookie (buf: Buffer, at: number): number {
 
 /** Parses a complete header whose size `replyHeaderSize` gave. */
 export function parseReplyHeader (buf: Buffer): ReplyHeader {
-  const magic = buf.readUInt32BE(0)
+  return parseReplyHeaderInto({ simple: false, error: 0, flags: 0, type: 0, cookie: 0, offset: undefined, length: 0 }, buf, 0)
+}
+
+/**
+ * The same, into `into` and from `buf` at `at`: the engine reads every header into one object
+ * of its own, straight from the socket's buffer (nothing allocated per reply).
+ */
+export function parseReplyHeaderInto (into: ReplyHeader, buf: Buffer, at: number): ReplyHeader {
+  const magic = buf.readUInt32BE(at)
+  into.offset = undefined
   if (magic === NBD_SIMPLE_REPLY_MAGIC) {
-    return { simple: true, error: buf.readUInt32BE(4), flags: 0, type: 0, cookie: readCookie(buf, 8), offset: undefined, length: 0 }
+    into.simple = true
+    into.error = buf.readUInt32BE(at + 4)
+    into.flags = 0
+    into.type = 0
+    into.cookie = readCookie(buf, at + 8)
+    into.length = 0
+    return into
   }
-  const flags = buf.readUInt16BE(4)
-  const type = buf.readUInt16BE(6)
-  const cookie = readCookie(buf, 8)
+  into.simple = false
+  into.error = 0
+  into.flags = buf.readUInt16BE(at + 4)
+  into.type = buf.readUInt16BE(at + 6)
+  into.cookie = readCookie(buf, at + 8)
   if (magic === NBD_STRUCTURED_REPLY_MAGIC) {
-    return { simple: false, error: 0, flags, type, cookie, offset: undefined, length: buf.readUInt32BE(16) }
+    into.length = buf.readUInt32BE(at + 16)
+    return into
   }
-  const offset = buf.readBigUInt64BE(16)
-  const lengthHigh = buf.readUInt32BE(24)
+  const lengthHigh = buf.readUInt32BE(at + 24)
   if (lengthHigh !== 0) {
     // The protocol never needs 4 GiB in one chunk; a client MAY drop the connection here.
-    throw new ProtocolError(`extended reply chunk claims ${BigInt(lengthHigh) * BigInt(TWO_32) + BigInt(buf.readUInt32BE(28))} bytes`)
+    throw new ProtocolError(`extended reply chunk claims ${BigInt(lengthHigh) * BigInt(TWO_32) + BigInt(buf.readUInt32BE(at + 28))} bytes`)
   }
-  return { simple: false, error: 0, flags, type, cookie, offset, length: buf.readUInt32BE(28) }
+  into.offset = buf.readBigUInt64BE(at + 16)
+  into.length = buf.readUInt32BE(at + 28)
+  return into
 }

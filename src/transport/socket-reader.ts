@@ -114,6 +114,24 @@ export class SocketReader {
   }
 
   /**
+   * If `n` bytes are here, consumes them and returns `parse(buf, at)` of them, read in place
+   * where they lie in one chunk (no view, no copy: reply headers), else from a scratch copy;
+   * otherwise undefined. `parse` must not keep `buf`.
+   */
+  tryParse<T> (n: number, parse: (buf: Buffer, at: number) => T): T | undefined {
+    if (this.#buffered < n) return undefined
+    const first = this.#chunks[0]!
+    if (first.length - this.#head >= n) {
+      const at = this.#head
+      // Parsed before consuming: a pooled chunk stays ours until then.
+      const value = parse(first, at)
+      this.#consume(n)
+      return value
+    }
+    return parse(this.#takeNow(n), 0)
+  }
+
+  /**
    * Resolves with exactly `n` bytes. `what` names them in the error if the stream ends first.
    * They are the caller's own (a copy): whoever awaits them may look at them after the socket
    * has read again, when a view of a pool buffer could already hold other bytes.

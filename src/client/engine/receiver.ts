@@ -22,7 +22,7 @@
  * told it (in a later turn, never from inside Link.fail), so nothing hangs and nothing retries
  * on a link in the middle of failing.
  */
-import { parseReplyHeader, replyHeaderSize, type ReplyHeader } from '../../protocol/reply.ts'
+import { parseReplyHeaderInto, replyHeaderSize, type ReplyHeader } from '../../protocol/reply.ts'
 import type { Link } from './link.ts'
 import { STEP } from './reply.ts'
 import type { Request } from './request.ts'
@@ -53,6 +53,11 @@ export class Receiver {
   #bytes: Buffer | null = null
   /** Sent requests waiting for their replies. */
   #receiving = 0
+  /** Every header is read into this one object, in place (Reply keeps it for its chunk only). */
+  readonly #header: ReplyHeader = { simple: false, error: 0, flags: 0, type: 0, cookie: 0, offset: undefined, length: 0 }
+  readonly #parseHeader = (buf: Buffer, at: number): ReplyHeader => parseReplyHeaderInto(this.#header, buf, at)
+  /** A PAYLOAD step's bytes, in place: the current chunk's owner's Reply reads them. */
+  readonly #parsePayload = (buf: Buffer, at: number): number => this.#owner!.reply!.payload(buf, at)
   readonly #resume = (): void => { this.#run() }
   readonly #payloadRead = (bytes: Buffer): void => {
     this.#bytes = bytes
@@ -166,13 +171,13 @@ export class Receiver {
         }
         for (;;) {
           if (step === STEP.PAYLOAD) {
-            const bytes = reader.tryTake(reply.length)
-            if (bytes === undefined) {
+            const next = reader.tryParse(reply.length, this.#parsePayload)
+            if (next === undefined) {
               this.#at = AT.PAYLOAD
               reader.take(reply.length, reply.what).then(this.#payloadRead, this.#readFailed)
               return
             }
-            step = reply.payload(bytes)
+            step = next
           } else if (step === STEP.DATA) {
             const pending = reader.readInto(owner, reply.at, reply.length, reply.what)
             if (pending !== undefined) {
@@ -219,8 +224,7 @@ export class Receiver {
     const reader = this.#link.conn.reader
     if (reader.buffered < 4) return undefined
     const size = replyHeaderSize(reader.peekUInt32BE(), this.#link.conn.info.mode)
-    const buf = reader.tryTake(size)
-    return buf === undefined ? undefined : parseReplyHeader(buf)
+    return reader.tryParse(size, this.#parseHeader)
   }
 
   /** How many bytes the next reply header needs: its magic first, then the size it names. */

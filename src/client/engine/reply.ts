@@ -63,7 +63,7 @@ export interface ChunkCounters {
 }
 
 export class Reply {
-  readonly #req: ReplyTarget
+  #req: ReplyTarget
   readonly #mode: ReplyMode
   readonly #contexts: ReadonlyMap<number, string>
   readonly #counters: ChunkCounters | undefined
@@ -89,6 +89,26 @@ export class Reply {
     this.#mode = mode
     this.#contexts = contexts
     this.#counters = counters
+  }
+
+  /**
+   * The same reply object for the next request of its cookie slot (a link keeps one per slot:
+   * CookieTable.replyFor), as new.
+   */
+  reuse (req: ReplyTarget): this {
+    this.#req = req
+    this.at = 0
+    this.length = 0
+    this.what = 'reply'
+    this.#structured = false
+    this.#last = false
+    this.#pending = 'none'
+    this.#header = null
+    this.#assembly = undefined
+    this.#whole = false
+    this.#status = undefined
+    this.serverError = undefined
+    return this
   }
 
   /** A reply header for this request arrived. */
@@ -126,13 +146,17 @@ export class Reply {
     }
   }
 
-  /** The bytes a PAYLOAD step asked for. */
-  payload (bytes: Buffer): Step {
+  /**
+   * The bytes a PAYLOAD step asked for: `length` of them in `buf` from `at` (the engine hands
+   * the socket's own buffer, read in place; see SocketReader.tryParse).
+   */
+  payload (buf: Buffer, at = 0): Step {
     const header = this.#header!
     const req = this.#req
+    const bytes = this.#pending === 'offset-data' || (at === 0 && buf.length === this.length) ? buf : buf.subarray(at, at + this.length)
     switch (this.#pending) {
       case 'offset-data': {
-        const chunkOffset = bytes.readBigUInt64BE(0)
+        const chunkOffset = buf.readBigUInt64BE(at)
         const dataLength = header.length - 8
         if (this.#last && this.#assembly === undefined && dataLength === req.length && chunkOffset === req.offset) {
           // The common reply: one chunk with all the data.

@@ -70,7 +70,7 @@ export class Sender {
     link.table.register(req)
     req.wire(true)
     req.link = link
-    req.reply = new Reply(req, info.mode, info.contexts, link.counters)
+    req.reply = link.table.replyFor(req) ?? link.table.keepReply(req, new Reply(req, info.mode, info.contexts, link.counters))
     const header = link.table.headerOf(req)
     let flags = req.flags
     if (extended && req.payload !== undefined) flags |= NBD_CMD_FLAG.PAYLOAD_LEN

@@ -11,6 +11,7 @@
 import { ProtocolError } from '../../errors.ts'
 import { NBD_EXTENDED_REQUEST_HEADER, NBD_REQUEST_HEADER } from '../../protocol/constants.ts'
 import { WaitQueue } from '../wait-queue.ts'
+import type { Reply } from './reply.ts'
 import type { Request } from './request.ts'
 
 /** The most slots the cookie encoding leaves room for. */
@@ -82,6 +83,8 @@ export class CookieTable {
   /** Per slot: a 32-byte header buffer and its 28-byte compact view, made once. */
   readonly #headers: Buffer[] = []
   readonly #compact: Buffer[] = []
+  /** Per slot: the Reply its requests read into, made on first use and reused after. */
+  readonly #replies: Array<Reply | undefined> = []
   #sequence = 0
   #count = 0
 
@@ -110,6 +113,20 @@ export class CookieTable {
   /** The 32-byte header buffer of a registered request (encodeRequest writes into it). */
   headerOf (req: Request): Buffer {
     return this.#headers[req.slot]!
+  }
+
+  /**
+   * The Reply a registered request reads into: its slot's, reused (a slot has one request at
+   * a time, and a Reply is done with before its request leaves the slot); undefined the
+   * first time (then keepReply).
+   */
+  replyFor (req: Request): Reply | undefined {
+    return this.#replies[req.slot]?.reuse(req)
+  }
+
+  keepReply (req: Request, reply: Reply): Reply {
+    this.#replies[req.slot] = reply
+    return reply
   }
 
   /** Its first 28 bytes: what goes on the wire without extended headers. */
