@@ -176,7 +176,13 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
       signal.addEventListener('abort', req.onAbort, { once: true })
     }
     req.replied = this.#replied
-    const admission = this.#admission.admit(req, req.signal)
+    let admission: Promise<void> | undefined
+    try {
+      admission = this.#admission.admit(req, req.signal)
+    } catch (err) {
+      this.#end(req, false, undefined, err)
+      return result
+    }
     if (admission === undefined) this.#admitted(req)
     else admission.then(() => { this.#admitted(req) }, (err: unknown) => { this.#end(req, false, undefined, err) })
     return result
@@ -189,8 +195,19 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
     this.#attempt(req)
   }
 
-  /** QEMU's do/while retry loop, inside one slot: one more attempt at sending `req`. */
+  /**
+   * QEMU's do/while retry loop, inside one slot: one more attempt at sending `req`. Called
+   * from promise callbacks too, so it never throws: whatever goes wrong answers the request.
+   */
   #attempt (req: Request): void {
+    try {
+      this.#tryAttempt(req)
+    } catch (err) {
+      this.#end(req, false, undefined, err)
+    }
+  }
+
+  #tryAttempt (req: Request): void {
     const connections = this.#connections
     if (req.abandoned) {
       this.#end(req, false, undefined, new AbortedError())
@@ -263,6 +280,8 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
 
   /** The life on the wire is over: the slot goes back, whoever orders against it hears, then the caller. */
   #end (req: Request, ok: boolean, result: CommandResult, error: unknown): void {
+    if (req.ended) return
+    req.ended = true
     req.releaseSlot()
     if (req.onAbort !== undefined) req.signal!.removeEventListener('abort', req.onAbort)
     let settling: void | Promise<void>

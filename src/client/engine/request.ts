@@ -91,6 +91,8 @@ export class Request implements PayloadSink, ReplyTarget {
   answered = false
   /** Answered early: never sent again; its reply, when it comes, is dropped. */
   abandoned = false
+  /** Its life on the wire ended (the engine's last step ran: settled once, then answered). */
+  ended = false
   /** The error to answer with once the payload is released (an early answer waits for that). */
   #early: Error | null = null
   signal: AbortSignal | undefined = undefined
