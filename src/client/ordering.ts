@@ -117,9 +117,8 @@ export class Ordering {
    * write-back) and hears through `done` when this write's life on the wire is over.
    */
   async write (engine: Engine, command: Command, signal: AbortSignal | undefined, held?: { readonly range: HeldRange, readonly done: () => void }): Promise<void> {
-    const end = command.offset + BigInt(command.length)
     let range: HeldRange | undefined
-    if (held === undefined) range = this.#ranges.tryAcquire(command.offset, end) ?? await this.#ranges.acquire(command.offset, end, signal)
+    if (held === undefined) range = this.#ranges.tryAcquire(command.offset, command.length) ?? await this.#ranges.acquire(command.offset, command.length, signal)
     try {
       const entering = this.#order.enter('write', signal)
       if (entering !== undefined) await entering
@@ -318,7 +317,7 @@ export class Ordering {
       return Promise.reject(new DurabilityError(`the data at ${req.offset}..${end} was acknowledged, then lost with the server's cache, and could not be written again: rewrite it`))
     }
     if (req.type !== NBD_CMD.WRITE && req.type !== NBD_CMD.WRITE_ZEROES && req.type !== NBD_CMD.TRIM) return undefined
-    if (this.#ranges.overlapsInDoubt(req.offset, end)) {
+    if (this.#ranges.overlapsInDoubt(req.offset, req.length)) {
       return Promise.reject(new InDoubtError(`a write to ${req.offset}..${end} is refused: a replay of an earlier write there was sent to a server that stopped answering, and may still run there`))
     }
     // A replay write answered early (its connection is draining) is still on that wire: a
@@ -401,7 +400,7 @@ export class Ordering {
     let onWire = false
     let pinned: HeldRange | undefined
     const finish = (): void => { if (this.#replayOnWire.delete(entry)) entry.done.resolve() }
-    const pin = (): void => { if (onWire && pinned === undefined) pinned = this.#ranges.holdInDoubt(entry.start, entry.end) }
+    const pin = (): void => { if (onWire && pinned === undefined) pinned = this.#ranges.holdInDoubt(command.offset, command.length) }
     this.#replayOnWire.add(entry)
     return engine.replay(command, {
       wire: (on) => {
