@@ -189,6 +189,68 @@ describe('range lock', () => {
     assert.equal(lock.held, 0)
   })
 
+  test('waiters against a model of the scan it replaced: the same grants after every acquire, release and abort', async () => {
+    let seed = 2026
+    const rand = (n: number): number => { // mulberry32
+      seed = (seed + 0x6d2b79f5) | 0
+      let t = Math.imul(seed ^ (seed >>> 15), 1 | seed)
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
+      return (((t ^ (t >>> 14)) >>> 0) % n)
+    }
+    interface Span { readonly id: number, readonly start: number, readonly end: number }
+    const clash = (a: Span, b: Span): boolean => a.start < b.end && b.start < a.end
+    // The model: the lock as it was, held ranges and waiters scanned.
+    const held: Span[] = []
+    let waiting: Span[] = []
+    const pump = (): void => {
+      const ahead: Span[] = []
+      waiting = waiting.filter((w) => {
+        if (!held.some((h) => clash(h, w)) && !ahead.some((a) => clash(a, w))) {
+          held.push(w)
+          return false
+        }
+        ahead.push(w)
+        return true
+      })
+    }
+    const lock = new RangeLock()
+    const ranges = new Map<number, HeldRange>()
+    const aborts = new Map<number, AbortController>()
+    const settled = new Set<number>()
+    let most = 0
+    for (let id = 0; id < 1500; id++) {
+      const op = rand(10)
+      if (op < 6 || held.length === 0) {
+        const start = rand(64) * 512
+        const span = { id, start, end: start + (1 + rand(6)) * 512 }
+        const ac = new AbortController()
+        aborts.set(id, ac)
+        lock.acquire(BigInt(span.start), span.end - span.start, ac.signal).then((r) => {
+          ranges.set(id, r)
+          settled.add(id)
+        }, () => { settled.add(id) })
+        if (!held.some((h) => clash(h, span)) && !waiting.some((w) => clash(w, span))) held.push(span)
+        else waiting.push(span)
+        pump()
+      } else if (op < 9) {
+        const [h] = held.splice(rand(held.length), 1)
+        lock.release(ranges.get(h!.id)!)
+        pump()
+      } else if (waiting.length > 0) {
+        const [w] = waiting.splice(rand(waiting.length), 1)
+        aborts.get(w!.id)!.abort()
+        pump()
+      }
+      await new Promise(setImmediate)
+      most = Math.max(most, waiting.length)
+      const expected = new Set(held.map((h) => h.id))
+      for (const w of waiting) assert.ok(!settled.has(w.id), `step ${id}: ${w.id} should still wait`)
+      for (const h of expected) assert.ok(ranges.has(h), `step ${id}: ${h} should be held`)
+      assert.equal(lock.held, held.length, `step ${id}`)
+    }
+    assert.ok(most >= 16, `many waiting at once (${most})`)
+  })
+
   test('a pinned range refuses whoever overlaps it, waiting or new, until released', async () => {
     const lock = new RangeLock()
     const p = lock.tryAcquire(0n, 4096)!
