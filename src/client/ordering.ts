@@ -121,7 +121,7 @@ export class Ordering {
     if (held === undefined) {
       let range: HeldRange | undefined
       try {
-        range = this.#ranges.tryAcquire(command.offset, command.offset + BigInt(command.length))
+        range = this.#ranges.tryAcquire(command.offset, command.length)
       } catch (err) {
         return Promise.reject(err)
       }
@@ -136,7 +136,7 @@ export class Ordering {
 
   /** The write once its range (unless `held` or `range`) and its place (unless `entering`) are there. */
   async #writeAfterWaits (engine: Engine, command: Command, signal: AbortSignal | undefined, held: HeldWrite | undefined, range: HeldRange | undefined, entering: Promise<void> | undefined): Promise<void> {
-    if (held === undefined && range === undefined) range = await this.#ranges.acquire(command.offset, command.offset + BigInt(command.length), signal)
+    if (held === undefined && range === undefined) range = await this.#ranges.acquire(command.offset, command.length, signal)
     try {
       entering ??= this.#order.enter('write', signal)
       if (entering !== undefined) await entering
@@ -324,7 +324,7 @@ export class Ordering {
       return Promise.reject(new DurabilityError(`the data at ${req.offset}..${end} was acknowledged, then lost with the server's cache, and could not be written again: rewrite it`))
     }
     if (req.type !== NBD_CMD.WRITE && req.type !== NBD_CMD.WRITE_ZEROES && req.type !== NBD_CMD.TRIM) return undefined
-    if (this.#ranges.overlapsInDoubt(req.offset, end)) {
+    if (this.#ranges.overlapsInDoubt(req.offset, req.length)) {
       return Promise.reject(new InDoubtError(`a write to ${req.offset}..${end} is refused: a replay of an earlier write there was sent to a server that stopped answering, and may still run there`))
     }
     // A replay write answered early (its connection is draining) is still on that wire: a
@@ -407,7 +407,7 @@ export class Ordering {
     let onWire = false
     let pinned: HeldRange | undefined
     const finish = (): void => { if (this.#replayOnWire.delete(entry)) entry.done.resolve() }
-    const pin = (): void => { if (onWire && pinned === undefined) pinned = this.#ranges.holdInDoubt(entry.start, entry.end) }
+    const pin = (): void => { if (onWire && pinned === undefined) pinned = this.#ranges.holdInDoubt(command.offset, command.length) }
     this.#replayOnWire.add(entry)
     return engine.replay(command, {
       wire: (on) => {

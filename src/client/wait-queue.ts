@@ -12,6 +12,12 @@
  * `item` (FIFO owners grant only the head; the range lock lets a waiter pass others it does not
  * overlap). Owners keep a synchronous fast path of their own (nothing waits and the item fits)
  * so that the common case costs no promise. One timer serves every deadline in the queue.
+ *
+ * An owner that would rather index the waiters than scan `ahead` (the range lock) is told of
+ * each pump (`pumping`) and of each waiter the pump leaves waiting (`passed`, in order): the
+ * items passed since the last `pumping` are the waiters ahead of the one being asked about,
+ * and once a pump is over they are exactly the queue's waiters, because every change to who
+ * waits (a wait, a grant, an abort, a deadline, a rejection) ends with a pump.
  */
 import { AbortedError } from '../errors.ts'
 
@@ -32,6 +38,10 @@ export interface WaitQueueOptions<T> {
   readonly granted: (item: T) => void
   /** The error a waiter whose deadline passed is rejected with. */
   readonly expired?: (item: T) => Error
+  /** A pump starts: forget the waiters passed before. */
+  readonly pumping?: () => void
+  /** The pump under way leaves `item` waiting (it is now in `ahead` for the rest). */
+  readonly passed?: (item: T) => void
 }
 
 export class WaitQueue<T> {
@@ -74,19 +84,22 @@ export class WaitQueue<T> {
 
   /** Grants every waiter that may go now, in order. */
   pump (): void {
+    const o = this.#options
+    o.pumping?.()
     const entries = this.#entries
     if (entries.length === 0) return
     const ahead: T[] = []
     let kept: Array<Entry<T>> | null = null
     for (let i = 0; i < entries.length; i++) {
       const e = entries[i]!
-      if (this.#options.grantable(e.item, ahead)) {
+      if (o.grantable(e.item, ahead)) {
         kept ??= entries.slice(0, i)
         this.#finish(e)
-        this.#options.granted(e.item)
+        o.granted(e.item)
         e.resolve()
       } else {
         ahead.push(e.item)
+        o.passed?.(e.item)
         kept?.push(e)
       }
     }
@@ -116,6 +129,7 @@ export class WaitQueue<T> {
       e.reject(err)
     }
     this.#disarm()
+    this.pump()
   }
 
   #remove (entry: Entry<T>): boolean {

@@ -135,7 +135,7 @@ export class Writes {
     const g = this.#g
     const w = widen(start, length, g.minBlockBig, g.info.size)
     const plan = planReadModifyWrite(length, w, g.minBlock)
-    const range = await g.ordering.ranges.acquire(w.first, w.end, signal)
+    const range = await g.ordering.ranges.acquire(w.first, Number(w.end - w.first), signal)
     const scope = new RmwScope(range, () => { g.ordering.ranges.release(range) })
     try {
       const edges = plan.edges.map((at) => ({ at, block: Buffer.allocUnsafe(g.minBlock) }))
