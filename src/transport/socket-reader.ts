@@ -58,6 +58,14 @@ export class SocketReader {
   #expecting = false
   /** Bytes received in total; the stats report it and stall detection watches it move. */
   bytesRead = 0
+  /**
+   * Bytes copied in user space out of the socket's buffers (payloads copied into place,
+   * headers and payloads copied into buffers of their own); what the kernel read straight into
+   * a lent destination is not among them.
+   */
+  bytesCopied = 0
+  /** bytesCopied summed over every reader of the process (for tests and profiles). */
+  static totalBytesCopied = 0
 
   readonly #onData = (chunk: Buffer): void => { this.#receive(chunk, null) }
   readonly #onEnd = (): void => { this.#latch(new ConnectionError('server closed the connection')) }
@@ -198,6 +206,7 @@ export class SocketReader {
     this.#socket.off('close', this.#onClose)
     this.#socket.pause()
     const rest = this.#buffered === 0 ? Buffer.alloc(0) : Buffer.from(this.#takeNow(this.#buffered))
+    this.#copied(rest.length)
     this.#dropChunks()
     this.#error = new ConnectionError('reader detached')
     return rest
@@ -265,7 +274,11 @@ export class SocketReader {
     if (p !== null && p.kind === 'into' && this.#buffered === 0) {
       // The common case for payloads: copy from the socket's buffer straight into place.
       const n = Math.min(p.remaining, chunk.length)
-      p.sink.dest?.set(n === chunk.length ? chunk : chunk.subarray(0, n), p.at)
+      const dest = p.sink.dest
+      if (dest !== null) {
+        dest.set(n === chunk.length ? chunk : chunk.subarray(0, n), p.at)
+        this.#copied(n)
+      }
       p.at += n
       p.remaining -= n
       if (n < chunk.length) this.#push(chunk.subarray(n), source)
@@ -317,7 +330,11 @@ export class SocketReader {
     while (done < n && this.#buffered > 0) {
       const chunk = this.#chunks[0]!
       const size = Math.min(n - done, chunk.length - this.#head)
-      sink.dest?.set(chunk.subarray(this.#head, this.#head + size), at + done)
+      const dest = sink.dest
+      if (dest !== null) {
+        dest.set(chunk.subarray(this.#head, this.#head + size), at + done)
+        this.#copied(size)
+      }
       done += size
       this.#consume(size)
     }
@@ -340,7 +357,14 @@ export class SocketReader {
   #takeOwned (n: number): Buffer {
     const source = this.#sources[0]
     const bytes = this.#takeNow(n)
-    return source === null || source === undefined ? bytes : Buffer.from(bytes)
+    if (source === null || source === undefined) return bytes
+    this.#copied(n)
+    return Buffer.from(bytes)
+  }
+
+  #copied (n: number): void {
+    this.bytesCopied += n
+    SocketReader.totalBytesCopied += n
   }
 
   #consume (n: number): void {
