@@ -406,8 +406,10 @@ export class SocketReader {
   /** `n` bytes in a buffer of their own (a view only of a chunk that is not pooled). */
   #takeOwned (n: number): Buffer {
     const source = this.#sources[0]
+    // Bytes from several chunks are gathered into a new buffer already.
+    const within = this.#chunks[0]!.length - this.#head >= n
     const bytes = this.#takeNow(n)
-    if (source === null || source === undefined) return bytes
+    if (!within || source === null || source === undefined) return bytes
     this.#copied(n)
     return Buffer.from(bytes)
   }
