@@ -9,9 +9,13 @@
  * copied 40–50 % of its payload (the header read filled a 256 KiB pool buffer).
  */
 import assert from 'node:assert/strict'
+import net from 'node:net'
+import path from 'node:path'
 import { after, test } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { NbdClient } from '../../src/index.ts'
 import type { ReplyMode } from '../../src/protocol/reply.ts'
+import { ReadHook } from '../../src/transport/read-hook.ts'
 import { SocketReader } from '../../src/transport/socket-reader.ts'
 import { FakeServer } from '../helpers/fake-server.ts'
 import { startNbdkit, tcpPort, tempDir, type RunningServer } from '../helpers/servers.ts'
@@ -136,3 +140,73 @@ test('extended headers: a 1 MiB READ copies almost none of its payload', async (
     client.destroy()
   }
 })
+
+/**
+ * The reader alone over a real Unix socket: records of a 20-byte header (the payload's length)
+ * and a payload, large and small mixed, so that header reads over-read small records, small
+ * pool views pile up behind bytes still buffered, and payloads are lent. Every byte must land
+ * where it belongs, sent in one piece or in uneven ones.
+ */
+for (const pieces of ['one write', 'uneven pieces'] as const) {
+  test(`SocketReader with exactHeaders = 28, records sent in ${pieces}: every byte in place, large payloads lent`, async () => {
+    const sizes = [MiB, 0, 8, 100, 4096, 70_000, 3, MiB + 5, 65_536, 0, 12, 200 * KiB, 1, 65_535, MiB]
+    const records = sizes.map((size, i) => {
+      const r = Buffer.alloc(20 + size)
+      r.writeUInt32BE(size, 0)
+      r.writeUInt32BE(i, 4)
+      for (let at = 20; at < r.length; at++) r[at] = (at * 7 + i) & 0xff
+      return r
+    })
+    const stream = Buffer.concat(records)
+    const sock = path.join(dir, `records-${pieces === 'one write' ? 1 : 2}.sock`)
+    const server = net.createServer((peer) => {
+      void (async () => {
+        if (pieces === 'one write') {
+          peer.write(stream)
+        } else {
+          for (let at = 0, step = 7; at < stream.length; at += step, step = (step * 31 + 17) % 150_001 + 1) {
+            peer.write(stream.subarray(at, at + step))
+            if (step % 3 === 0) await sleep(1)
+          }
+        }
+      })()
+    })
+    await new Promise<void>((resolve) => server.listen(sock, resolve))
+    const hook = new ReadHook()
+    const socket = net.connect({ path: sock, onread: hook.options })
+    ReadHook.register(socket, hook)
+    await new Promise<void>((resolve) => socket.once('connect', resolve))
+    const reader = new SocketReader(socket)
+    reader.exactHeaders = 28
+    try {
+      let large = 0
+      for (let i = 0; i < sizes.length; i++) {
+        const header = await reader.take(20, 'record header')
+        const size = header.readUInt32BE(0)
+        assert.equal(size, sizes[i])
+        assert.equal(header.readUInt32BE(4), i)
+        let payload: Buffer
+        if (size >= 64 * KiB) {
+          large += size
+          const sink = { dest: Buffer.alloc(size, 0xee) }
+          const pending = reader.readInto(sink, 0, size, 'payload')
+          if (pending !== undefined) await pending
+          payload = sink.dest
+        } else {
+          payload = size === 0 ? Buffer.alloc(0) : Buffer.from(await reader.take(size, 'payload'))
+        }
+        assert.ok(payload.equals(records[i]!.subarray(20)), `record ${i} (${size} bytes) intact`)
+      }
+      assert.equal(reader.buffered, 0)
+      // Small payloads and headers are copied; of a large payload, what the header read and the
+      // one after it (28 bytes each) brought in at most.
+      const small = sizes.reduce((sum, n) => sum + (n < 64 * KiB ? n + 20 : 20), 0)
+      const lent = sizes.filter((n) => n >= 64 * KiB).length
+      assert.ok(reader.bytesCopied - small <= lent * 2 * 28, `copied ${reader.bytesCopied - small} bytes of ${large} large-payload bytes`)
+    } finally {
+      reader.fail(new Error('done'))
+      socket.destroy()
+      await new Promise<void>((resolve) => server.close(() => { resolve() }))
+    }
+  })
+}
