@@ -18,6 +18,16 @@
  * The bytes of a read always land in what we last lent (`#lent`), which we track ourselves:
  * Node's callback argument goes stale after a reclaim.
  *
+ * Giving the socket a buffer: from a read callback, by returning it (Node installs it once the
+ * callback's tick is over); anywhere else (reclaim, refresh), with the handle's
+ * useUserBuffer(), which costs a native listener object that lives as long as the socket
+ * (Node 20 pushes one per call and frees them at close), so it is never called per read.
+ * Node skips installing a returned buffer when anything queued for that tick throws (any
+ * code's nextTick, an unhandled rejection): the next read would still go into the previous
+ * buffer while we read from this one, silently wrong bytes. Such a throw is always an uncaught
+ * exception, so an 'uncaughtExceptionMonitor' listener installs `#lent` on every open socket
+ * before the next read can happen.
+ *
  * Pool buffers: the reader counts, per pool buffer, the buffered chunks that are views of it
  * (`refs`). Reads fill a pool buffer front to back (`#used`): a read goes after the bytes the
  * last reads left there, and starts over at the front once no chunk refers to the buffer any
@@ -110,8 +120,7 @@ export class ReadHook {
     if (!this.#direct) return
     this.#direct = false
     this.#lent = this.#poolView()
-    const handle = (this.#socket as unknown as { _handle?: UserBufferHandle | null })._handle
-    handle?.useUserBuffer?.(this.#lent)
+    this.#install()
   }
 
   /**
@@ -121,8 +130,10 @@ export class ReadHook {
   refresh (): void {
     if (this.#direct || this.#sink === null || this.#lent.length <= this.#wanted()) return
     this.#next()
+    this.#install()
   }
 
+  /** Decides the next read's buffer; Node installs what its buffer() call returns. */
   #next (): Buffer {
     const direct = this.#sink?.lend()
     if (direct !== undefined) {
@@ -132,13 +143,13 @@ export class ReadHook {
       this.#direct = false
       this.#lent = this.#poolView()
     }
-    // Node installs the buffer we return only once its read callback returns cleanly: if
-    // anything queued for that tick throws (any code's nextTick, an unhandled rejection), the
-    // next read still goes into the previous buffer while we read from this one — silently
-    // wrong bytes. Installing it ourselves makes that impossible.
+    return this.#lent
+  }
+
+  /** Gives the socket `#lent` outside a read callback (a native object per call: see above). */
+  #install (): void {
     const handle = (this.#socket as unknown as { _handle?: UserBufferHandle | null } | null)?._handle
     handle?.useUserBuffer?.(this.#lent)
-    return this.#lent
   }
 
   #wanted (): number {
@@ -168,5 +179,15 @@ export class ReadHook {
   static register (socket: Socket, hook: ReadHook): void {
     hook.#socket = socket
     hooks.set(socket, hook)
+    if (!ReadHook.#watching) {
+      ReadHook.#watching = true
+      process.on('uncaughtExceptionMonitor', () => { for (const open of ReadHook.#open) open.#install() })
+    }
+    ReadHook.#open.add(hook)
+    socket.once('close', () => { ReadHook.#open.delete(hook) })
   }
+
+  /** Hooks whose socket is not closed yet (see uncaughtExceptionMonitor above). */
+  static readonly #open = new Set<ReadHook>()
+  static #watching = false
 }
