@@ -6,7 +6,7 @@
  *
  * Deterministic: what is measured is bytes copied (SocketReader.totalBytesCopied), which does
  * not depend on how the server's bytes are split into reads. Before the change a 1 MiB READ
- * copied 40–50 % of its payload (the header read filled a 256 KiB pool buffer).
+ * copied 23–50 % of its payload (the header read filled a 256 KiB pool buffer).
  */
 import assert from 'node:assert/strict'
 import net from 'node:net'
