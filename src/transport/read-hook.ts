@@ -4,23 +4,37 @@
  * into buffers we hand it instead. The hook is created with the socket (onread must be given to
  * net.connect) and the reader attaches to it once the socket is open.
  *
- * Which buffer the next read() fills is decided after each read (Node asks the `buffer`
- * function then), so it is one of:
+ * Which buffer the next read() fills, and how much it may take, is decided after each read
+ * (Node asks the `buffer` function then), so it is one of:
  *
- *   pool buffer  ── the default: headers, small payloads, the first piece of a large payload
+ *   pool view    ── headers, small payloads: as many bytes as the reader's readSize() allows
+ *                   (a whole pool buffer, or while large READs are in flight just a header)
  *   lent view    ── the reader is in the middle of a large payload: the rest of it, in the
  *                   destination itself (no copy: QEMU's and libnbd's recv into the iovec)
  *
  * A lent view stays with the socket until the next read, so whoever is about to drop the
  * destination (an aborted request, a dead reader) first calls reclaim(), which hands the socket
- * a pool buffer instead. The bytes of a read always land in what we last lent (`#lent`), which
- * we track ourselves: Node's callback argument goes stale after a reclaim.
+ * a pool view instead; refresh() re-decides the same way when the reader's readSize() shrank.
+ * The bytes of a read always land in what we last lent (`#lent`), which we track ourselves:
+ * Node's callback argument goes stale after a reclaim.
+ *
+ * Giving the socket a buffer: from a read callback, by returning it (Node installs it once the
+ * callback's tick is over); anywhere else (reclaim, refresh), with the handle's
+ * useUserBuffer(), which costs a native listener object that lives as long as the socket
+ * (Node 20 pushes one per call and frees them at close), so it is never called per read.
+ * Node skips installing a returned buffer when anything queued for that tick throws (any
+ * code's nextTick, an unhandled rejection): the next read would still go into the previous
+ * buffer while we read from this one, silently wrong bytes. Such a throw is always an uncaught
+ * exception, so an 'uncaughtExceptionMonitor' listener installs `#lent` on every open socket
+ * before the next read can happen.
  *
  * Pool buffers: the reader counts, per pool buffer, the buffered chunks that are views of it
- * (`refs`); the next pool buffer is one whose count is zero. Only when every pooled buffer
- * still holds unconsumed bytes is another one allocated. Views handed to consumers outside the
- * chunk list are used synchronously (before the event loop reads again), so reuse never
- * overwrites bytes someone still needs.
+ * (`refs`). Reads fill a pool buffer front to back (`#used`): a read goes after the bytes the
+ * last reads left there, and starts over at the front once no chunk refers to the buffer any
+ * more. When what is left of it is too small, the next pool buffer is one whose count is zero;
+ * only when every pooled buffer still holds unconsumed bytes is another one allocated. Views
+ * handed to consumers outside the chunk list are used synchronously (before the event loop
+ * reads again), so reuse never overwrites bytes someone still needs.
  */
 import type { Socket } from 'node:net'
 
@@ -43,6 +57,8 @@ export interface ReadSink {
   onDirect: (n: number) => void
   /** Where the next read should go, when that is a caller's buffer; undefined for the pool. */
   lend: () => Buffer | undefined
+  /** The most bytes the next read into the pool should take (capped at READ_BUFFER_SIZE). */
+  readSize: () => number
 }
 
 /** The part of Node's stream handle we use (StreamBase::UseUserBuffer, behind net's onread). */
@@ -55,6 +71,8 @@ const hooks = new WeakMap<object, ReadHook>()
 export class ReadHook {
   readonly #pool: PooledBuffer[] = [new PooledBuffer(READ_BUFFER_SIZE)]
   #current = this.#pool[0]!
+  /** Bytes at the front of #current that reads since it was last empty have filled. */
+  #used = 0
   #sink: ReadSink | null = null
   #socket: Socket | null = null
   /** What the socket reads into next, and whether that is a lent destination. */
@@ -70,6 +88,7 @@ export class ReadHook {
         this.#sink!.onDirect(n)
       } else {
         const view = this.#lent.subarray(0, n)
+        this.#used += n
         if (this.#sink !== null) this.#sink.onBytes(view, this.#current)
         else this.#early.push(Buffer.from(view))
       }
@@ -100,11 +119,21 @@ export class ReadHook {
   reclaim (): void {
     if (!this.#direct) return
     this.#direct = false
-    this.#lent = this.#poolBuffer()
-    const handle = (this.#socket as unknown as { _handle?: UserBufferHandle | null })._handle
-    handle?.useUserBuffer?.(this.#lent)
+    this.#lent = this.#poolView()
+    this.#install()
   }
 
+  /**
+   * The reader's readSize() shrank (large READs are now in flight): if the socket would read
+   * more than that into the pool, give it a view of the new size (not from a read callback).
+   */
+  refresh (): void {
+    if (this.#direct || this.#sink === null || this.#lent.length <= this.#wanted()) return
+    this.#next()
+    this.#install()
+  }
+
+  /** Decides the next read's buffer; Node installs what its buffer() call returns. */
   #next (): Buffer {
     const direct = this.#sink?.lend()
     if (direct !== undefined) {
@@ -112,24 +141,35 @@ export class ReadHook {
       this.#lent = direct
     } else {
       this.#direct = false
-      this.#lent = this.#poolBuffer()
+      this.#lent = this.#poolView()
     }
-    // Node installs the buffer we return only once its read callback returns cleanly: if
-    // anything queued for that tick throws (any code's nextTick, an unhandled rejection), the
-    // next read still goes into the previous buffer while we read from this one — silently
-    // wrong bytes. Installing it ourselves makes that impossible.
-    const handle = (this.#socket as unknown as { _handle?: UserBufferHandle | null } | null)?._handle
-    handle?.useUserBuffer?.(this.#lent)
     return this.#lent
   }
 
-  #poolBuffer (): Buffer {
-    if (this.#current.refs === 0) return this.#current.buf
-    const free = this.#pool.find((p) => p.refs === 0)
-    this.#current = free ?? new PooledBuffer(READ_BUFFER_SIZE)
-    // Past the limit, extra buffers are one-offs for the garbage collector.
-    if (free === undefined && this.#pool.length < POOL_LIMIT) this.#pool.push(this.#current)
-    return this.#current.buf
+  /** Gives the socket `#lent` outside a read callback (a native object per call: see above). */
+  #install (): void {
+    const handle = (this.#socket as unknown as { _handle?: UserBufferHandle | null } | null)?._handle
+    handle?.useUserBuffer?.(this.#lent)
+  }
+
+  #wanted (): number {
+    const size = this.#sink?.readSize() ?? READ_BUFFER_SIZE
+    return size >= READ_BUFFER_SIZE ? READ_BUFFER_SIZE : Math.max(1, size)
+  }
+
+  /** Room for the next pool read: after the bytes still referred to in #current, or elsewhere. */
+  #poolView (): Buffer {
+    const size = this.#wanted()
+    if (this.#current.refs === 0) this.#used = 0
+    if (READ_BUFFER_SIZE - this.#used < size) {
+      const free = this.#pool.find((p) => p.refs === 0)
+      this.#current = free ?? new PooledBuffer(READ_BUFFER_SIZE)
+      this.#used = 0
+      // Past the limit, extra buffers are one-offs for the garbage collector.
+      if (free === undefined && this.#pool.length < POOL_LIMIT) this.#pool.push(this.#current)
+    }
+    const buf = this.#current.buf
+    return this.#used === 0 && size === READ_BUFFER_SIZE ? buf : buf.subarray(this.#used, this.#used + size)
   }
 
   static for (socket: object): ReadHook | undefined {
@@ -139,5 +179,15 @@ export class ReadHook {
   static register (socket: Socket, hook: ReadHook): void {
     hook.#socket = socket
     hooks.set(socket, hook)
+    if (!ReadHook.#watching) {
+      ReadHook.#watching = true
+      process.on('uncaughtExceptionMonitor', () => { for (const open of ReadHook.#open) open.#install() })
+    }
+    ReadHook.#open.add(hook)
+    socket.once('close', () => { ReadHook.#open.delete(hook) })
   }
+
+  /** Hooks whose socket is not closed yet (see uncaughtExceptionMonitor above). */
+  static readonly #open = new Set<ReadHook>()
+  static #watching = false
 }

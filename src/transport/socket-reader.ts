@@ -18,6 +18,22 @@
  * Sockets opened by socketOpener read into reusable buffers (see read-hook.ts); then buffered
  * chunks may be views of such a buffer, and a view returned by take()/tryTake() must be used
  * before the caller yields to the event loop (parsing it in a promise continuation is fine).
+ *
+ * Exact headers (`exactHeaders`, set by the owner while large READs are in flight): a read into
+ * those buffers then asks the socket for no more than the owner is about to need, so that a
+ * payload that follows is not pulled into a pool buffer (to be copied out) but read by the
+ * kernel straight into its destination, as QEMU and libnbd do:
+ *
+ *   pending            without                     with exactHeaders = H (16, 28 or 40)
+ *   none, fill, take   a whole pool buffer         max(H, what the fill or take lacks)
+ *   into (payload)     lent when ≥ LEND_MIN        lent when the payload is ≥ LEND_MIN, however
+ *                      remain, else a pool buffer  little of it remains; else remaining + H
+ *
+ * H is a header and what follows it before data (a structured chunk's 8-byte offset): the
+ * header read is decided before the header is parsed, so the read after it is a pool read of
+ * H too, and the first few bytes of a payload (at most H) are copied; the rest is lent. Bytes
+ * of a following small reply read along with them are buffered and consumed first. Without
+ * large READs in flight, whole pool buffers batch many small replies per read().
  */
 import type { Duplex } from 'node:stream'
 import { ConnectionError } from '../errors.ts'
@@ -37,9 +53,10 @@ const HIGH_WATER = 1024 * 1024
 /**
  * The rest of a payload is read straight into its destination only when at least this much is
  * still to come: a lent view ends the read at the payload's end, so the reply header that
- * follows costs one more read(), which pays only for large payloads.
+ * follows costs one more read(), which pays only for large payloads. (With exactHeaders, that
+ * read is paid anyway: a payload of this size is lent to its end.)
  */
-const LEND_MIN = 64 * 1024
+export const LEND_MIN = 64 * 1024
 
 type Pending =
   | { kind: 'take', need: number, resolve: (buf: Buffer) => void, reject: (err: Error) => void, what: string }
@@ -58,6 +75,14 @@ export class SocketReader {
   #expecting = false
   /** Bytes received in total; the stats report it and stall detection watches it move. */
   bytesRead = 0
+  /**
+   * Bytes copied in user space out of the socket's buffers (payloads copied into place,
+   * headers and payloads copied into buffers of their own); what the kernel read straight into
+   * a lent destination is not among them.
+   */
+  bytesCopied = 0
+  /** bytesCopied summed over every reader of the process (for tests and profiles). */
+  static totalBytesCopied = 0
 
   readonly #onData = (chunk: Buffer): void => { this.#receive(chunk, null) }
   readonly #onEnd = (): void => { this.#latch(new ConnectionError('server closed the connection')) }
@@ -73,6 +98,8 @@ export class SocketReader {
   /** The sink whose destination the socket may be reading into. */
   #lentTo: PayloadSink | null = null
   readonly #revokeFn = (): void => { this.#revoke() }
+  /** Bytes a read for a header may take (see exactHeaders); 0: whole pool buffers. */
+  #exact = 0
 
   constructor (socket: Duplex) {
     this.#socket = socket
@@ -84,7 +111,8 @@ export class SocketReader {
       const early = this.#hook.attach({
         onBytes: (view, source) => { this.#receive(view, source) },
         onDirect: (n) => { this.#receiveDirect(n) },
-        lend: () => this.#lend()
+        lend: () => this.#lend(),
+        readSize: () => this.#readSize()
       })
       for (const chunk of early) this.#receive(chunk, null)
     }
@@ -100,6 +128,25 @@ export class SocketReader {
   /** The error that ended the stream, if it has ended. */
   get error (): Error | null {
     return this.#error
+  }
+
+  get exactHeaders (): number {
+    return this.#exact
+  }
+
+  /**
+   * While large payloads are expected (READs of LEND_MIN bytes or more in flight), the owner
+   * sets this to the bytes of a reply header and what follows it before data: reads for a
+   * header take no more, and payloads are read straight into their destinations (see above).
+   * 0 (the default) turns it off: whole pool buffers, which batch small replies. Sockets
+   * without a read hook (TLS) ignore it.
+   */
+  set exactHeaders (bytes: number) {
+    const was = this.#exact
+    this.#exact = bytes > 0 ? bytes : 0
+    // The socket may hold a whole pool buffer for its next read: the next header would bring
+    // much of its payload with it.
+    if (was === 0 && this.#exact > 0) this.#hook?.refresh()
   }
 
   /** The owner expects bytes (requests are in flight): keep reading ahead, up to HIGH_WATER. */
@@ -216,6 +263,7 @@ export class SocketReader {
     this.#socket.off('close', this.#onClose)
     this.#socket.pause()
     const rest = this.#buffered === 0 ? Buffer.alloc(0) : Buffer.from(this.#takeNow(this.#buffered))
+    this.#copied(rest.length)
     this.#dropChunks()
     this.#error = new ConnectionError('reader detached')
     return rest
@@ -240,12 +288,23 @@ export class SocketReader {
   /** A view of the pending payload's destination for the socket to read into, if worth it. */
   #lend (): Buffer | undefined {
     const p = this.#pending
-    if (p === null || p.kind !== 'into' || this.#buffered !== 0 || p.remaining < LEND_MIN) return undefined
+    if (p === null || p.kind !== 'into' || this.#buffered !== 0) return undefined
+    if ((this.#exact > 0 ? p.total : p.remaining) < LEND_MIN) return undefined
     const dest = p.sink.dest
     if (dest === null || this.#hook?.canLend !== true) return undefined
     this.#lentTo = p.sink
     p.sink.revoke = this.#revokeFn
     return dest.subarray(p.at, p.at + p.remaining)
+  }
+
+  /** The most bytes the next read into a pool buffer should take (see exactHeaders). */
+  #readSize (): number {
+    const exact = this.#exact
+    if (exact === 0) return Infinity
+    const p = this.#pending
+    if (p === null) return exact
+    if (p.kind === 'into') return p.remaining + exact
+    return Math.max(exact, p.need - this.#buffered)
   }
 
   /** Bytes the socket read straight into the lent destination. */
@@ -283,7 +342,11 @@ export class SocketReader {
     if (p !== null && p.kind === 'into' && this.#buffered === 0) {
       // The common case for payloads: copy from the socket's buffer straight into place.
       const n = Math.min(p.remaining, chunk.length)
-      p.sink.dest?.set(n === chunk.length ? chunk : chunk.subarray(0, n), p.at)
+      const dest = p.sink.dest
+      if (dest !== null) {
+        dest.set(n === chunk.length ? chunk : chunk.subarray(0, n), p.at)
+        this.#copied(n)
+      }
       p.at += n
       p.remaining -= n
       if (n < chunk.length) this.#push(chunk.subarray(n), source)
@@ -335,7 +398,11 @@ export class SocketReader {
     while (done < n && this.#buffered > 0) {
       const chunk = this.#chunks[0]!
       const size = Math.min(n - done, chunk.length - this.#head)
-      sink.dest?.set(chunk.subarray(this.#head, this.#head + size), at + done)
+      const dest = sink.dest
+      if (dest !== null) {
+        dest.set(chunk.subarray(this.#head, this.#head + size), at + done)
+        this.#copied(size)
+      }
       done += size
       this.#consume(size)
     }
@@ -357,8 +424,17 @@ export class SocketReader {
   /** `n` bytes in a buffer of their own (a view only of a chunk that is not pooled). */
   #takeOwned (n: number): Buffer {
     const source = this.#sources[0]
+    // Bytes from several chunks are gathered into a new buffer already.
+    const within = this.#chunks[0]!.length - this.#head >= n
     const bytes = this.#takeNow(n)
-    return source === null || source === undefined ? bytes : Buffer.from(bytes)
+    if (!within || source === null || source === undefined) return bytes
+    this.#copied(n)
+    return Buffer.from(bytes)
+  }
+
+  #copied (n: number): void {
+    this.bytesCopied += n
+    SocketReader.totalBytesCopied += n
   }
 
   #consume (n: number): void {

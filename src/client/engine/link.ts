@@ -39,6 +39,7 @@ import { performance } from 'node:perf_hooks'
 import { ConnectionError, NbdError } from '../../errors.ts'
 import { NBD_CMD } from '../../protocol/constants.ts'
 import type { Connection } from '../../connector/connection.ts'
+import type { ReplyMode } from '../../protocol/reply.ts'
 import { Receiver } from './receiver.ts'
 import type { ChunkCounters } from './reply.ts'
 import type { Request } from './request.ts'
@@ -69,6 +70,12 @@ const MAY: Readonly<Record<'send' | 'drain' | 'probe', readonly LinkState[]>> = 
 /** How long a server may take to close after NBD_CMD_DISC (nothing is on the wire then). */
 const DISC_CLOSE_MS = 5000
 
+/**
+ * What the reader reads for a reply header while large READs are in flight: the header, and
+ * for a chunk the OFFSET_DATA offset that precedes its data (see SocketReader.exactHeaders).
+ */
+const EXACT_HEADER: Readonly<Record<ReplyMode, number>> = { simple: 16, structured: 20 + 8, extended: 32 + 8 }
+
 /** Commands that change the export: in doubt when their connection is given up under them. */
 const WRITE_LIKE = new Set<number>([NBD_CMD.WRITE, NBD_CMD.WRITE_ZEROES, NBD_CMD.TRIM])
 
@@ -87,7 +94,7 @@ export class Link {
   readonly id = nextId++
   readonly conn: Connection
   #state: LinkState
-  readonly table = new CookieTable()
+  readonly table = new CookieTable((large) => { this.conn.reader.exactHeaders = large ? EXACT_HEADER[this.conn.info.mode] : 0 })
   readonly sender: Sender
   readonly receiver: Receiver
   /** The first error; everything that touches the link afterwards gets it. */

@@ -6,10 +6,13 @@
  *               every slot taken waits in line, FIFO; the common case is a counter increment.
  *   CookieTable per connection: the requests on its wire, by cookie. A cookie is
  *               sequence · 2^16 + slot + 1: the slot finds the request, the sequence tells a
- *               late or forged reply from the request that now holds the slot.
+ *               late or forged reply from the request that now holds the slot. It also counts
+ *               the large READs on the wire, and says when there come to be some and none
+ *               (the link then has its reader read reply headers at their exact size).
  */
 import { ProtocolError } from '../../errors.ts'
-import { NBD_EXTENDED_REQUEST_HEADER, NBD_REQUEST_HEADER } from '../../protocol/constants.ts'
+import { NBD_CMD, NBD_EXTENDED_REQUEST_HEADER, NBD_REQUEST_HEADER } from '../../protocol/constants.ts'
+import { LEND_MIN } from '../../transport/socket-reader.ts'
 import { WaitQueue } from '../wait-queue.ts'
 import type { Reply } from './reply.ts'
 import type { Request } from './request.ts'
@@ -87,6 +90,13 @@ export class CookieTable {
   readonly #replies: Array<Reply | undefined> = []
   #sequence = 0
   #count = 0
+  /** READs of LEND_MIN bytes or more on the wire (their payloads are read into place). */
+  #largeReads = 0
+  readonly #onLargeReads: ((inFlight: boolean) => void) | undefined
+
+  constructor (onLargeReads?: (inFlight: boolean) => void) {
+    this.#onLargeReads = onLargeReads
+  }
 
   get count (): number {
     return this.#count
@@ -108,6 +118,7 @@ export class CookieTable {
     req.cookie = this.#sequence * SLOT_SPACE + slot + 1
     this.#slots[slot] = req
     this.#count++
+    if (req.type === NBD_CMD.READ && req.length >= LEND_MIN && this.#largeReads++ === 0) this.#onLargeReads?.(true)
   }
 
   /** The 32-byte header buffer of a registered request (encodeRequest writes into it). */
@@ -141,6 +152,7 @@ export class CookieTable {
     req.slot = -1
     req.cookie = 0
     this.#count--
+    if (req.type === NBD_CMD.READ && req.length >= LEND_MIN && --this.#largeReads === 0) this.#onLargeReads?.(false)
   }
 
   /** The request a reply's cookie names; a ProtocolError if it is not one in flight. */
