@@ -18,6 +18,8 @@ export function requestHeaderSize (extended: boolean): number {
   return extended ? NBD_EXTENDED_REQUEST_HEADER : NBD_REQUEST_HEADER
 }
 
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER)
+
 /**
  * Writes a request header at the start of `target` (which must be large enough).
  * `cookie` is a non-negative safe integer, written as two 32-bit halves: that is several
@@ -37,7 +39,14 @@ export function encodeRequest (
   target.writeUInt16BE(type, 6)
   target.writeUInt32BE(Math.floor(cookie / TWO_32), 8)
   target.writeUInt32BE(cookie >>> 0, 12)
-  target.writeBigUInt64BE(offset, 16)
+  if (offset < MAX_SAFE) {
+    // Offsets below 2^53 (every export up to 8 PiB) go as two numbers: no BigInt is made.
+    const n = Number(offset)
+    target.writeUInt32BE(Math.floor(n / TWO_32), 16)
+    target.writeUInt32BE(n >>> 0, 20)
+  } else {
+    target.writeBigUInt64BE(offset, 16)
+  }
   if (extended) {
     target.writeUInt32BE(Math.floor(length / TWO_32), 24)
     target.writeUInt32BE(length >>> 0, 28)
