@@ -1,12 +1,13 @@
 /**
  * What one request costs the engine, counted rather than timed: promises created (async_hooks)
  * and young-generation collections (scavenges) per 100,000 requests, for 4 KiB random reads
- * and writes at QD 16 against nbdkit `memory` on a Unix socket.
+ * and writes at QD 16 against nbdkit `memory` on a Unix socket; with `--sites`, the bytes
+ * allocated per request and where (V8's sampling heap profiler, collected objects included;
+ * the loop's own ~200 bytes are in it).
  *
- *   node --import tsx bench/per-request.ts [--lib OTHER/dist/index.js] [--requests 100000]
+ *   node --import tsx bench/per-request.ts [--lib OTHER/dist/index.js] [--requests 100000] [--sites]
  *
- * `--lib` loads another build (a baseline worktree's dist/) with the same loop. Semi-spaces are
- * pinned (16 MiB) so that scavenges are comparable between builds.
+ * `--lib` loads another build (a baseline worktree's dist/) with the same loop.
  */
 import { createHook } from 'node:async_hooks'
 import { spawn } from 'node:child_process'
@@ -16,12 +17,9 @@ import { join } from 'node:path'
 import { PerformanceObserver } from 'node:perf_hooks'
 import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
-import { setFlagsFromString } from 'node:v8'
 
 const { values } = parseArgs({ options: { lib: { type: 'string' }, requests: { type: 'string', default: '100000' }, sites: { type: 'boolean', default: false }, 'no-hooks': { type: 'boolean', default: false } } })
 const total = Number(values.requests)
-setFlagsFromString('--max-semi-space-size=16')
-setFlagsFromString('--min-semi-space-size=16')
 const { NbdClient } = (values.lib === undefined
   ? await import('../src/index.ts')
   : await import(pathToFileURL(values.lib).href)) as typeof import('../src/index.ts')
@@ -72,10 +70,8 @@ for (const kind of ['read', 'write'] as const) {
   const ms = performance.now() - t0
   await new Promise((resolve) => setImmediate(resolve))
   gc.disconnect()
-  // A scavenge runs each time the 16 MiB semi-space is full: bytes per request, roughly.
-  const bytes = Math.round(scavenges * 16 * 1024 * 1024 / total)
   if (values.sites) await sites(kind)
-  console.log(`4 KiB rand${kind} QD ${qd}: ${(promises / total).toFixed(2)} promises/request, ${(scavenges * 100_000 / total).toFixed(1)} scavenges/100k requests (~${bytes} bytes/request), ${Math.round(total / ms * 1000)} IOPS (one run: not a speed figure)`)
+  console.log(`4 KiB rand${kind} QD ${qd}: ${(promises / total).toFixed(2)} promises/request, ${(scavenges * 100_000 / total).toFixed(1)} scavenges/100k requests, ${Math.round(total / ms * 1000)} IOPS (one run: not a speed figure)`)
 }
 /** Where the bytes come from: V8's sampling heap profiler, collected objects included. */
 async function sites (kind: 'read' | 'write'): Promise<void> {
