@@ -34,7 +34,7 @@ let promises = 0
 const hook = createHook({ init (_id, type) { if (type === 'PROMISE') promises++ } })
 let scavenges = 0
 const gc = new PerformanceObserver((list) => {
-  for (const e of list.getEntries()) if ((e.detail as { kind?: number } | undefined)?.kind === 1) scavenges++
+  for (const e of list.getEntries()) if (((e as { detail?: unknown }).detail as { kind?: number } | undefined)?.kind === 1) scavenges++
 })
 
 const client = await NbdClient.connect(`nbd+unix:///?socket=${sock}`, { maxInFlight: 16 })
