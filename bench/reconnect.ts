@@ -81,7 +81,7 @@ const load = Promise.all(Array.from({ length: workers }, async (_, w) => {
       }
       data.copy(model, offset)
       unknown.fill(0, offset, offset + data.length)
-      const back = await client.read(offset, data.length)
+      const back = await client.read(data.length, offset)
       if (!back.equals(data)) mismatches++
       ops++
       lastSuccess = performance.now()

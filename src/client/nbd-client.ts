@@ -183,7 +183,7 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: 
 
   // ── reads ─────────────────────────────────────────────────────────────────────────────
 
-  async read (offset: Offset, length: number, options: RequestOptions = {}): Promise<Buffer> {
+  async read (length: number, offset: Offset, options: RequestOptions = {}): Promise<Buffer> {
     const buf = Buffer.allocUnsafe(toLength(length))
     await this.readInto(buf, offset, options)
     return buf
@@ -244,7 +244,7 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: 
   }
 
   /** Discards a range (a hint: contents are undefined until rewritten). Unaligned ends are left alone. */
-  async trim (offset: Offset, length: number, options: WriteOptions = {}): Promise<void> {
+  async trim (length: number, offset: Offset, options: WriteOptions = {}): Promise<void> {
     await this.#writes.trim(toBig(offset), toLength(length), options)
   }
 
@@ -252,7 +252,7 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: 
    * Makes a range read back as zeroes (`noHole`: and stay allocated, fallocate's ZERO_RANGE).
    * Falls back to writing zeroes when the server cannot.
    */
-  async writeZeroes (offset: Offset, length: number, options: ZeroOptions = {}): Promise<void> {
+  async writeZeroes (length: number, offset: Offset, options: ZeroOptions = {}): Promise<void> {
     await this.#writes.writeZeroes(toBig(offset), toLength(length), options)
   }
 
@@ -261,12 +261,12 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: 
    * where the server can (WRITE_ZEROES without NO_HOLE; written zeroes where it is not
    * offered). Unlike trim(), which is only a hint, this is a promise about the contents.
    */
-  async punchHole (offset: Offset, length: number, options: WriteOptions = {}): Promise<void> {
+  async punchHole (length: number, offset: Offset, options: WriteOptions = {}): Promise<void> {
     await this.#writes.writeZeroes(toBig(offset), toLength(length), { ...options, noHole: false, fastZero: false })
   }
 
   /** Prefetch hint. The range is widened to whole blocks (an unaligned export tail is skipped). */
-  async cache (offset: Offset, length: number, options: RequestOptions = {}): Promise<void> {
+  async cache (length: number, offset: Offset, options: RequestOptions = {}): Promise<void> {
     await cache(this.#g, toBig(offset), toLength(length), options.signal)
   }
 
@@ -275,9 +275,9 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: 
    * than `length` but always at least one extent; extents never run past the request. An
    * export tail that is not a whole block is reported as data (see status.ts).
    */
-  blockStatus (offset: Offset, length: number, options?: BlockStatusOptions & { readonly bigint?: false }): Promise<BlockStatus>
-  blockStatus (offset: Offset, length: number, options: BlockStatusOptions & { readonly bigint: true }): Promise<BlockStatus<bigint>>
-  async blockStatus (offset: Offset, length: number, options: BlockStatusOptions = {}): Promise<BlockStatus<number | bigint>> {
+  blockStatus (length: number, offset: Offset, options?: BlockStatusOptions & { readonly bigint?: false }): Promise<BlockStatus>
+  blockStatus (length: number, offset: Offset, options: BlockStatusOptions & { readonly bigint: true }): Promise<BlockStatus<bigint>>
+  async blockStatus (length: number, offset: Offset, options: BlockStatusOptions = {}): Promise<BlockStatus<number | bigint>> {
     const status = await blockStatus(this.#g, toBig(offset), toLength(length), options.reqOne === true, options.signal)
     if (options.bigint === true) return status
     return new Map([...status].map(([name, extents]) => [name, extents.map((e) => ({ ...e, offset: toNumber(e.offset) }))]))
@@ -288,11 +288,11 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: 
    * does, merging neighbours with the same flags. Covers the whole range, the export's
    * unaligned tail included.
    */
-  map (offset?: Offset, length?: number | bigint, options?: MapOptions & { readonly bigint?: false }): AsyncGenerator<Extent>
-  map (offset: Offset | undefined, length: number | bigint | undefined, options: MapOptions & { readonly bigint: true }): AsyncGenerator<Extent<bigint>>
-  async * map (offset: Offset = 0, length?: number | bigint, options: MapOptions = {}): AsyncGenerator<Extent<number | bigint>> {
+  map (length?: number, offset?: Offset, options?: MapOptions & { readonly bigint?: false }): AsyncGenerator<Extent>
+  map (length: number | undefined, offset: Offset | undefined, options: MapOptions & { readonly bigint: true }): AsyncGenerator<Extent<bigint>>
+  async * map (length?: number, offset: Offset = 0, options: MapOptions = {}): AsyncGenerator<Extent<number | bigint>> {
     const start = toBig(offset)
-    const end = length === undefined ? this.#g.info.size : start + BigInt(length)
+    const end = length === undefined ? this.#g.info.size : start + BigInt(toLength(length))
     for await (const e of walk(this.#g, start, end, options.context ?? 'base:allocation', options.signal)) {
       yield options.bigint === true ? e : { ...e, offset: toNumber(e.offset) }
     }

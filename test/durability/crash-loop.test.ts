@@ -68,7 +68,7 @@ describe('multi-conn crash loop', () => {
       const wrong = firstWrong(readFileSync(image), model)
       flushes.push(client.states.join('/'))
       assert.equal(wrong, -1, `cycle ${cycle}: the FLUSH succeeded but the image lacks the acknowledged write at ${wrong} (states ${flushes.join(', ')})`)
-      const back = await within(client.read(0, 64 * LEN), 20_000, 'a read-back')
+      const back = await within(client.read(64 * LEN, 0), 20_000, 'a read-back')
       assert.equal(firstWrong(back, model.subarray(0, 64 * LEN)), -1, `cycle ${cycle}: a read returned stale data`)
       await batch(cycle)
     }

@@ -45,7 +45,7 @@ describe('ledger growth', () => {
     const r0 = performance.now()
     client.reconnect()
     await within(client.flush(), 20_000, 'the FLUSH after the reconnect')
-    const back = await client.read(0, 4 * KiB)
+    const back = await client.read(4 * KiB, 0)
     const elapsed = performance.now() - r0
     clearInterval(ticker)
     maxGap = Math.max(maxGap, performance.now() - last)

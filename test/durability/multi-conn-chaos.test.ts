@@ -57,7 +57,7 @@ function load (client: NbdClient, model: Buffer, until: () => boolean): Promise<
       if (randomInt(3) === 0) {
         const at = (w * BLOCKS + randomInt(BLOCKS)) * BLOCK
         try {
-          const back = await client.read(at, BLOCK)
+          const back = await client.read(BLOCK, at)
           result.reads++
           if (!back.equals(model.subarray(at, at + BLOCK))) result.stale.push(`read at ${at} after ${result.writes} writes`)
         } catch (err) {
@@ -82,7 +82,7 @@ async function crashes (server: RunningServer, cycles: number, upMs: number): Pr
 /** The last FLUSH, then the image file as the server left it on disk. */
 async function finalImage (client: NbdClient, server: RunningServer, image: string, model: Buffer): Promise<void> {
   await within(client.flush(), 20_000, 'the final FLUSH')
-  const back = await within(client.read(0, SIZE), 20_000, 'the final read')
+  const back = await within(client.read(SIZE, 0), 20_000, 'the final read')
   const wrongInClient = firstWrongBlock(back, model)
   await client.close()
   await server.stop('SIGKILL')

@@ -65,7 +65,7 @@ describe('findings', () => {
     const again = await scene.nbdkit('refused', volatileFile(image, ['error'], ['error-pwrite=EIO', 'error-pwrite-rate=100%']))
     await connected(client)
     await sleep(4000)
-    const read = await outcome(client.read(MiB, 4 * KiB))
+    const read = await outcome(client.read(4 * KiB, MiB))
     const flush = await outcome(client.flush())
     t.diagnostic(`states ${client.states.join(',')}; read ${read}; flush ${flush}`)
     await client.close()
