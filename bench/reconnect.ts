@@ -154,7 +154,7 @@ const result = {
   outageSeconds,
   firstSuccessAfterOutageMs: Math.round(afterOutage),
   longestRequestMs: Math.round(longestOp),
-  reconnects: client.stats.reconnects
+  reconnects: client.stats().reconnects
 }
 console.log(JSON.stringify(result, null, 2))
 const out = fileURLToPath(new URL('./results/', import.meta.url))

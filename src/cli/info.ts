@@ -4,7 +4,7 @@
  * `--is X`, which print nothing and exit 0 when true, 2 when false (1 on an error).
  */
 import { NbdClient } from '../client/nbd-client.ts'
-import type { ExportInfo } from '../connector/export-info.ts'
+import type { ExportInfo } from '../client/export-info.ts'
 import { InvalidArgumentError } from '../errors.ts'
 import { formatNbdUri, parseNbdUri } from '../protocol/uri.ts'
 import { printable } from '../util/printable.ts'

@@ -6,18 +6,27 @@
  *
  *   caller ──► NbdClient (checks, shaping) ──► Ordering (writes) ──► EnginePool ──► Engine × N
  *
- * Numbers: offsets and lengths are taken as numbers or bigints; what the client hands back
- * (size, extents) is a number, exact up to 2^53 bytes (8 PiB), and an OffsetRangeError
- * (NBD_ERR_RANGE) past that: ask for `sizeBigInt` or `{ bigint: true }` there, as fs.stat does.
+ * The conventions of the whole surface (docs/library.md, "Conventions"):
+ *   - argument order: data or length first, the offset (position) last, options last of all,
+ *     as Node's FileHandle (`read(buffer, offset, length, position)`) and libnbd
+ *     (`pread(buf, offset)`, `trim(count, offset)`): `read(length, offset)`,
+ *     `write(buffer, offset)`, `trim(length, offset)`, `blockStatus(length, offset)`, ...
+ *   - numbers: offsets, lengths and sizes are numbers, exact up to 2^53 bytes (8 PiB). An
+ *     offset may also be a bigint (as FileHandle's position may), so the whole u64 range is
+ *     reachable; a number the client would hand back past 2^53 is never rounded: the getter
+ *     or call throws an OffsetRangeError (NBD_ERR_RANGE) that names the exact form
+ *     (`sizeBigInt`, `{ bigint: true }`, as fs.stat has).
+ *   - getters for cheap state (`size`, `state`, `canTrim`), methods for snapshots built on
+ *     each call (`stats()`, `states()`, `connectionInfo()`, `paths()`, `requestsInFlight()`).
  */
 import { EventEmitter } from 'node:events'
 import type { Readable, Writable } from 'node:stream'
 import { ClosedError, InvalidArgumentError, NotSupportedError, OffsetRangeError } from '../errors.ts'
 import { NBD_CMD, NBD_FLAG } from '../protocol/constants.ts'
-import { listExports, type ListedExport } from '../connector/list-exports.ts'
-import type { ExportInfo } from '../connector/export-info.ts'
+import { listExports } from '../connector/list-exports.ts'
+import { exportInfo, listedExport, type ExportInfo, type ListedExport } from './export-info.ts'
 import type { StatsSnapshot } from '../stats/client-stats.ts'
-import type { NbdClientState, StateChange } from './engine/lifecycle.ts'
+import { flushStateChanges, type NbdClientState } from './engine/lifecycle.ts'
 import { Geometry, settle, toNumber } from './geometry.ts'
 import { resolveOptions, type NbdClientOptions, type ResolvedOptions } from './options.ts'
 import { Ordering } from './ordering.ts'
@@ -64,18 +73,48 @@ export interface MapOptions extends RequestOptions {
   readonly bigint?: boolean
 }
 
-/** A state change of one connection (numbered from 1, of `connections`). */
-export interface ClientStateChange extends StateChange {
+/** A state change of one connection of the client: the `'state'` event. */
+export interface StateChange {
+  readonly from: NbdClientState
+  readonly to: NbdClientState
+  /** Why, in words ("connection lost: server closed the connection", "disconnect requested"). */
+  readonly reason: string
+  /** The connection, numbered from 1 ... */
   readonly connection: number
+  /** ... of this many. */
   readonly connections: number
 }
 
+/** A request on the wire: what `requestsInFlight()` lists. */
+export interface RequestInfo<O extends number | bigint = number> {
+  /** The connection it is on, numbered from 1. */
+  readonly connection: number
+  /** Its cookie on that connection (the NBD handle). */
+  readonly cookie: number
+  /** The command: `'READ'`, `'WRITE'`, `'FLUSH'`, ... */
+  readonly type: string
+  readonly offset: O
+  readonly length: number
+  /** Since its (last) send, ms. */
+  readonly ageMs: number
+  /** Sends after a lost connection. */
+  readonly attempts: number
+}
 
-export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: [PathChange] }> {
+/** Options of `requestsInFlight()`. */
+export interface RequestsInFlightOptions {
+  /** Offsets as bigints (exact past 2^53). */
+  readonly bigint?: boolean
+}
+
+
+export class NbdClient extends EventEmitter<{ state: [StateChange], path: [PathChange] }> {
   readonly #options: ResolvedOptions
   readonly #pool: EnginePool
   readonly #g: Geometry
   readonly #writes: Writes
+  readonly #info: ExportInfo
+  readonly #metaContexts: readonly string[]
 
   private constructor (options: ResolvedOptions, pool: EnginePool, ordering: Ordering) {
     super()
@@ -85,6 +124,8 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: 
     ordering.engines = () => pool.engines
     ordering.watch = pool.multipath?.watchWrite
     this.#g = new Geometry(pool.engines[0]!.info, pool, ordering, options.maxRequestSize)
+    this.#info = exportInfo(this.#g.info)
+    this.#metaContexts = Object.freeze([...this.#g.info.contexts.values()])
     this.#writes = new Writes(this.#g, (signal) => this.flush(signal === undefined ? {} : { signal }))
     pool.multipath?.paths.on('change', (change) => { this.emit('path', change) })
     const connections = pool.engines.length
@@ -121,29 +162,31 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: 
   static async list (target: string | NbdClientOptions, options: NbdClientOptions = {}): Promise<ListedExport[]> {
     const resolved = resolveOptions(target, options)
     const signal = typeof target === 'string' ? options.signal : target.signal ?? options.signal
-    return await listExports({ open: resolved.open, handshakeTimeout: resolved.handshakeTimeout, tls: resolved.tls, ...(signal !== undefined && { signal }) })
+    const listed = await listExports({ open: resolved.open, handshakeTimeout: resolved.handshakeTimeout, tls: resolved.tls, ...(signal !== undefined && { signal }) })
+    return listed.map(listedExport)
   }
 
   /** What the server told us about the export (from the first connection). */
-  get info (): ExportInfo { return this.#g.info }
+  get info (): ExportInfo { return this.#info }
 
-  /** The export size in bytes; NBD_ERR_RANGE past 2^53 (use sizeBigInt there). */
+  /** The export size in bytes; past 2^53 it throws an OffsetRangeError (NBD_ERR_RANGE): use sizeBigInt there. */
   get size (): number {
     if (this.#g.sizeNumber < 0) throw new OffsetRangeError(`the export is ${this.#g.info.size} bytes, more than a number holds exactly: use sizeBigInt`)
     return this.#g.sizeNumber
   }
 
-  /** The export size, exact at any size. */
+  /** The export size in bytes, exact at any size. */
   get sizeBigInt (): bigint { return this.#g.info.size }
   get exportName (): string { return this.#options.exportName }
   /** The state of the first connection (QEMU's CONNECTED, CONNECTING_WAIT, ...). */
   get state (): NbdClientState { return this.#pool.engines[0]!.state }
-  /** Every connection's state, connection 1 first. */
-  get states (): NbdClientState[] { return this.#pool.states }
+  /** Every connection's state, connection 1 first (a snapshot). */
+  states (): NbdClientState[] { return this.#pool.states }
   get connections (): number { return this.#pool.engines.length }
-  /** Meta contexts selected for blockStatus, by name. */
-  get metaContexts (): string[] { return [...this.#g.info.contexts.values()] }
-  get stats (): StatsSnapshot { return this.#pool.stats() }
+  /** Meta contexts selected for blockStatus, by name (fixed at connect). */
+  get metaContexts (): readonly string[] { return this.#metaContexts }
+  /** Counters summed over the connections (a snapshot). */
+  stats (): StatsSnapshot { return this.#pool.stats() }
   get maxInFlight (): number { return this.#pool.engines[0]!.maxInFlight }
 
   /** Changes the per-connection request limit at run time. */
@@ -355,20 +398,33 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: 
   /** Per connection (numbered from 1): state, TLS, load, and what it has been through. */
   connectionInfo (): ConnectionInfo[] { return this.#pool.connectionInfo() }
 
-  /** The requests on the wire, over every connection. */
-  requestsInFlight (): ReturnType<EnginePool['requests']> { return this.#pool.requests() }
+  /** The requests on the wire, over every connection (a snapshot); `{ bigint: true }`: offsets as bigints. */
+  requestsInFlight (options?: RequestsInFlightOptions & { readonly bigint?: false }): Array<RequestInfo>
+  requestsInFlight (options: RequestsInFlightOptions & { readonly bigint: true }): Array<RequestInfo<bigint>>
+  requestsInFlight (options: RequestsInFlightOptions = {}): Array<RequestInfo<number | bigint>> {
+    const requests = this.#pool.requests()
+    return options.bigint === true ? requests : requests.map((r) => ({ ...r, offset: toNumber(r.offset) }))
+  }
 
-  /** Finishes every request, sends NBD_CMD_DISC and closes. Leaves no timers or sockets. */
+  /**
+   * Finishes every request, sends NBD_CMD_DISC and closes. Leaves no timers or sockets; every
+   * `'state'` event of the close has been emitted when it resolves.
+   */
   async close (): Promise<void> {
     // Requests still waiting for a replay are not sent any more; those on the wire finish.
     this.#g.ordering.close()
-    await this.#pool.close()
+    try {
+      await this.#pool.close()
+    } finally {
+      flushStateChanges()
+    }
   }
 
-  /** Fails every request now and closes. */
+  /** Fails every request now and closes (its `'state'` events are emitted before it returns). */
   destroy (): void {
     this.#g.ordering.close(new ClosedError('client destroyed'))
     this.#pool.destroy()
+    flushStateChanges()
   }
 
   /** `await using client = await NbdClient.connect(...)` closes it at the end of the scope. */

@@ -67,7 +67,7 @@ async function closeAll (clients: readonly NbdClient[]): Promise<void> {
 }
 
 function reconnects (clients: readonly NbdClient[]): () => number {
-  return () => clients.reduce((n, c) => n + c.stats.reconnects, 0)
+  return () => clients.reduce((n, c) => n + c.stats().reconnects, 0)
 }
 
 function preferred (client: NbdClient): number | undefined {

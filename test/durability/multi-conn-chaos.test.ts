@@ -118,7 +118,7 @@ describe('multi-conn: connections lost in quick succession under writes', () => 
       await sleep(300)
       stop = true
       const result = await within(running, 30_000, 'the load')
-      t.diagnostic(`${result.writes} writes, ${result.reads} reads, ${client.stats.reconnects} reconnects`)
+      t.diagnostic(`${result.writes} writes, ${result.reads} reads, ${client.stats().reconnects} reconnects`)
       assert.deepEqual(result.failures, [], 'no request failed')
       assert.deepEqual(result.stale, [], 'no read returned anything but the last acknowledged write')
       assert.ok(result.writes > 100, `the load ran (${result.writes} writes)`)
@@ -140,7 +140,7 @@ describe('multi-conn: connections lost in quick succession under writes', () => 
     await sleep(1500)
     stop = true
     const result = await within(running, 30_000, 'the load')
-    t.diagnostic(`${result.writes} writes, ${result.reads} reads, ${client.stats.reconnects} reconnects`)
+    t.diagnostic(`${result.writes} writes, ${result.reads} reads, ${client.stats().reconnects} reconnects`)
     assert.deepEqual(result.failures, [], 'no request failed')
     assert.deepEqual(result.stale, [], 'no read returned anything but the last acknowledged write')
     assert.ok(result.writes > 100, `the load ran (${result.writes} writes)`)

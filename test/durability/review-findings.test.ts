@@ -67,7 +67,7 @@ describe('findings', () => {
     await sleep(4000)
     const read = await outcome(client.read(4 * KiB, MiB))
     const flush = await outcome(client.flush())
-    t.diagnostic(`states ${client.states.join(',')}; read ${read}; flush ${flush}`)
+    t.diagnostic(`states ${client.states().join(',')}; read ${read}; flush ${flush}`)
     await client.close()
     await again.stop('SIGKILL')
     assert.equal(read, 'ok', 'a read of a range no write touched, long after the bound')

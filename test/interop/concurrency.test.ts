@@ -48,6 +48,6 @@ test('10,000 mixed requests at 64 in flight, out of order, data verified', async
   assert.ok(reads > 3000)
   const { stdout } = await run('nbdcopy', [server.uri(), '-'])
   assert.ok(stdout.equals(model), 'the image holds exactly what was written')
-  assert.equal(client.stats.inFlight, 0)
+  assert.equal(client.stats().inFlight, 0)
   await client.close()
 })

@@ -200,7 +200,7 @@ describe('nbdkit filters', () => {
     }
     await client.flush()
     assert.equal(client.state, 'CONNECTED')
-    assert.equal(client.stats.serverErrors, 5)
+    assert.equal(client.stats().serverErrors, 5)
     await client.close()
   })
 

@@ -60,9 +60,9 @@ describe('qemu-nbd', () => {
     for (const [offset, length] of [[M - 100, 200], [2 * M + 512 * 1024 - 1, 3], [20 * M + 4095, 8193], [7, 4 * M]]) {
       assert.ok((await client.read(length!, offset!)).equals(image.subarray(offset, offset! + length!)), `${offset}+${length}`)
     }
-    const chunks = client.stats.chunks
+    const chunks = client.stats().chunks
     assert.ok(chunks.hole > 0, `OFFSET_HOLE chunks arrived (${JSON.stringify(chunks)})`)
-    assert.ok(chunks.data > client.stats.requests.read, 'some reads came in several chunks')
+    assert.ok(chunks.data > client.stats().requests.read, 'some reads came in several chunks')
     await client.close()
   })
 

@@ -80,7 +80,7 @@ describe('multipath: ordering across paths', () => {
     await within(first, 20_000, 'the write in flight on path 1')
     await client.write(Buffer.alloc(L, 0xbb), 0)
     await client.flush()
-    assert.equal(client.stats.retriedRequests, 0, 'the write in flight was not sent again')
+    assert.equal(client.stats().retriedRequests, 0, 'the write in flight was not sent again')
     assert.ok(client.connectionInfo().every((c) => c.path === 2))
     await sleep(500)
     assert.ok(readFileSync(disk).subarray(0, L).every((byte) => byte === 0xbb), 'the later write is what the disk holds')
@@ -133,7 +133,7 @@ describe('multipath: ordering across paths', () => {
     assert.deepEqual(client.connectionInfo().map((c) => c.path), [1, 2])
     await client.write(Buffer.alloc(4096, 0xaa), 0)
     await a.stop('SIGKILL')
-    await until('connection 1 reconnecting', () => client.states.some((state) => state !== 'CONNECTED'), 5000)
+    await until('connection 1 reconnecting', () => client.states().some((state) => state !== 'CONNECTED'), 5000)
     await within(client.flush(), 15_000, 'the FLUSH')
     assert.equal(readFileSync(disk)[0], 0xaa, 'the write path 1 acknowledged, then lost with its cache, was written again and flushed')
   })
@@ -187,7 +187,7 @@ describe('multipath: ordering across paths', () => {
     assert.deepEqual(await within(Promise.all(writes), 15_000, 'the writes'), Array(8).fill('ok'))
     const back = await client.read(8 * 4096, 0)
     for (let i = 0; i < 8; i++) assert.equal(back[i * 4096], i + 1)
-    assert.equal(client.stats.failedByDelay, 0)
+    assert.equal(client.stats().failedByDelay, 0)
   })
 
   test('switch path 2 holds under failback immediate while path 1 stays ready', async () => {

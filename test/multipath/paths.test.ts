@@ -47,9 +47,9 @@ describe('multipath', () => {
     load.catch(() => {})
     const watch = setInterval(() => { longest = Math.max(longest, Date.now() - last) }, 5)
     await sleep(500)
-    const before = client.stats.requests.write
+    const before = client.stats().requests.write
     await a.stop('SIGKILL')
-    await until('writes going on over path 2', () => client.stats.requests.write > before + 200)
+    await until('writes going on over path 2', () => client.stats().requests.write > before + 200)
     const during = client.paths()
     assert.equal(during[0]!.state, 'failed')
     assert.equal(during[1]!.active, true)
@@ -62,7 +62,7 @@ describe('multipath', () => {
     clearInterval(ticker)
     clearInterval(watch)
     assert.ok(rounds > 300, `the load ran (${rounds} rounds)`)
-    assert.equal(client.stats.failedByDelay, 0)
+    assert.equal(client.stats().failedByDelay, 0)
     assert.ok(client.connectionInfo().every((c) => c.path === 1), 'every connection is back on path 1')
     await client.flush()
     const readBack = await client.read(16 * MiB, 0)

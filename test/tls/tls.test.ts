@@ -154,7 +154,7 @@ describe('nbdkit', () => {
       const buf = await client.read(65536, block * 65536)
       assert.equal(buf.readUInt32BE(0), tag, `block ${block}`)
     }
-    assert.ok(client.stats.reconnects >= 1)
+    assert.ok(client.stats().reconnects >= 1)
     assert.equal(client.info.tls, true)
     await client.close()
   })
