@@ -226,6 +226,10 @@ export class NbdClient extends EventEmitter<{ state: [StateChange], path: [PathC
 
   // ── reads ─────────────────────────────────────────────────────────────────────────────
 
+  /**
+   * Reads `length` bytes from `offset` into a new Buffer. Length first, the offset last (as
+   * FileHandle and libnbd's pread); the offset may be a bigint past 2^53.
+   */
   async read (length: number, offset: Offset, options: RequestOptions = {}): Promise<Buffer> {
     const buf = Buffer.allocUnsafe(toLength(length))
     await this.readInto(buf, offset, options)
@@ -286,21 +290,21 @@ export class NbdClient extends EventEmitter<{ state: [StateChange], path: [PathC
     await this.#g.ordering.flush(this.#pool.flushEngines(), options.signal)
   }
 
-  /** Discards a range (a hint: contents are undefined until rewritten). Unaligned ends are left alone. */
+  /** Discards `length` bytes from `offset` (a hint: contents are undefined until rewritten). Unaligned ends are left alone. */
   async trim (length: number, offset: Offset, options: WriteOptions = {}): Promise<void> {
     await this.#writes.trim(toBig(offset), toLength(length), options)
   }
 
   /**
-   * Makes a range read back as zeroes (`noHole`: and stay allocated, fallocate's ZERO_RANGE).
-   * Falls back to writing zeroes when the server cannot.
+   * Makes `length` bytes from `offset` read back as zeroes (`noHole`: and stay allocated,
+   * fallocate's ZERO_RANGE). Falls back to writing zeroes when the server cannot.
    */
   async writeZeroes (length: number, offset: Offset, options: ZeroOptions = {}): Promise<void> {
     await this.#writes.writeZeroes(toBig(offset), toLength(length), options)
   }
 
   /**
-   * fallocate(PUNCH_HOLE): the range reads back as zeroes on every server, and is deallocated
+   * fallocate(PUNCH_HOLE) of `length` bytes from `offset`: the range reads back as zeroes on every server, and is deallocated
    * where the server can (WRITE_ZEROES without NO_HOLE; written zeroes where it is not
    * offered). Unlike trim(), which is only a hint, this is a promise about the contents.
    */
@@ -308,15 +312,18 @@ export class NbdClient extends EventEmitter<{ state: [StateChange], path: [PathC
     await this.#writes.writeZeroes(toBig(offset), toLength(length), { ...options, noHole: false, fastZero: false })
   }
 
-  /** Prefetch hint. The range is widened to whole blocks (an unaligned export tail is skipped). */
+  /** Prefetch hint for `length` bytes from `offset`, widened to whole blocks (an unaligned export tail is skipped). */
   async cache (length: number, offset: Offset, options: RequestOptions = {}): Promise<void> {
     await cache(this.#g, toBig(offset), toLength(length), options.signal)
   }
 
   /**
-   * Allocation (or other meta context) status from `offset`. The server may describe less
-   * than `length` but always at least one extent; extents never run past the request. An
-   * export tail that is not a whole block is reported as data (see status.ts).
+   * Allocation (or other meta context) status of `length` bytes from `offset`. The server may
+   * describe less than `length` but always at least one extent; extents never run past the
+   * request. An export tail that is not a whole block is reported as data (see status.ts).
+   * Test `flags` with NBD_STATE_HOLE / NBD_STATE_ZERO (base:allocation), NBD_STATE_DIRTY.
+   * `{ bigint: true }`: offsets as bigints (exact past 2^53); else numbers, and an
+   * OffsetRangeError past 2^53.
    */
   blockStatus (length: number, offset: Offset, options?: BlockStatusOptions & { readonly bigint?: false }): Promise<BlockStatus>
   blockStatus (length: number, offset: Offset, options: BlockStatusOptions & { readonly bigint: true }): Promise<BlockStatus<bigint>>
@@ -329,7 +336,8 @@ export class NbdClient extends EventEmitter<{ state: [StateChange], path: [PathC
   /**
    * Walks the extents of [offset, offset+length) for one meta context, as `nbdinfo --map`
    * does, merging neighbours with the same flags. Covers the whole range, the export's
-   * unaligned tail included.
+   * unaligned tail included. `length` defaults to the rest of the export, `offset` to 0:
+   * `map()` walks it all.
    */
   map (length?: number, offset?: Offset, options?: MapOptions & { readonly bigint?: false }): AsyncGenerator<Extent>
   map (length: number | undefined, offset: Offset | undefined, options: MapOptions & { readonly bigint: true }): AsyncGenerator<Extent<bigint>>
