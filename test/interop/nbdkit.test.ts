@@ -176,7 +176,7 @@ describe('nbdkit sparse-random and data', () => {
     const listed = await nbdkit(['--filter=exportname', 'memory', '1M', 'exportname-list=explicit', 'exportname=alpha',
       'exportname=beta', 'exportdesc=fixed:a test export', 'default-export=alpha', 'exportname-strict=true'], 'listed')
     const exports = await NbdClient.list(listed.uri())
-    assert.deepEqual(exports.map((e) => [e.name, e.description, e.info?.size]), [['alpha', 'a test export', 1n << 20n], ['beta', 'a test export', 1n << 20n]])
+    assert.deepEqual(exports.map((e) => [e.name, e.description, e.info?.size]), [['alpha', 'a test export', 1 << 20], ['beta', 'a test export', 1 << 20]])
     await rejectsWithCode(NbdClient.connect(listed.uri('gamma')), 'NBD_ERR_HANDSHAKE', 3000, /no export named "gamma"/)
   })
 })
