@@ -81,7 +81,7 @@ const load = Promise.all(Array.from({ length: workers }, async (_, w) => {
       }
       data.copy(model, offset)
       unknown.fill(0, offset, offset + data.length)
-      const back = await client.read(offset, data.length)
+      const back = await client.read(data.length, offset)
       if (!back.equals(data)) mismatches++
       ops++
       lastSuccess = performance.now()
@@ -154,7 +154,7 @@ const result = {
   outageSeconds,
   firstSuccessAfterOutageMs: Math.round(afterOutage),
   longestRequestMs: Math.round(longestOp),
-  reconnects: client.stats.reconnects
+  reconnects: client.stats().reconnects
 }
 console.log(JSON.stringify(result, null, 2))
 const out = fileURLToPath(new URL('./results/', import.meta.url))

@@ -49,14 +49,10 @@ export type NbdErrorCode = (typeof NBD_ERROR_CODES)[number]
 
 const BRAND = Symbol.for('nbdts.error')
 
-interface ErrorOptionsWithCause {
-  cause?: unknown
-}
-
 export class NbdError extends Error {
   readonly code: NbdErrorCode
 
-  constructor (code: NbdErrorCode, message: string, options?: ErrorOptionsWithCause) {
+  constructor (code: NbdErrorCode, message: string, options?: ErrorOptions) {
     super(message, options)
     this.code = code
     Object.defineProperty(this, BRAND, { value: code })
@@ -78,7 +74,7 @@ export class NbdError extends Error {
 
 export class ProtocolError extends NbdError {
   static readonly CODE = 'NBD_ERR_PROTOCOL'
-  constructor (message: string, options?: ErrorOptionsWithCause) {
+  constructor (message: string, options?: ErrorOptions) {
     super('NBD_ERR_PROTOCOL', message, options)
   }
 }
@@ -117,21 +113,21 @@ export class ServerError extends NbdError {
 
 export class ConnectionError extends NbdError {
   static readonly CODE = 'NBD_ERR_CONNECTION'
-  constructor (message: string, options?: ErrorOptionsWithCause) {
+  constructor (message: string, options?: ErrorOptions) {
     super('NBD_ERR_CONNECTION', message, options)
   }
 }
 
 export class TimeoutError extends NbdError {
   static readonly CODE = 'NBD_ERR_TIMEOUT'
-  constructor (message: string, options?: ErrorOptionsWithCause) {
+  constructor (message: string, options?: ErrorOptions) {
     super('NBD_ERR_TIMEOUT', message, options)
   }
 }
 
 export class ReconnectDelayError extends NbdError {
   static readonly CODE = 'NBD_ERR_RECONNECT_DELAY'
-  constructor (message: string, options?: ErrorOptionsWithCause) {
+  constructor (message: string, options?: ErrorOptions) {
     super('NBD_ERR_RECONNECT_DELAY', message, options)
   }
 }
@@ -159,14 +155,14 @@ export class InvalidArgumentError extends NbdError {
 
 export class ClosedError extends NbdError {
   static readonly CODE = 'NBD_ERR_CLOSED'
-  constructor (message: string, options?: ErrorOptionsWithCause) {
+  constructor (message: string, options?: ErrorOptions) {
     super('NBD_ERR_CLOSED', message, options)
   }
 }
 
 export class TlsError extends NbdError {
   static readonly CODE = 'NBD_ERR_TLS'
-  constructor (message: string, options?: ErrorOptionsWithCause) {
+  constructor (message: string, options?: ErrorOptions) {
     super('NBD_ERR_TLS', message, options)
   }
 }
@@ -233,10 +229,20 @@ export type MountErrorReason = 'unsafe-target' | 'busy' | 'not-mounted' | 'helpe
 export class MountError extends NbdError {
   static readonly CODE = 'NBD_ERR_MOUNT'
   readonly reason: MountErrorReason
-  constructor (reason: MountErrorReason, message: string, options?: ErrorOptionsWithCause) {
+  constructor (reason: MountErrorReason, message: string, options?: ErrorOptions) {
     super('NBD_ERR_MOUNT', message, options)
     this.reason = reason
   }
+}
+
+/**
+ * A socket error as a ConnectionError that says what happened: the peer going away (EPIPE on
+ * a write, ECONNRESET) is "server closed the connection", the system error kept as the cause.
+ */
+export function socketError (err: unknown): ConnectionError {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code
+  if (code === 'EPIPE' || code === 'ECONNRESET') return new ConnectionError('server closed the connection', { cause: err })
+  return new ConnectionError(`connection failed${code === undefined ? '' : ` (${code})`}`, { cause: err })
 }
 
 /** Throws an AbortedError if the signal has fired. */

@@ -1,12 +1,17 @@
 /**
- * nbdts: a userspace NBD client. See README.md for a tour.
+ * nbdts: a userspace NBD client. See README.md for a tour and docs/library.md for the
+ * conventions: data or length first, the offset last, options last of all; numbers, exact
+ * up to 2^53, with a bigint form where a value may pass that.
  */
-export { NbdClient, NBD_CLIENT_STATE, stateChannel } from './client/index.ts'
+export { NbdClient, NBD_CLIENT_STATE } from './client/index.ts'
 export type {
-  BlockStatus, BlockStatusOptions, ClientStateChange, ConnectionInfo, Extent, MapOptions, NbdClientOptions, NbdClientState,
-  Offset, RequestOptions, StateChange, WriteOptions, ZeroOptions
+  BlockStatus, BlockStatusOptions, ConnectionInfo, ExportInfo, Extent, ListedExport, MapOptions, NbdClientOptions, NbdClientState,
+  Offset, RequestInfo, RequestOptions, RequestsInFlightOptions, StateChange, WriteOptions, ZeroOptions
 } from './client/index.ts'
-export type { ExportInfo, BackoffOptions, ListedExport } from './connector/index.ts'
+// The status bits of an extent's `flags`: base:allocation's HOLE and ZERO, a dirty bitmap's DIRTY.
+export { NBD_STATE_HOLE, NBD_STATE_ZERO, NBD_STATE_DIRTY } from './protocol/constants.ts'
+export type { BlockSizeConstraints } from './protocol/info.ts'
+export type { BackoffOptions } from './connector/index.ts'
 export type { StatsSnapshot } from './stats/index.ts'
 export type { OpenSocket } from './transport/index.ts'
 export type { TlsMode } from './transport/tls-credentials.ts'

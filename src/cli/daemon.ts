@@ -82,7 +82,7 @@ export async function serveDaemon (options: DaemonProcessOptions): Promise<numbe
       }
     },
     report: (signal) => {
-      for (const m of daemon?.mounts.values() ?? []) log('info', `${signal}: client ${JSON.stringify(m.client?.stats ?? {})}; fuse ${JSON.stringify(m.mount?.stats ?? {})}; mount ${m.file} (${m.state})`)
+      for (const m of daemon?.mounts.values() ?? []) log('info', `${signal}: client ${JSON.stringify(m.client?.stats() ?? {})}; fuse ${JSON.stringify(m.mount?.stats ?? {})}; mount ${m.file} (${m.state})`)
     }
   })
   // A foreground daemon whose terminal went away must not die of a failed log write.

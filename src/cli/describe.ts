@@ -4,7 +4,7 @@
  * contexts) has its control characters escaped in text (JSON escapes them itself): a
  * description cannot forge lines or drive the terminal.
  */
-import type { ExportInfo } from '../connector/export-info.ts'
+import type { ExportInfo } from '../client/export-info.ts'
 import { FLAG_FEATURES } from '../protocol/export-flags.ts'
 import { NBD_STATE_HOLE, NBD_STATE_ZERO } from '../protocol/constants.ts'
 import { humanSize } from '../util/json.ts'
@@ -37,8 +37,8 @@ export function exportReport (info: ExportInfo, uri: string | undefined): Export
     report.block_size_preferred = info.blockSize.preferred
     report.block_size_maximum = info.blockSize.maximum
   }
-  report['export-size'] = info.size
-  report['export-size-str'] = humanSize(info.size)
+  report['export-size'] = info.sizeBigInt
+  report['export-size-str'] = humanSize(info.sizeBigInt)
   return report as unknown as ExportReport
 }
 

@@ -4,7 +4,7 @@
  * `--is X`, which print nothing and exit 0 when true, 2 when false (1 on an error).
  */
 import { NbdClient } from '../client/nbd-client.ts'
-import type { ExportInfo } from '../connector/export-info.ts'
+import type { ExportInfo } from '../client/export-info.ts'
 import { InvalidArgumentError } from '../errors.ts'
 import { formatNbdUri, parseNbdUri } from '../protocol/uri.ts'
 import { printable } from '../util/printable.ts'
@@ -103,7 +103,7 @@ export async function runInfo (uri: string, options: InfoOptions, io: Output): P
         return 0
       }
       const extents = []
-      for await (const e of client.map(0, undefined, { context: map, bigint: true })) {
+      for await (const e of client.map(undefined, 0, { context: map, bigint: true })) {
         const entry = { offset: e.offset, length: e.length, type: e.flags, description: describeStatus(map, e.flags) }
         if (options.json === true) extents.push(entry)
         else io.out(`${String(e.offset).padStart(12)}  ${String(e.length).padStart(12)}  ${String(e.flags).padStart(3)}  ${entry.description}`)
@@ -123,7 +123,7 @@ export async function runInfo (uri: string, options: InfoOptions, io: Output): P
 /** Bytes per status value over the whole export, in ascending order of the value. */
 async function totals (client: NbdClient, context: string): Promise<Map<number, bigint>> {
   const sums = new Map<number, bigint>()
-  for await (const e of client.map(0, undefined, { context, bigint: true })) sums.set(e.flags, (sums.get(e.flags) ?? 0n) + BigInt(e.length))
+  for await (const e of client.map(undefined, 0, { context, bigint: true })) sums.set(e.flags, (sums.get(e.flags) ?? 0n) + BigInt(e.length))
   return new Map([...sums].sort(([a], [b]) => a - b))
 }
 

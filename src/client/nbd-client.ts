@@ -6,18 +6,27 @@
  *
  *   caller ──► NbdClient (checks, shaping) ──► Ordering (writes) ──► EnginePool ──► Engine × N
  *
- * Numbers: offsets and lengths are taken as numbers or bigints; what the client hands back
- * (size, extents) is a number, exact up to 2^53 bytes (8 PiB), and an OffsetRangeError
- * (NBD_ERR_RANGE) past that: ask for `sizeBigInt` or `{ bigint: true }` there, as fs.stat does.
+ * The conventions of the whole surface (docs/library.md, "Conventions"):
+ *   - argument order: data or length first, the offset (position) last, options last of all,
+ *     as Node's FileHandle (`read(buffer, offset, length, position)`) and libnbd
+ *     (`pread(buf, offset)`, `trim(count, offset)`): `read(length, offset)`,
+ *     `write(buffer, offset)`, `trim(length, offset)`, `blockStatus(length, offset)`, ...
+ *   - numbers: offsets, lengths and sizes are numbers, exact up to 2^53 bytes (8 PiB). An
+ *     offset may also be a bigint (as FileHandle's position may), so the whole u64 range is
+ *     reachable; a number the client would hand back past 2^53 is never rounded: the getter
+ *     or call throws an OffsetRangeError (NBD_ERR_RANGE) that names the exact form
+ *     (`sizeBigInt`, `{ bigint: true }`, as fs.stat has).
+ *   - getters for cheap state (`size`, `state`, `canTrim`), methods for snapshots built on
+ *     each call (`stats()`, `states()`, `connectionInfo()`, `paths()`, `requestsInFlight()`).
  */
 import { EventEmitter } from 'node:events'
 import type { Readable, Writable } from 'node:stream'
 import { ClosedError, InvalidArgumentError, NotSupportedError, OffsetRangeError } from '../errors.ts'
 import { NBD_CMD, NBD_FLAG } from '../protocol/constants.ts'
-import { listExports, type ListedExport } from '../connector/list-exports.ts'
-import type { ExportInfo } from '../connector/export-info.ts'
+import { listExports } from '../connector/list-exports.ts'
+import { exportInfo, listedExport, type ExportInfo, type ListedExport } from './export-info.ts'
 import type { StatsSnapshot } from '../stats/client-stats.ts'
-import type { NbdClientState, StateChange } from './engine/lifecycle.ts'
+import { flushStateChanges, type NbdClientState } from './engine/lifecycle.ts'
 import { Geometry, settle, toNumber } from './geometry.ts'
 import { resolveOptions, type NbdClientOptions, type ResolvedOptions } from './options.ts'
 import { Ordering } from './ordering.ts'
@@ -64,18 +73,48 @@ export interface MapOptions extends RequestOptions {
   readonly bigint?: boolean
 }
 
-/** A state change of one connection (numbered from 1, of `connections`). */
-export interface ClientStateChange extends StateChange {
+/** A state change of one connection of the client: the `'state'` event. */
+export interface StateChange {
+  readonly from: NbdClientState
+  readonly to: NbdClientState
+  /** Why, in words ("connection lost: server closed the connection", "disconnect requested"). */
+  readonly reason: string
+  /** The connection, numbered from 1 ... */
   readonly connection: number
+  /** ... of this many. */
   readonly connections: number
 }
 
+/** A request on the wire: what `requestsInFlight()` lists. */
+export interface RequestInfo<O extends number | bigint = number> {
+  /** The connection it is on, numbered from 1. */
+  readonly connection: number
+  /** Its cookie on that connection (the NBD handle). */
+  readonly cookie: number
+  /** The command: `'READ'`, `'WRITE'`, `'FLUSH'`, ... */
+  readonly type: string
+  readonly offset: O
+  readonly length: number
+  /** Since its (last) send, ms. */
+  readonly ageMs: number
+  /** Sends after a lost connection. */
+  readonly attempts: number
+}
 
-export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: [PathChange] }> {
+/** Options of `requestsInFlight()`. */
+export interface RequestsInFlightOptions {
+  /** Offsets as bigints (exact past 2^53). */
+  readonly bigint?: boolean
+}
+
+
+export class NbdClient extends EventEmitter<{ state: [StateChange], path: [PathChange] }> {
   readonly #options: ResolvedOptions
   readonly #pool: EnginePool
   readonly #g: Geometry
   readonly #writes: Writes
+  readonly #info: ExportInfo
+  readonly #metaContexts: readonly string[]
 
   private constructor (options: ResolvedOptions, pool: EnginePool, ordering: Ordering) {
     super()
@@ -85,6 +124,8 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: 
     ordering.engines = () => pool.engines
     ordering.watch = pool.multipath?.watchWrite
     this.#g = new Geometry(pool.engines[0]!.info, pool, ordering, options.maxRequestSize)
+    this.#info = exportInfo(this.#g.info)
+    this.#metaContexts = Object.freeze([...this.#g.info.contexts.values()])
     this.#writes = new Writes(this.#g, (signal) => this.flush(signal === undefined ? {} : { signal }))
     pool.multipath?.paths.on('change', (change) => { this.emit('path', change) })
     const connections = pool.engines.length
@@ -121,29 +162,31 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: 
   static async list (target: string | NbdClientOptions, options: NbdClientOptions = {}): Promise<ListedExport[]> {
     const resolved = resolveOptions(target, options)
     const signal = typeof target === 'string' ? options.signal : target.signal ?? options.signal
-    return await listExports({ open: resolved.open, handshakeTimeout: resolved.handshakeTimeout, tls: resolved.tls, ...(signal !== undefined && { signal }) })
+    const listed = await listExports({ open: resolved.open, handshakeTimeout: resolved.handshakeTimeout, tls: resolved.tls, ...(signal !== undefined && { signal }) })
+    return listed.map(listedExport)
   }
 
   /** What the server told us about the export (from the first connection). */
-  get info (): ExportInfo { return this.#g.info }
+  get info (): ExportInfo { return this.#info }
 
-  /** The export size in bytes; NBD_ERR_RANGE past 2^53 (use sizeBigInt there). */
+  /** The export size in bytes; past 2^53 it throws an OffsetRangeError (NBD_ERR_RANGE): use sizeBigInt there. */
   get size (): number {
     if (this.#g.sizeNumber < 0) throw new OffsetRangeError(`the export is ${this.#g.info.size} bytes, more than a number holds exactly: use sizeBigInt`)
     return this.#g.sizeNumber
   }
 
-  /** The export size, exact at any size. */
+  /** The export size in bytes, exact at any size. */
   get sizeBigInt (): bigint { return this.#g.info.size }
   get exportName (): string { return this.#options.exportName }
   /** The state of the first connection (QEMU's CONNECTED, CONNECTING_WAIT, ...). */
   get state (): NbdClientState { return this.#pool.engines[0]!.state }
-  /** Every connection's state, connection 1 first. */
-  get states (): NbdClientState[] { return this.#pool.states }
+  /** Every connection's state, connection 1 first (a snapshot). */
+  states (): NbdClientState[] { return this.#pool.states }
   get connections (): number { return this.#pool.engines.length }
-  /** Meta contexts selected for blockStatus, by name. */
-  get metaContexts (): string[] { return [...this.#g.info.contexts.values()] }
-  get stats (): StatsSnapshot { return this.#pool.stats() }
+  /** Meta contexts selected for blockStatus, by name (fixed at connect). */
+  get metaContexts (): readonly string[] { return this.#metaContexts }
+  /** Counters summed over the connections (a snapshot). */
+  stats (): StatsSnapshot { return this.#pool.stats() }
   get maxInFlight (): number { return this.#pool.engines[0]!.maxInFlight }
 
   /** Changes the per-connection request limit at run time. */
@@ -183,7 +226,11 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: 
 
   // ── reads ─────────────────────────────────────────────────────────────────────────────
 
-  async read (offset: Offset, length: number, options: RequestOptions = {}): Promise<Buffer> {
+  /**
+   * Reads `length` bytes from `offset` into a new Buffer. Length first, the offset last (as
+   * FileHandle and libnbd's pread); the offset may be a bigint past 2^53.
+   */
+  async read (length: number, offset: Offset, options: RequestOptions = {}): Promise<Buffer> {
     const buf = Buffer.allocUnsafe(toLength(length))
     await this.readInto(buf, offset, options)
     return buf
@@ -243,41 +290,44 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: 
     await this.#g.ordering.flush(this.#pool.flushEngines(), options.signal)
   }
 
-  /** Discards a range (a hint: contents are undefined until rewritten). Unaligned ends are left alone. */
-  async trim (offset: Offset, length: number, options: WriteOptions = {}): Promise<void> {
+  /** Discards `length` bytes from `offset` (a hint: contents are undefined until rewritten). Unaligned ends are left alone. */
+  async trim (length: number, offset: Offset, options: WriteOptions = {}): Promise<void> {
     await this.#writes.trim(toBig(offset), toLength(length), options)
   }
 
   /**
-   * Makes a range read back as zeroes (`noHole`: and stay allocated, fallocate's ZERO_RANGE).
-   * Falls back to writing zeroes when the server cannot.
+   * Makes `length` bytes from `offset` read back as zeroes (`noHole`: and stay allocated,
+   * fallocate's ZERO_RANGE). Falls back to writing zeroes when the server cannot.
    */
-  async writeZeroes (offset: Offset, length: number, options: ZeroOptions = {}): Promise<void> {
+  async writeZeroes (length: number, offset: Offset, options: ZeroOptions = {}): Promise<void> {
     await this.#writes.writeZeroes(toBig(offset), toLength(length), options)
   }
 
   /**
-   * fallocate(PUNCH_HOLE): the range reads back as zeroes on every server, and is deallocated
+   * fallocate(PUNCH_HOLE) of `length` bytes from `offset`: the range reads back as zeroes on every server, and is deallocated
    * where the server can (WRITE_ZEROES without NO_HOLE; written zeroes where it is not
    * offered). Unlike trim(), which is only a hint, this is a promise about the contents.
    */
-  async punchHole (offset: Offset, length: number, options: WriteOptions = {}): Promise<void> {
+  async punchHole (length: number, offset: Offset, options: WriteOptions = {}): Promise<void> {
     await this.#writes.writeZeroes(toBig(offset), toLength(length), { ...options, noHole: false, fastZero: false })
   }
 
-  /** Prefetch hint. The range is widened to whole blocks (an unaligned export tail is skipped). */
-  async cache (offset: Offset, length: number, options: RequestOptions = {}): Promise<void> {
+  /** Prefetch hint for `length` bytes from `offset`, widened to whole blocks (an unaligned export tail is skipped). */
+  async cache (length: number, offset: Offset, options: RequestOptions = {}): Promise<void> {
     await cache(this.#g, toBig(offset), toLength(length), options.signal)
   }
 
   /**
-   * Allocation (or other meta context) status from `offset`. The server may describe less
-   * than `length` but always at least one extent; extents never run past the request. An
-   * export tail that is not a whole block is reported as data (see status.ts).
+   * Allocation (or other meta context) status of `length` bytes from `offset`. The server may
+   * describe less than `length` but always at least one extent; extents never run past the
+   * request. An export tail that is not a whole block is reported as data (see status.ts).
+   * Test `flags` with NBD_STATE_HOLE / NBD_STATE_ZERO (base:allocation), NBD_STATE_DIRTY.
+   * `{ bigint: true }`: offsets as bigints (exact past 2^53); else numbers, and an
+   * OffsetRangeError past 2^53.
    */
-  blockStatus (offset: Offset, length: number, options?: BlockStatusOptions & { readonly bigint?: false }): Promise<BlockStatus>
-  blockStatus (offset: Offset, length: number, options: BlockStatusOptions & { readonly bigint: true }): Promise<BlockStatus<bigint>>
-  async blockStatus (offset: Offset, length: number, options: BlockStatusOptions = {}): Promise<BlockStatus<number | bigint>> {
+  blockStatus (length: number, offset: Offset, options?: BlockStatusOptions & { readonly bigint?: false }): Promise<BlockStatus>
+  blockStatus (length: number, offset: Offset, options: BlockStatusOptions & { readonly bigint: true }): Promise<BlockStatus<bigint>>
+  async blockStatus (length: number, offset: Offset, options: BlockStatusOptions = {}): Promise<BlockStatus<number | bigint>> {
     const status = await blockStatus(this.#g, toBig(offset), toLength(length), options.reqOne === true, options.signal)
     if (options.bigint === true) return status
     return new Map([...status].map(([name, extents]) => [name, extents.map((e) => ({ ...e, offset: toNumber(e.offset) }))]))
@@ -286,13 +336,14 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: 
   /**
    * Walks the extents of [offset, offset+length) for one meta context, as `nbdinfo --map`
    * does, merging neighbours with the same flags. Covers the whole range, the export's
-   * unaligned tail included.
+   * unaligned tail included. `length` defaults to the rest of the export, `offset` to 0:
+   * `map()` walks it all.
    */
-  map (offset?: Offset, length?: number | bigint, options?: MapOptions & { readonly bigint?: false }): AsyncGenerator<Extent>
-  map (offset: Offset | undefined, length: number | bigint | undefined, options: MapOptions & { readonly bigint: true }): AsyncGenerator<Extent<bigint>>
-  async * map (offset: Offset = 0, length?: number | bigint, options: MapOptions = {}): AsyncGenerator<Extent<number | bigint>> {
+  map (length?: number, offset?: Offset, options?: MapOptions & { readonly bigint?: false }): AsyncGenerator<Extent>
+  map (length: number | undefined, offset: Offset | undefined, options: MapOptions & { readonly bigint: true }): AsyncGenerator<Extent<bigint>>
+  async * map (length?: number, offset: Offset = 0, options: MapOptions = {}): AsyncGenerator<Extent<number | bigint>> {
     const start = toBig(offset)
-    const end = length === undefined ? this.#g.info.size : start + BigInt(length)
+    const end = length === undefined ? this.#g.info.size : start + BigInt(toLength(length))
     for await (const e of walk(this.#g, start, end, options.context ?? 'base:allocation', options.signal)) {
       yield options.bigint === true ? e : { ...e, offset: toNumber(e.offset) }
     }
@@ -355,20 +406,33 @@ export class NbdClient extends EventEmitter<{ state: [ClientStateChange], path: 
   /** Per connection (numbered from 1): state, TLS, load, and what it has been through. */
   connectionInfo (): ConnectionInfo[] { return this.#pool.connectionInfo() }
 
-  /** The requests on the wire, over every connection. */
-  requestsInFlight (): ReturnType<EnginePool['requests']> { return this.#pool.requests() }
+  /** The requests on the wire, over every connection (a snapshot); `{ bigint: true }`: offsets as bigints. */
+  requestsInFlight (options?: RequestsInFlightOptions & { readonly bigint?: false }): Array<RequestInfo>
+  requestsInFlight (options: RequestsInFlightOptions & { readonly bigint: true }): Array<RequestInfo<bigint>>
+  requestsInFlight (options: RequestsInFlightOptions = {}): Array<RequestInfo<number | bigint>> {
+    const requests = this.#pool.requests()
+    return options.bigint === true ? requests : requests.map((r) => ({ ...r, offset: toNumber(r.offset) }))
+  }
 
-  /** Finishes every request, sends NBD_CMD_DISC and closes. Leaves no timers or sockets. */
+  /**
+   * Finishes every request, sends NBD_CMD_DISC and closes. Leaves no timers or sockets; every
+   * `'state'` event of the close has been emitted when it resolves.
+   */
   async close (): Promise<void> {
     // Requests still waiting for a replay are not sent any more; those on the wire finish.
     this.#g.ordering.close()
-    await this.#pool.close()
+    try {
+      await this.#pool.close()
+    } finally {
+      flushStateChanges()
+    }
   }
 
-  /** Fails every request now and closes. */
+  /** Fails every request now and closes (its `'state'` events are emitted before it returns). */
   destroy (): void {
     this.#g.ordering.close(new ClosedError('client destroyed'))
     this.#pool.destroy()
+    flushStateChanges()
   }
 
   /** `await using client = await NbdClient.connect(...)` closes it at the end of the scope. */

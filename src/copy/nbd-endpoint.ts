@@ -67,7 +67,7 @@ async function closeAll (clients: readonly NbdClient[]): Promise<void> {
 }
 
 function reconnects (clients: readonly NbdClient[]): () => number {
-  return () => clients.reduce((n, c) => n + c.stats.reconnects, 0)
+  return () => clients.reduce((n, c) => n + c.stats().reconnects, 0)
 }
 
 function preferred (client: NbdClient): number | undefined {
@@ -84,7 +84,7 @@ export async function nbdSource (options: NbdEndpointOptions): Promise<CopySourc
     connections: clients.length,
     preferredBlockSize: preferred(first),
     readInto: (buffer, offset, lane, signal) => clients[lane % clients.length]!.readInto(buffer, offset, { signal }),
-    ...(withExtents && { extents: (offset: number, length: number, signal: AbortSignal) => first.map(offset, length, { signal }) }),
+    ...(withExtents && { extents: (offset: number, length: number, signal: AbortSignal) => first.map(length, offset, { signal }) }),
     reconnects: reconnects(clients),
     close: () => closeAll(clients)
   }
@@ -110,8 +110,8 @@ export async function nbdDestination (options: NbdEndpointOptions): Promise<Copy
     // (WRITE_ZEROES without NO_HOLE; written zeroes where there is no WRITE_ZEROES). TRIM is
     // never used: it promises nothing about the contents.
     zero: (offset, length, lane, request, signal) => request.allocated
-      ? pick(lane).writeZeroes(offset, length, { noHole: true, signal })
-      : pick(lane).punchHole(offset, length, { signal }),
+      ? pick(lane).writeZeroes(length, offset, { noHole: true, signal })
+      : pick(lane).punchHole(length, offset, { signal }),
     flush: async (signal) => {
       if (first.canFlush) await first.flush({ signal })
     },

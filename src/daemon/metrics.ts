@@ -62,7 +62,7 @@ export class DaemonMetrics {
         new Gauge({ name, help, labelNames, registers, collect () { this.reset(); each((l, n) => { this.labels(...l).set(n) }) } })
       }
     }
-    const stats = (m: MountRuntime): StatsSnapshot | undefined => m.client?.stats
+    const stats = (m: MountRuntime): StatsSnapshot | undefined => m.client?.stats()
     perMount('counter', 'nbdts_requests_total', 'NBD requests completed, by command', ['command'],
       (m) => Object.entries(stats(m)?.requests ?? {}).map(([command, n]) => [[command], n]))
     perMount('counter', 'nbdts_bytes_total', 'Bytes read from and written to the export', ['direction'], (m) => {
@@ -80,7 +80,7 @@ export class DaemonMetrics {
     perMount('counter', 'nbdts_reconnects_total', 'Connections established after the first one', [], (m) => [[[], stats(m)?.reconnects ?? 0]])
     perMount('gauge', 'nbdts_in_flight', 'NBD requests in flight', [], (m) => [[[], stats(m)?.inFlight ?? 0]])
     perMount('gauge', 'nbdts_connection_state', 'Each NBD connection\'s state (1 for the state it is in)', ['connection', 'state'],
-      (m) => (m.client?.states ?? []).map((state, i) => [[String(i + 1), state], 1]))
+      (m) => (m.client?.states() ?? []).map((state, i) => [[String(i + 1), state], 1]))
     perMount('gauge', 'nbdts_mount_state', 'Each mount\'s state in the daemon (1 for the state it is in)', ['state'],
       (m) => MOUNT_STATES.map((state) => [[state], m.state === state ? 1 : 0]))
     perMount('gauge', 'nbdts_path_state', 'Each path of a mount with several (multipath): 1 for the state it is in (ready, failed, disabled)', ['path', 'state'],

@@ -11,7 +11,7 @@
  * and answers; `gone` settles when it is over. A remove during STARTING aborts the connect.
  */
 import type { ServerCommand } from '../activation/index.ts'
-import { NbdClient, type ClientStateChange } from '../client/nbd-client.ts'
+import { NbdClient, type StateChange } from '../client/nbd-client.ts'
 import { givenTls } from '../client/options.ts'
 import type { PathChange } from '../multipath/index.ts'
 import type { TeardownMode } from '../control/grammar.ts'
@@ -144,7 +144,7 @@ export class MountRuntime {
       })
       this.#client = client
       this.#log('info', `connected to ${this.uri}: ${client.sizeBigInt} bytes, ${client.info.mode} replies${client.info.tls ? ', TLS' : ''}`)
-      const onState = (c: ClientStateChange): void => {
+      const onState = (c: StateChange): void => {
         const expected = c.to === 'CONNECTED' || c.reason.startsWith('client closed')
         this.#log(expected ? 'info' : 'warn', `connection ${c.connection} of ${c.connections}: ${c.from} → ${c.to} (${c.reason})`)
       }
@@ -221,7 +221,7 @@ export class MountRuntime {
     }
     if (this.state === 'failed') this.goneReason = this.lastError ?? 'failed'
     this.state = 'removing'
-    this.#log('info', `gone; client ${JSON.stringify(this.#client?.stats ?? {})}; fuse ${JSON.stringify(mount?.stats ?? {})}`)
+    this.#log('info', `gone; client ${JSON.stringify(this.#client?.stats() ?? {})}; fuse ${JSON.stringify(mount?.stats ?? {})}`)
     this.onGone?.()
     this.#markGone()
   }
@@ -257,6 +257,6 @@ export class MountRuntime {
   /** Once a second: rates and the latency window move on. */
   tick (now: number): void {
     this.latency.tick()
-    if (this.#client !== undefined) this.rates.sample(this.#client.stats, now)
+    if (this.#client !== undefined) this.rates.sample(this.#client.stats(), now)
   }
 }

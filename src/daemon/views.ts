@@ -53,14 +53,14 @@ function round (n: number, digits: number): number {
 
 export function mountRow (m: MountRuntime, privileged: boolean): MountRow {
   const client = m.client
-  const stats = client?.stats
+  const stats = client?.stats()
   const p99 = m.latency.percentile(0.99)
   const size = client?.sizeBigInt
   return {
     file: m.file,
     uri: privileged ? m.uri : redactUri(m.uri),
     state: m.state,
-    connections: client?.states ?? [],
+    connections: client?.states() ?? [],
     size: size === undefined ? null : Number(size),
     iops: round(m.rates.rates.iops, 1),
     mibps: round(m.rates.rates.mibps, 2),
@@ -121,7 +121,7 @@ export function mountTopic (m: MountRuntime, topic: string, privileged: boolean)
         access: mount === undefined ? undefined : mount.readonly ? 'read-only' : 'read-write',
         exportSize: client?.sizeBigInt,
         exportSizeHuman: client === undefined ? undefined : humanSize(client.sizeBigInt),
-        connections: client?.states.join(' '),
+        connections: client?.states().join(' '),
         protocol: client === undefined ? undefined : `${client.info.protocol}, ${client.info.mode} replies, ${client.info.tls ? 'with' : 'without'} TLS`,
         uptimeSeconds: Math.round((Date.now() - m.startedAt) / 1000)
       }
@@ -129,7 +129,7 @@ export function mountTopic (m: MountRuntime, topic: string, privileged: boolean)
       return {
         rates: m.rates.rates,
         latencyMs: { p50: m.latency.percentile(0.5) ?? null, p90: m.latency.percentile(0.9) ?? null, p99: m.latency.percentile(0.99) ?? null },
-        client: client?.stats,
+        client: client?.stats(),
         fuse: mount?.stats
       }
     case 'config': {
@@ -143,7 +143,7 @@ export function mountTopic (m: MountRuntime, topic: string, privileged: boolean)
     }
     case 'requests': {
       // Offsets and lengths say what root's mount is reading and writing: root's to see.
-      const nbd = client?.requestsInFlight() ?? []
+      const nbd = client?.requestsInFlight({ bigint: true }) ?? []
       return { fuseInFlight: mount?.stats.inFlight ?? 0, ...(privileged ? { nbd } : { nbdInFlight: nbd.length }) }
     }
     case 'paths':

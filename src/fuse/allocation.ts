@@ -115,7 +115,7 @@ export class AllocationCounter {
     for (let n = 0; n < maxRequests && (n === 0 || Date.now() < deadline) && !signal.aborted && this.passes === passes; n++) {
       const end = this.#regionEnd(this.#cursor)
       const left = end - this.#at
-      const status = await this.#client.blockStatus(this.#at, left < BigInt(MAX_REQUEST) ? Number(left) : MAX_REQUEST, { signal })
+      const status = await this.#client.blockStatus(left < BigInt(MAX_REQUEST) ? Number(left) : MAX_REQUEST, this.#at, { signal })
       this.requests++
       const extents = status.get(CONTEXT) ?? []
       if (extents.length === 0) throw new Error(`no ${CONTEXT} extents at offset ${this.#at}`)

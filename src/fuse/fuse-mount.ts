@@ -238,7 +238,7 @@ export class FuseMount {
 
   async #flush (wait: boolean): Promise<void> {
     if (!this.#client.canFlush || this.#client.state === 'QUIT') return
-    if (!wait && this.#client.states.some((state) => state !== 'CONNECTED')) {
+    if (!wait && this.#client.states().some((state) => state !== 'CONNECTED')) {
       this.#log('warn', 'not flushed before unmount: the server is away, and the unmount is forced')
       return
     }

@@ -135,12 +135,12 @@ export class IoOps {
         // The kernel sends PUNCH_HOLE only with KEEP_SIZE. The range must read back as zeroes
         // on every server, so not TRIM (a hint a server may ignore).
         if (clipped === 0n) reply()
-        else this.#tracker.track(unique, true, (options) => zeroRange(start, clipped, (at, n) => this.#client.punchHole(at, n, options)), reply)
+        else this.#tracker.track(unique, true, (options) => zeroRange(start, clipped, (at, n) => this.#client.punchHole(n, at, options)), reply)
         return
       case FALLOC_FL.ZERO_RANGE:
         if (grows) this.#channel.reply(unique, ERRNO.ENOSPC)
         else if (clipped === 0n) reply()
-        else this.#tracker.track(unique, true, (options) => zeroRange(start, clipped, (at, n) => this.#client.writeZeroes(at, n, { ...options, noHole: true })), reply)
+        else this.#tracker.track(unique, true, (options) => zeroRange(start, clipped, (at, n) => this.#client.writeZeroes(n, at, { ...options, noHole: true })), reply)
         return
       case 0:
         // Allocation: every byte of the export already exists; past the end there is no room.
@@ -161,7 +161,7 @@ export class IoOps {
   truncate (unique: number, opened: () => void): void {
     const started = performance.now()
     this.#log('info', `O_TRUNC: zeroing the whole export (${this.#size} bytes${this.#client.canZero ? '' : ', written as zeroes: the server has no WRITE_ZEROES'})`)
-    this.#tracker.track(unique, true, (options) => zeroRange(0n, this.#size, (at, n) => this.#client.punchHole(at, n, options)), () => {
+    this.#tracker.track(unique, true, (options) => zeroRange(0n, this.#size, (at, n) => this.#client.punchHole(n, at, options)), () => {
       this.#log('info', `O_TRUNC: zeroed in ${Math.round(performance.now() - started)} ms`)
       opened()
     })
@@ -198,7 +198,7 @@ export class IoOps {
     const hole = NBD_STATE_HOLE | NBD_STATE_ZERO
     for (let at = offset; at < this.#size;) {
       const ask = this.#size - at < SEEK_STEP ? Number(this.#size - at) : Number(SEEK_STEP)
-      const status = await this.#client.blockStatus(at, ask, { bigint: true, ...(signal !== undefined && { signal }) })
+      const status = await this.#client.blockStatus(ask, at, { bigint: true, ...(signal !== undefined && { signal }) })
       const extents = status.get(ALLOCATION) ?? []
       const before = at
       for (const e of extents) {

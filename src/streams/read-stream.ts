@@ -86,7 +86,7 @@ class NbdReadStream extends Readable {
     if (!Number.isSafeInteger(start) || start < 0 || !Number.isSafeInteger(end) || end < start || end > size) {
       throw new InvalidArgumentError(`read stream range start=${start} end=${options.end} does not fit the export (${size} bytes)`)
     }
-    const extents = sparse && client.metaContexts.includes('base:allocation') ? client.map(start, end - start, { signal: this.#abort.signal }) : undefined
+    const extents = sparse && client.metaContexts.includes('base:allocation') ? client.map(end - start, start, { signal: this.#abort.signal }) : undefined
     this.#pieces = planPieces(extents, start, end, chunk)
   }
 

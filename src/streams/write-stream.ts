@@ -107,7 +107,7 @@ class NbdWriteStream extends Writable {
   #sparse (chunk: SparseChunk): void {
     if (chunk.zero === true) {
       if (this.#options.destinationIsZero === true || chunk.length === 0) return
-      this.#track(this.#client.punchHole(chunk.offset, chunk.length, { signal: this.#abort.signal }))
+      this.#track(this.#client.punchHole(chunk.length, chunk.offset, { signal: this.#abort.signal }))
       return
     }
     this.#track(this.#client.write(chunk.data, chunk.offset, { signal: this.#abort.signal }))

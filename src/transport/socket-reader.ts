@@ -36,7 +36,7 @@
  * large READs in flight, whole pool buffers batch many small replies per read().
  */
 import type { Duplex } from 'node:stream'
-import { ConnectionError } from '../errors.ts'
+import { ConnectionError, socketError } from '../errors.ts'
 import { ReadHook, type PooledBuffer } from './read-hook.ts'
 
 /**
@@ -86,10 +86,7 @@ export class SocketReader {
 
   readonly #onData = (chunk: Buffer): void => { this.#receive(chunk, null) }
   readonly #onEnd = (): void => { this.#latch(new ConnectionError('server closed the connection')) }
-  readonly #onError = (err: Error): void => {
-    const code = (err as NodeJS.ErrnoException).code
-    this.#latch(new ConnectionError(`connection failed${code === undefined ? '' : ` (${code})`}`, { cause: err }))
-  }
+  readonly #onError = (err: Error): void => { this.#latch(socketError(err)) }
 
   readonly #onClose = (): void => { this.#latch(new ConnectionError('connection closed')) }
   readonly #hook: ReadHook | undefined
@@ -281,7 +278,8 @@ export class SocketReader {
 
   #endedError (what: string, got: number, want: number): Error {
     const err = this.#error!
-    if (!(err instanceof ConnectionError) || got === 0 && want === 0) return err
+    // Nothing of it had come (the stream ended between messages): the error says it all.
+    if (!(err instanceof ConnectionError) || got === 0) return err
     return new ConnectionError(`${err.message} while reading ${what} (${got} of ${want} bytes)`, { cause: err.cause })
   }
 

@@ -48,8 +48,8 @@ describe('kill -9 / restart cycles under load', () => {
     stop = true
     const rounds = await within(load, 30_000, 'the load')
     assert.ok(rounds > 200, `the load ran (${rounds} write + verify rounds)`)
-    assert.ok(client.stats.reconnects >= CYCLES, `reconnected after each crash (${client.stats.reconnects})`)
-    assert.equal(client.stats.failedByDelay, 0)
+    assert.ok(client.stats().reconnects >= CYCLES, `reconnected after each crash (${client.stats().reconnects})`)
+    assert.equal(client.stats().failedByDelay, 0)
     await client.flush()
     await client.close()
     await server.stop()

@@ -45,10 +45,10 @@ test('never more than maxInFlight requests on the wire, and the limit can change
     }
   })
   const client = await NbdClient.connect(server.uri(), { maxInFlight: 5 })
-  await within(Promise.all(Array.from({ length: 40 }, (_, i) => client.read(i * 512, 512))), 10_000)
+  await within(Promise.all(Array.from({ length: 40 }, (_, i) => client.read(512, i * 512))), 10_000)
   assert.equal(maxSeen, 5)
   client.maxInFlight = 12
-  await within(Promise.all(Array.from({ length: 40 }, (_, i) => client.read(i * 512, 512))), 10_000)
+  await within(Promise.all(Array.from({ length: 40 }, (_, i) => client.read(512, i * 512))), 10_000)
   assert.equal(maxSeen, 12)
   await client.close()
 })
@@ -75,7 +75,7 @@ test('abort: before sending nothing goes out; in flight the reply is consumed an
   const inFlight = new AbortController()
   const readIntoBuffer = handled(client.readInto(buffer, 0, { signal: inFlight.signal }))
   const queued = new AbortController()
-  const queuedRead = handled(client.read(4096, 512, { signal: queued.signal }))
+  const queuedRead = handled(client.read(512, 4096, { signal: queued.signal }))
   while (seen.length === 0) await new Promise((resolve) => setTimeout(resolve, 5))
   queued.abort()
   inFlight.abort(new Error('user gave up'))
@@ -83,7 +83,7 @@ test('abort: before sending nothing goes out; in flight the reply is consumed an
   await rejectsWithCode(queuedRead, 'ABORT_ERR', 1000)
   release!()
   // The aborted request's reply is still read (the stream stays in step), but not into our buffer.
-  assert.deepEqual(await within(client.read(8192, 16), 3000), Buffer.alloc(16, 0x11))
+  assert.deepEqual(await within(client.read(16, 8192), 3000), Buffer.alloc(16, 0x11))
   assert.deepEqual(buffer, Buffer.alloc(512, 0x55))
   assert.deepEqual(seen.map((r) => Number(r.offset)), [0, 8192], 'the request aborted while queued never reached the wire')
   await client.close()
@@ -122,10 +122,10 @@ test('close drains, sends NBD_CMD_DISC and leaves no socket or timer behind', as
   const server = await startNbdkit(dir, ['--filter=delay', 'memory', '1M', 'delay-read=200ms'], 'drain')
   const before = liveHandles()
   const client = await NbdClient.connect(server.uri())
-  const reads = [client.read(0, 4096), client.read(4096, 4096)]
+  const reads = [client.read(4096, 0), client.read(4096, 4096)]
   await within(client.close(), 5000)
   assert.equal((await Promise.all(reads)).length, 2, 'in-flight requests finished before the disconnect')
-  await rejectsWithCode(client.read(0, 1), 'NBD_ERR_CLOSED', 1000)
+  await rejectsWithCode(client.read(1, 0), 'NBD_ERR_CLOSED', 1000)
   await new Promise((resolve) => setTimeout(resolve, 50))
   assert.deepEqual(liveHandles(), before)
   await server.stop()
@@ -134,7 +134,7 @@ test('close drains, sends NBD_CMD_DISC and leaves no socket or timer behind', as
 test('destroy fails everything now', async () => {
   const server = await serve(async (peer) => { await peer.negotiate(); await peer.closed() })
   const client = await NbdClient.connect(server.uri())
-  const reads = Array.from({ length: 20 }, (_, i) => handled(client.read(i * 512, 512)))
+  const reads = Array.from({ length: 20 }, (_, i) => handled(client.read(512, i * 512)))
   await new Promise((resolve) => setTimeout(resolve, 20))
   client.destroy()
   for (const r of reads) await rejectsWithCode(r, 'NBD_ERR_CLOSED', 1000)

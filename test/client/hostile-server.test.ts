@@ -33,7 +33,7 @@ async function pendingReads (count: number, script: (peer: FakePeer, requests: W
     await script(peer, requests)
   })
   const client = await NbdClient.connect(server.uri(), fast)
-  const results = Array.from({ length: count }, (_, i) => handled(client.read(i * 4096, 4096)))
+  const results = Array.from({ length: count }, (_, i) => handled(client.read(4096, i * 4096)))
   return { client, results, server }
 }
 
@@ -212,7 +212,7 @@ describe('handshake', () => {
     const client = await NbdClient.connect(server.uri(), fast)
     assert.equal(client.size, 8192)
     assert.equal(client.info.mode, 'simple')
-    assert.deepEqual(await client.read(0, 16), Buffer.alloc(16, 0x5a))
+    assert.deepEqual(await client.read(16, 0), Buffer.alloc(16, 0x5a))
     client.destroy()
   })
 
@@ -252,7 +252,7 @@ describe('transmission', () => {
     })
     await allRejectWith(results, 'NBD_ERR_PROTOCOL', /bad reply magic 0xdeadbeef/)
     assert.equal(client.state, 'QUIT')
-    await rejectsWithCode(client.read(0, 512), 'NBD_ERR_PROTOCOL', 1000)
+    await rejectsWithCode(client.read(512, 0), 'NBD_ERR_PROTOCOL', 1000)
     client.destroy()
   })
 
@@ -272,7 +272,7 @@ describe('transmission', () => {
       peer.offsetData(second, second.offset, Buffer.alloc(512, 1))
     })
     const client = await NbdClient.connect(server.uri(), fast)
-    assert.deepEqual(await client.read(0, 512), Buffer.alloc(512, 1))
+    assert.deepEqual(await client.read(512, 0), Buffer.alloc(512, 1))
     await rejectsWithCode(client.read(512, 512), 'NBD_ERR_PROTOCOL', 3000, /not in flight/)
     client.destroy()
   })
@@ -340,7 +340,7 @@ describe('transmission', () => {
       peer.offsetData(next, next.offset, Buffer.alloc(4096, 2))
     })
     const client = await NbdClient.connect(server.uri(), fast)
-    const err = await rejectsWithCode(client.read(0, 4096), 'NBD_ERR_SERVER', 3000, /EIO: bad \(at offset 2048\)/)
+    const err = await rejectsWithCode(client.read(4096, 0), 'NBD_ERR_SERVER', 3000, /EIO: bad \(at offset 2048\)/)
     assert.equal((err as unknown as { errno: string }).errno, 'EIO')
     assert.deepEqual(await client.read(4096, 4096), Buffer.alloc(4096, 2))
     client.destroy()
@@ -358,7 +358,7 @@ describe('transmission', () => {
       peer.offsetData(next, next.offset, Buffer.alloc(4096, 2))
     })
     const client = await NbdClient.connect(server.uri(), fast)
-    await rejectsWithCode(client.read(0, 4096), 'NBD_ERR_SERVER', 3000, /EIO: bad \(at offset 100\)/)
+    await rejectsWithCode(client.read(4096, 0), 'NBD_ERR_SERVER', 3000, /EIO: bad \(at offset 100\)/)
     assert.equal(client.state, 'CONNECTED')
     assert.deepEqual(await client.read(4096, 4096), Buffer.alloc(4096, 2))
     client.destroy()
@@ -376,7 +376,7 @@ describe('transmission', () => {
     })
     const client = await NbdClient.connect(server.uri(), fast)
     for (const value of [2, 13, 999]) {
-      const err = await rejectsWithCode(client.read(0, 512), 'NBD_ERR_SERVER', 3000, new RegExp(`value ${value}`))
+      const err = await rejectsWithCode(client.read(512, 0), 'NBD_ERR_SERVER', 3000, new RegExp(`value ${value}`))
       assert.equal((err as unknown as { errno: string }).errno, 'EINVAL')
     }
     await within(client.flush(), 3000)
@@ -393,7 +393,7 @@ describe('transmission', () => {
       peer.simpleReply(r2.cookie, 0)
     })
     const client = await NbdClient.connect(server.uri(), fast)
-    const err = await rejectsWithCode(client.trim(0, 4096), 'NBD_ERR_SERVER', 3000)
+    const err = await rejectsWithCode(client.trim(4096, 0), 'NBD_ERR_SERVER', 3000)
     assert.equal((err as unknown as { errno: string }).errno, 'ENOTSUP')
     await within(client.flush(), 3000)
     client.destroy()
@@ -410,7 +410,7 @@ describe('transmission', () => {
       peer.end()
     })
     const client = await NbdClient.connect(server.uri(), fast)
-    await rejectsWithCode(client.read(0, 512), 'NBD_ERR_CONNECTION', 3000, /shutting down \(ESHUTDOWN\)/)
+    await rejectsWithCode(client.read(512, 0), 'NBD_ERR_CONNECTION', 3000, /shutting down \(ESHUTDOWN\)/)
     await new Promise((resolve) => setTimeout(resolve, 100))
     assert.deepEqual(server.errors, [])
     client.destroy()
@@ -443,7 +443,7 @@ describe('transmission', () => {
   test('a silent server: requests time out and fail, nothing hangs', async () => {
     const server = await serve(async (peer) => { await peer.negotiate(); await peer.closed() })
     const client = await NbdClient.connect(server.uri(), { requestTimeout: 300 })
-    await rejectsWithCode(client.read(0, 512), 'NBD_ERR_TIMEOUT', 3000, /no reply to NBD_CMD_READ within 300 ms/)
+    await rejectsWithCode(client.read(512, 0), 'NBD_ERR_TIMEOUT', 3000, /no reply to NBD_CMD_READ within 300 ms/)
     client.destroy()
   })
 
@@ -470,7 +470,7 @@ describe('transmission', () => {
       for (const r of reqs) peer.offsetHole(r, r.offset + 2048n, 2048)
     })
     const client = await NbdClient.connect(server.uri(), fast)
-    const got = await within(Promise.all([0, 1, 2, 3].map((i) => client.read(i * 4096, 4096))), 3000)
+    const got = await within(Promise.all([0, 1, 2, 3].map((i) => client.read(4096, i * 4096))), 3000)
     got.forEach((buf, i) => {
       assert.deepEqual(buf.subarray(0, 2048), Buffer.alloc(2048, i + 1))
       assert.deepEqual(buf.subarray(2048), Buffer.alloc(2048))
@@ -489,7 +489,7 @@ describe('block status', () => {
       peer.simpleReply(next.cookie, 0)
     })
     const client = await NbdClient.connect(server.uri(), { ...fast, metaContexts: Object.keys(contexts) })
-    return { client, result: client.blockStatus(0, 65536) }
+    return { client, result: client.blockStatus(65536, 0) }
   }
 
   test('an unselected context id', async () => {
@@ -547,9 +547,9 @@ describe('extended headers', () => {
     })
     const client = await NbdClient.connect(server.uri(), fast)
     assert.equal(client.info.mode, 'extended')
-    assert.deepEqual(await client.read(4096, 100), Buffer.alloc(100, 7))
+    assert.deepEqual(await client.read(100, 4096), Buffer.alloc(100, 7))
     await client.write(Buffer.alloc(512, 1), 8192)
-    assert.deepEqual((await client.blockStatus(0, 8192)).get('base:allocation'), [{ offset: 0, length: 4096, flags: 0 }, { offset: 4096, length: 4096, flags: 3 }])
+    assert.deepEqual((await client.blockStatus(8192, 0)).get('base:allocation'), [{ offset: 0, length: 4096, flags: 0 }, { offset: 4096, length: 4096, flags: 3 }])
     await client.close()
     const write = seen.find((r) => r.type === NBD_CMD.WRITE)!
     assert.equal(write.flags & NBD_CMD_FLAG.PAYLOAD_LEN, NBD_CMD_FLAG.PAYLOAD_LEN, 'WRITE carries PAYLOAD_LEN')

@@ -37,7 +37,7 @@ test("connections: 'auto' opens 4 where multi-conn is allowed, 1 where it is not
 test('light traffic stays on one connection; heavy traffic uses all of them; data agrees across them', async () => {
   const s = await nbdkit(['memory', '64M'], 'spread')
   const client = await NbdClient.connect(s.uri(), { connections: 4, maxInFlight: 16 })
-  for (let i = 0; i < 20; i++) await client.read(i * 4096, 4096)
+  for (let i = 0; i < 20; i++) await client.read(4096, i * 4096)
   const light = client.connectionInfo().map((c) => c.stats.requests.read)
   assert.deepEqual(light, [20, 0, 0, 0], 'one request at a time: the first connection only')
 
@@ -46,7 +46,7 @@ test('light traffic stays on one connection; heavy traffic uses all of them; dat
   const writes = client.connectionInfo().map((c) => c.stats.requests.write)
   assert.ok(writes.every((n) => n > 0), `256 writes at once use every connection: ${writes.join(', ')}`)
   // Read back over whichever connections: every block is what was written.
-  const back = await Promise.all(blocks.map((_, i) => client.read(i * K64, K64)))
+  const back = await Promise.all(blocks.map((_, i) => client.read(K64, i * K64)))
   back.forEach((b, i) => { assert.ok(b.equals(blocks[i]!), `block ${i}`) })
   await client.close()
 })

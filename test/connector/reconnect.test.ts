@@ -10,7 +10,7 @@ import diagnostics from 'node:diagnostics_channel'
 import path from 'node:path'
 import { after, describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { NbdClient, stateChannel, type NbdClientState } from '../../src/index.ts'
+import { NbdClient, type NbdClientState } from '../../src/index.ts'
 import { liveHandles, rejectsWithCode, within, handled } from '../helpers/assert.ts'
 import { FakeServer } from '../helpers/fake-server.ts'
 import { writeVerifyLoad } from '../helpers/load.ts'
@@ -52,7 +52,7 @@ describe('reconnect', () => {
       const rounds = await within(load, 30_000, 'the load')
       assert.ok(rounds > 250, `load ran (${rounds} write + verify rounds)`)
       assert.deepEqual(states, ['CONNECTING_WAIT', 'CONNECTED'])
-      const stats = client.stats
+      const stats = client.stats()
       assert.equal(stats.reconnects, 1)
       assert.ok(stats.retriedRequests > 0, 'requests in flight at the kill were sent again')
       assert.equal(stats.failedByDelay, 0)
@@ -70,20 +70,20 @@ describe('reconnect', () => {
     await server.stop('SIGKILL')
     const killed = Date.now()
     // Requests issued during the outage wait, then fail with the typed delay error.
-    const waiters = Array.from({ length: 8 }, (_, i) => handled(client.read(i * 4096, 4096)))
+    const waiters = Array.from({ length: 8 }, (_, i) => handled(client.read(4096, i * 4096)))
     for (const w of waiters) await rejectsWithCode(w, 'NBD_ERR_RECONNECT_DELAY', 5000)
     const waited = Date.now() - killed
     assert.ok(waited < 1000 + 1000, `waiters failed within delay + 1 s (${waited} ms)`)
     assert.equal(client.state, 'CONNECTING_NOWAIT')
     const started = Date.now()
-    await rejectsWithCode(client.read(0, 512), 'NBD_ERR_RECONNECT_DELAY', 1000)
+    await rejectsWithCode(client.read(512, 0), 'NBD_ERR_RECONNECT_DELAY', 1000)
     assert.ok(Date.now() - started < 200, 'new requests fail at once while NOWAIT')
-    assert.ok(client.stats.failedByDelay >= 8)
+    assert.ok(client.stats().failedByDelay >= 8)
     await server.restart()
     const connected = (): boolean => client.state === 'CONNECTED'
     for (let i = 0; !connected() && i < 200; i++) await sleep(20)
     assert.ok(connected(), 'the connector came back on its own')
-    assert.deepEqual(await client.read(0, 4096), Buffer.alloc(4096, 1))
+    assert.deepEqual(await client.read(4096, 0), Buffer.alloc(4096, 1))
     await client.close()
   })
 
@@ -91,7 +91,7 @@ describe('reconnect', () => {
     const { server } = await fileServer('cancel', MiB)
     const client = await NbdClient.connect(server.uri(), { reconnectDelay: 60_000, backoff: fastBackoff })
     await server.stop('SIGKILL')
-    const waiting = handled(client.read(0, 512))
+    const waiting = handled(client.read(512, 0))
     await sleep(200)
     const started = Date.now()
     client.cancelInFlight()
@@ -124,12 +124,11 @@ describe('reconnect', () => {
     await within(load, 30_000, 'the load')
     const elapsed = Date.now() - started
     assert.ok(elapsed < 60_000, `50 restarts took ${elapsed} ms`)
-    assert.equal(client.stats.reconnects, 50)
+    assert.equal(client.stats().reconnects, 50)
     await client.close()
     diagnostics.unsubscribe('nbdts:client:state', onPublish)
     process.off('warning', onWarning)
     assert.ok(published.length >= 100, 'every state change was published on the diagnostics channel')
-    assert.equal(stateChannel.name, 'nbdts:client:state')
     const { stdout } = await run('nbdcopy', [server.uri(), '-'])
     assert.ok(stdout.equals(model))
     await sleep(50)
@@ -148,7 +147,7 @@ describe('reconnect', () => {
     stops.push(() => second.stop())
     await rejectsWithCode(pending, 'NBD_ERR_SERVER_CHANGED', 10_000, /size changed from 8388608 to 16777216/)
     assert.equal(client.state, 'QUIT')
-    await rejectsWithCode(client.read(0, 1), 'NBD_ERR_SERVER_CHANGED', 1000)
+    await rejectsWithCode(client.read(1, 0), 'NBD_ERR_SERVER_CHANGED', 1000)
     await second.stop()
     const lines = readFileSync(log, 'utf8').split('\n')
     assert.deepEqual(lines.filter((l) => / (Read|Write|Zero|Trim|Flush|Extents|Cache) id=/.test(l)), [], 'no request reached the new server')
@@ -159,14 +158,14 @@ describe('reconnect', () => {
     const { server } = await fileServer('sigterm', 4 * MiB, { filters: ['--filter=delay'], params: ['delay-read=1'] })
     const client = await NbdClient.connect(server.uri(), { reconnectDelay: 20_000, backoff: fastBackoff })
     await client.write(Buffer.alloc(8192, 7), 0)
-    const reads = [client.read(0, 4096), client.read(4096, 4096)]
+    const reads = [client.read(4096, 0), client.read(4096, 4096)]
     await sleep(200)
     await server.stop('SIGTERM')
     await server.restart()
     const results = await within(Promise.all(reads), 15_000)
     for (const r of results) assert.deepEqual(r, Buffer.alloc(4096, 7))
-    assert.equal(client.stats.serverErrors, 0, 'ESHUTDOWN was not reported as a data error')
-    assert.equal(client.stats.reconnects, 1)
+    assert.equal(client.stats().serverErrors, 0, 'ESHUTDOWN was not reported as a data error')
+    assert.equal(client.stats().reconnects, 1)
     await client.close()
   })
 
@@ -175,7 +174,7 @@ describe('reconnect', () => {
     const { server } = await fileServer('closeaway', MiB)
     const client = await NbdClient.connect(server.uri(), { reconnectDelay: 60_000, backoff: fastBackoff })
     await server.stop('SIGKILL')
-    const waiting = handled(client.read(0, 512))
+    const waiting = handled(client.read(512, 0))
     await sleep(100)
     await within(client.close(), 1000)
     await rejectsWithCode(waiting, 'NBD_ERR_CLOSED', 1000)
@@ -238,7 +237,7 @@ describe('open timeout', () => {
     stops.push(() => server.stop())
     const client = await within(connecting, 10_000)
     assert.equal(client.size, MiB)
-    assert.ok(client.stats.connectFailures > 0)
+    assert.ok(client.stats().connectFailures > 0)
     await client.close()
   })
 })

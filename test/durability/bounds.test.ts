@@ -39,7 +39,7 @@ describe('a replay that never finishes', () => {
       const hung = await scene.nbdkit(`hang${connections}`, volatileFile(image, ['delay'], ['delay-write=1000']))
       const started = performance.now()
       const write = handled(settled(client.write(pattern(2, 4 * KiB), 4 * MiB)))
-      const read = handled(settled(client.read(6 * MiB, 4 * KiB)))
+      const read = handled(settled(client.read(4 * KiB, 6 * MiB)))
       const flush = handled(settled(client.flush()))
       const bound = RECONNECT_DELAY + REQUEST_TIMEOUT + SLACK
       const results = await within(Promise.all([write, read, flush]), bound + 5000, 'the write, read and FLUSH')

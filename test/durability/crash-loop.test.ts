@@ -30,8 +30,8 @@ function firstWrong (image: Buffer, model: Buffer): number {
 
 async function someConnected (client: NbdClient): Promise<void> {
   const deadline = Date.now() + 15_000
-  while (!client.states.includes('CONNECTED')) {
-    if (Date.now() > deadline) throw new Error(`no connection back within 15 s: ${client.states.join(', ')}`)
+  while (!client.states().includes('CONNECTED')) {
+    if (Date.now() > deadline) throw new Error(`no connection back within 15 s: ${client.states().join(', ')}`)
     await sleep(5)
   }
 }
@@ -66,9 +66,9 @@ describe('multi-conn crash loop', () => {
       await someConnected(client)
       await within(client.flush(), 20_000, `the FLUSH of cycle ${cycle}`)
       const wrong = firstWrong(readFileSync(image), model)
-      flushes.push(client.states.join('/'))
+      flushes.push(client.states().join('/'))
       assert.equal(wrong, -1, `cycle ${cycle}: the FLUSH succeeded but the image lacks the acknowledged write at ${wrong} (states ${flushes.join(', ')})`)
-      const back = await within(client.read(0, 64 * LEN), 20_000, 'a read-back')
+      const back = await within(client.read(64 * LEN, 0), 20_000, 'a read-back')
       assert.equal(firstWrong(back, model.subarray(0, 64 * LEN)), -1, `cycle ${cycle}: a read returned stale data`)
       await batch(cycle)
     }

@@ -57,7 +57,7 @@ function load (client: NbdClient, model: Buffer, until: () => boolean): Promise<
       if (randomInt(3) === 0) {
         const at = (w * BLOCKS + randomInt(BLOCKS)) * BLOCK
         try {
-          const back = await client.read(at, BLOCK)
+          const back = await client.read(BLOCK, at)
           result.reads++
           if (!back.equals(model.subarray(at, at + BLOCK))) result.stale.push(`read at ${at} after ${result.writes} writes`)
         } catch (err) {
@@ -82,7 +82,7 @@ async function crashes (server: RunningServer, cycles: number, upMs: number): Pr
 /** The last FLUSH, then the image file as the server left it on disk. */
 async function finalImage (client: NbdClient, server: RunningServer, image: string, model: Buffer): Promise<void> {
   await within(client.flush(), 20_000, 'the final FLUSH')
-  const back = await within(client.read(0, SIZE), 20_000, 'the final read')
+  const back = await within(client.read(SIZE, 0), 20_000, 'the final read')
   const wrongInClient = firstWrongBlock(back, model)
   await client.close()
   await server.stop('SIGKILL')
@@ -118,7 +118,7 @@ describe('multi-conn: connections lost in quick succession under writes', () => 
       await sleep(300)
       stop = true
       const result = await within(running, 30_000, 'the load')
-      t.diagnostic(`${result.writes} writes, ${result.reads} reads, ${client.stats.reconnects} reconnects`)
+      t.diagnostic(`${result.writes} writes, ${result.reads} reads, ${client.stats().reconnects} reconnects`)
       assert.deepEqual(result.failures, [], 'no request failed')
       assert.deepEqual(result.stale, [], 'no read returned anything but the last acknowledged write')
       assert.ok(result.writes > 100, `the load ran (${result.writes} writes)`)
@@ -140,7 +140,7 @@ describe('multi-conn: connections lost in quick succession under writes', () => 
     await sleep(1500)
     stop = true
     const result = await within(running, 30_000, 'the load')
-    t.diagnostic(`${result.writes} writes, ${result.reads} reads, ${client.stats.reconnects} reconnects`)
+    t.diagnostic(`${result.writes} writes, ${result.reads} reads, ${client.stats().reconnects} reconnects`)
     assert.deepEqual(result.failures, [], 'no request failed')
     assert.deepEqual(result.stale, [], 'no read returned anything but the last acknowledged write')
     assert.ok(result.writes > 100, `the load ran (${result.writes} writes)`)

@@ -63,8 +63,8 @@ export function pattern (tag: number, length: number): Buffer {
 /** Waits until every connection of `client` is connected, `ms` at most. */
 export async function connected (client: NbdClient, ms = 15_000): Promise<void> {
   const deadline = Date.now() + ms
-  while (!client.states.every((s) => s === 'CONNECTED')) {
-    if (Date.now() > deadline) throw new Error(`not connected within ${ms} ms: ${client.states.join(', ')}`)
+  while (!client.states().every((s) => s === 'CONNECTED')) {
+    if (Date.now() > deadline) throw new Error(`not connected within ${ms} ms: ${client.states().join(', ')}`)
     await sleep(10)
   }
 }

@@ -26,7 +26,7 @@ test('GETATTR on a 1 TiB export mapped 1 MiB per request: answered at once, boun
     sizeBigInt: SIZE,
     metaContexts: ['base:allocation'],
     // Every answer covers 1 MiB of hole: walking 1 TiB would take a million requests.
-    blockStatus: async (offset: bigint, length: number) => {
+    blockStatus: async (length: number, offset: bigint) => {
       calls++
       running++
       mostAtOnce = Math.max(mostAtOnce, running)

@@ -27,7 +27,7 @@ function rig (options: { readonly?: boolean, keepCache?: boolean } = {}): { fs: 
     sizeBigInt: 1n << 20n,
     metaContexts: [],
     canZero: true,
-    punchHole: async (offset: bigint, length: number) => { zeroed.push([offset, length]) }
+    punchHole: async (length: number, offset: bigint) => { zeroed.push([offset, length]) }
   }
   const fs = new ExportFileSystem(channel as unknown as FuseChannel, {
     client: client as unknown as NbdClient, layout: { kind: 'file' }, readonly: options.readonly === true,

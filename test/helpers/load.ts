@@ -27,7 +27,7 @@ export function writeVerifyLoad (client: NbdClient, model: Buffer, until: () => 
       const data = randomBytes(1 + randomInt(maxWrite))
       await client.write(data, offset)
       data.copy(model, offset)
-      const back = await client.read(offset, data.length)
+      const back = await client.read(data.length, offset)
       assert.ok(back.equals(data), `read-back at ${offset}+${data.length}`)
       if (options.flushEvery !== undefined && options.flushEvery > 0 && randomInt(options.flushEvery) === 0) await client.flush()
       rounds++

@@ -47,9 +47,9 @@ describe('multipath', () => {
     load.catch(() => {})
     const watch = setInterval(() => { longest = Math.max(longest, Date.now() - last) }, 5)
     await sleep(500)
-    const before = client.stats.requests.write
+    const before = client.stats().requests.write
     await a.stop('SIGKILL')
-    await until('writes going on over path 2', () => client.stats.requests.write > before + 200)
+    await until('writes going on over path 2', () => client.stats().requests.write > before + 200)
     const during = client.paths()
     assert.equal(during[0]!.state, 'failed')
     assert.equal(during[1]!.active, true)
@@ -62,10 +62,10 @@ describe('multipath', () => {
     clearInterval(ticker)
     clearInterval(watch)
     assert.ok(rounds > 300, `the load ran (${rounds} rounds)`)
-    assert.equal(client.stats.failedByDelay, 0)
+    assert.equal(client.stats().failedByDelay, 0)
     assert.ok(client.connectionInfo().every((c) => c.path === 1), 'every connection is back on path 1')
     await client.flush()
-    const readBack = await client.read(0, 16 * MiB)
+    const readBack = await client.read(16 * MiB, 0)
     assert.ok(readBack.equals(model), 'every acknowledged write is there')
     await client.close()
     // A hang detector only; the stall itself is measured in bench/multipath.ts.
@@ -86,14 +86,14 @@ describe('multipath', () => {
       assert.equal(client.paths()[1]!.active, true)
       // New I/O goes over path 2, not into the hung server's queue.
       await within(client.write(Buffer.alloc(4096, 2), 8192), 5000, 'a write after the failover')
-      assert.equal((await within(client.read(8192, 4096), 5000, 'a read after the failover'))[0], 2)
+      assert.equal((await within(client.read(4096, 8192), 5000, 'a read after the failover'))[0], 2)
       // The second connection may still be on its way over (its own hung link drains first).
       await until('every connection moved to path 2', () => client.connectionInfo().every((c) => c.path === 2), 10_000)
     } finally {
       process.kill(a.pid, 'SIGCONT')
     }
     await until('failback to path 1 once it answers again', () => client.paths()[0]!.state === 'ready' && client.paths()[0]!.active)
-    assert.equal((await client.read(0, 4096))[0], 1)
+    assert.equal((await client.read(4096, 0))[0], 1)
     await client.close()
   })
 
@@ -110,7 +110,7 @@ describe('multipath', () => {
     assert.equal(client.paths()[1]!.active, true, 'no failback without the administrator')
     client.switchPath(1)
     await until('connections on path 1', () => client.connectionInfo().every((c) => c.path === 1))
-    assert.deepEqual(await client.read(0, 8192), Buffer.concat([Buffer.alloc(4096, 1), Buffer.alloc(4096, 2)]))
+    assert.deepEqual(await client.read(8192, 0), Buffer.concat([Buffer.alloc(4096, 1), Buffer.alloc(4096, 2)]))
     await client.close()
   })
 
@@ -131,7 +131,7 @@ describe('multipath', () => {
     stop = true
     await within(load, 20_000)
     await client.flush()
-    assert.ok((await client.read(0, 16 * MiB)).equals(model))
+    assert.ok((await client.read(16 * MiB, 0)).equals(model))
     await client.close()
   })
 
@@ -183,10 +183,10 @@ describe('multipath', () => {
     client.reinstatePath(1)
     await until('path 1 back (failback)', () => client.paths()[0]!.state === 'ready' && client.connectionInfo().every((c) => c.path === 1))
     await Promise.all([a.stop('SIGKILL'), b.stop('SIGKILL')])
-    await rejectsWithCode(client.read(0, 512), 'NBD_ERR_RECONNECT_DELAY', 5000)
+    await rejectsWithCode(client.read(512, 0), 'NBD_ERR_RECONNECT_DELAY', 5000)
     await b.restart()
     await until('I/O works again', () => client.state === 'CONNECTED', 10_000)
-    assert.deepEqual(await within(client.read(0, 512), 5000), Buffer.alloc(512, 1))
+    assert.deepEqual(await within(client.read(512, 0), 5000), Buffer.alloc(512, 1))
     await client.close()
   })
 })

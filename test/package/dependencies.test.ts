@@ -51,8 +51,8 @@ test('the nbdts entry point exports the API and nothing the package keeps for it
   const api = await import('../../src/index.ts')
   assert.deepEqual(Object.keys(api).sort(), [
     'AbortedError', 'ClosedError', 'ConnectionError', 'DurabilityError', 'HandshakeError', 'InDoubtError', 'InvalidArgumentError',
-    'MountError', 'NBD_CLIENT_STATE', 'NBD_ERROR_CODES', 'NbdClient', 'NbdError', 'NotSupportedError', 'OffsetRangeError', 'ProtocolError',
-    'ReconnectDelayError', 'ServerChangedError', 'ServerError', 'TimeoutError', 'TlsError', 'UriError',
-    'createReadStream', 'createWriteStream', 'formatNbdUri', 'parseNbdUri', 'startServerCommand', 'stateChannel'
+    'MountError', 'NBD_CLIENT_STATE', 'NBD_ERROR_CODES', 'NBD_STATE_DIRTY', 'NBD_STATE_HOLE', 'NBD_STATE_ZERO', 'NbdClient', 'NbdError',
+    'NotSupportedError', 'OffsetRangeError', 'ProtocolError', 'ReconnectDelayError', 'ServerChangedError', 'ServerError', 'TimeoutError',
+    'TlsError', 'UriError', 'createReadStream', 'createWriteStream', 'formatNbdUri', 'parseNbdUri', 'startServerCommand'
   ])
 })

@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import {
-  NBD_CMD, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE, ReadAssembly, classifyChunk, maxReadChunks, encodeRequest, parseBlockStatus,
+  NBD_CMD, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE, ReadAssembly, classifyChunk, encodeRequest, parseBlockStatus,
   parseErrorChunk, parseOffsetHole, parseReplyHeader, replyHeaderSize, type ReplyHeader
 } from '../../src/protocol/index.ts'
+import { maxReadChunks } from '../../src/protocol/read-assembly.ts'
 import '../helpers/assert.ts'
 
 const protocolError = (pattern: RegExp) => (err: Error & { code?: string }) => err.code === 'NBD_ERR_PROTOCOL' && pattern.test(err.message)

@@ -149,7 +149,7 @@ test('a READ answered in one-byte chunks, backwards, hits the chunk cap (linear 
     await peer.closed()
   })
   const client = await NbdClient.connect(server.uri(), { handshakeTimeout: 5000, requestTimeout: 20_000 })
-  await rejectsWithCode(client.read(0, length), 'NBD_ERR_PROTOCOL', 20_000, /more than 576 chunks in the reply to a READ of 262144 bytes/)
+  await rejectsWithCode(client.read(length, 0), 'NBD_ERR_PROTOCOL', 20_000, /more than 576 chunks in the reply to a READ of 262144 bytes/)
   client.destroy()
 })
 

@@ -116,9 +116,9 @@ export async function runSchedule (seed: number): Promise<ScheduleResult> {
           p = c.write(data, first * BLOCK, opts).then(() => undefined)
           break
         }
-        case 'zero': p = c.writeZeroes(first * BLOCK, n * BLOCK, opts).then(() => undefined); break
-        case 'trim': p = c.trim(first * BLOCK, n * BLOCK, opts).then(() => undefined); break
-        case 'read': p = c.read(first * BLOCK, n * BLOCK, signal === undefined ? {} : { signal }); break
+        case 'zero': p = c.writeZeroes(n * BLOCK, first * BLOCK, opts).then(() => undefined); break
+        case 'trim': p = c.trim(n * BLOCK, first * BLOCK, opts).then(() => undefined); break
+        case 'read': p = c.read(n * BLOCK, first * BLOCK, signal === undefined ? {} : { signal }); break
         case 'flush': p = c.flush(signal === undefined ? {} : { signal }).then(() => undefined); break
       }
       note(`call #${op.index} ${kind}${n > 0 ? ` blocks ${first}+${n}` : ''}${id > 0 ? ` id ${id}` : ''}${fua ? ' fua' : ''}${controller !== undefined ? ' (abortable)' : ''}`)

@@ -40,7 +40,7 @@ test('exceptions thrown in other code\'s ticks while replies arrive never corrup
         await Promise.all(Array.from({ length: 64 }, async (_, i) => {
           const offset = i * 1048576
           const size = [4096, 65536, 1048576][(i + round) % 3]
-          const buf = await client.read(offset, size)
+          const buf = await client.read(size, offset)
           for (let at = 0; at < size; at += 8) if (buf.readBigUInt64BE(at) !== BigInt(offset + at)) { bad++; break }
         }))
       }

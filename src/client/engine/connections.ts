@@ -84,6 +84,9 @@ export const FAILOVER_MS = 10_000
 /** How long a link that is closing may take to finish what is on its wire, at least. */
 export const MIN_DRAIN_MS = 1000
 
+/** What requests hear while disconnect() holds the client. */
+const HELD = 'not connected to the server: disconnect() holds the client until reconnect()'
+
 export class Connections {
   /** How long requests wait for a lost server (ms); changeable at run time. */
   reconnectDelay: number
@@ -198,6 +201,7 @@ export class Connections {
         return
       case 'CONNECTING_NOWAIT': {
         const last = this.#connector.lastError ?? undefined
+        if (this.#held) throw new ConnectionError(HELD)
         if (this.#delayExpired) {
           this.#options.stats.failedByDelay++
           throw new ReconnectDelayError(`the server has been unreachable for longer than the reconnect delay (${this.#bound} ms)`, { cause: last })
@@ -318,7 +322,9 @@ export class Connections {
 
   #beginOutage (cause: Error | undefined): void {
     const delay = this.#bound
-    const message = `the server did not come back within the reconnect delay (${delay} ms)`
+    const message = this.#held
+      ? `${HELD} (requests waited the reconnect delay, ${delay} ms)`
+      : `the server did not come back within the reconnect delay (${delay} ms)`
     this.#outage.begin(delay, () => { this.#giveUpWaiting(message) },
       () => new ReconnectDelayError(message, { cause: this.#connector.lastError ?? cause }))
   }

@@ -14,7 +14,9 @@
  * setState refuses any other transition (an internal error: the engine's bookkeeping is
  * wrong). Listeners hear of a change on the next tick, once the engine is consistent again,
  * so a listener that throws (an uncaught exception, as with any event listener) can never
- * leave the engine half-way through a transition.
+ * leave the engine half-way through a transition — or earlier, at flushStateChanges(): before
+ * a failed request's caller is answered and before close() resolves, so a caller never hears
+ * of a failure before the state change that came with it.
  *
  * The outage starts when the active connection is lost and ends when the next is ready. Its
  * deadline (start + reconnectDelay) bounds every request that waits in it; a request that
@@ -51,6 +53,16 @@ const TRANSITIONS: Readonly<Record<NbdClientState, readonly NbdClientState[]>> =
   QUIT: []
 }
 
+/** Changes not yet announced, in the order they happened (over every engine). */
+const pending: Array<{ lifecycle: Lifecycle, change: StateChange }> = []
+let scheduled = false
+
+/** Announces every change not yet announced, now (from a point where the engines are consistent). */
+export function flushStateChanges (): void {
+  scheduled = false
+  for (let next = pending.shift(); next !== undefined; next = pending.shift()) Lifecycle.announce(next.lifecycle, next.change)
+}
+
 export class Lifecycle {
   #state: NbdClientState = 'CONNECTING_WAIT'
   readonly #label: string | undefined
@@ -74,11 +86,17 @@ export class Lifecycle {
     if (from === to) return false
     if (!TRANSITIONS[from].includes(to)) throw new Error(`internal: no transition from ${from} to ${to} (${reason})`)
     this.#state = to
-    if (announce) process.nextTick(Lifecycle.#announce, this, { from, to, reason })
+    if (announce) {
+      pending.push({ lifecycle: this, change: { from, to, reason } })
+      if (!scheduled) {
+        scheduled = true
+        process.nextTick(flushStateChanges)
+      }
+    }
     return true
   }
 
-  static #announce (this: void, lifecycle: Lifecycle, change: StateChange): void {
+  static announce (this: void, lifecycle: Lifecycle, change: StateChange): void {
     try {
       if (stateChannel.hasSubscribers) stateChannel.publish({ label: lifecycle.#label, ...change })
       lifecycle.#deliver(change)

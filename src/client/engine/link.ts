@@ -36,7 +36,7 @@
  *   CLOSED      the socket is gone; nothing sent on it can run any more
  */
 import { performance } from 'node:perf_hooks'
-import { ConnectionError, NbdError } from '../../errors.ts'
+import { ConnectionError, NbdError, socketError } from '../../errors.ts'
 import { NBD_CMD } from '../../protocol/constants.ts'
 import type { Connection } from '../../connector/connection.ts'
 import type { ReplyMode } from '../../protocol/reply.ts'
@@ -315,6 +315,5 @@ export class Link {
 
 export function toNbdError (err: unknown): NbdError {
   if (err instanceof NbdError) return err
-  const code = (err as NodeJS.ErrnoException | undefined)?.code
-  return new ConnectionError(`connection failed${code === undefined ? '' : ` (${code})`}`, { cause: err })
+  return socketError(err)
 }

@@ -19,6 +19,7 @@
  */
 import type { NbdCmd } from '../../protocol/constants.ts'
 import type { PayloadSink } from '../../transport/socket-reader.ts'
+import { flushStateChanges } from './lifecycle.ts'
 import type { Link } from './link.ts'
 import type { CommandResult, Reply, ReplyTarget } from './reply.ts'
 
@@ -167,6 +168,8 @@ export class Request implements PayloadSink, ReplyTarget {
   fail (err: unknown): void {
     if (this.answered) return
     this.answered = true
+    // The state change that came with the failure is announced before the caller hears of it.
+    queueMicrotask(flushStateChanges)
     this.#reject?.(err)
   }
 
