@@ -70,12 +70,12 @@ for (const transport of ['unix', 'tcp'] as const) {
         assert.equal(client.info.mode, mode)
         // One at a time: each READ's reply header is the first thing read after an idle wire.
         const serial = await copiedDuring(async () => {
-          for (let i = 0; i < 8; i++) checkPattern(await client.read(i * MiB, MiB), i * MiB)
+          for (let i = 0; i < 8; i++) checkPattern(await client.read(MiB, i * MiB), i * MiB)
         })
         // Sixteen at a time: headers follow payloads on the wire.
         const parallel = await copiedDuring(async () => {
           await Promise.all(Array.from({ length: 16 }, async (_, i) => {
-            checkPattern(await client.read((16 + i) * MiB, MiB), (16 + i) * MiB)
+            checkPattern(await client.read(MiB, (16 + i) * MiB), (16 + i) * MiB)
           }))
         })
         const share = (n: number, of: number): string => `${n} bytes, ${(100 * n / of).toFixed(3)} % of the payload`
@@ -98,13 +98,13 @@ test('nbdkit: small and large READs mixed, each lands intact (pool views and len
       await Promise.all(Array.from({ length: 32 }, async (_, i) => {
         const size = sizes[(i + round) % sizes.length]!
         const offset = (i * 2 + (round % 2)) * MiB + (i % 3) * 4096
-        checkPattern(await client.read(offset, size), offset)
+        checkPattern(await client.read(size, offset), offset)
       }))
     }
     // Only small READs: the pool reads batch replies again (nothing here is large).
     const copied = await copiedDuring(async () => {
       await Promise.all(Array.from({ length: 64 }, async (_, i) => {
-        checkPattern(await client.read(i * 4096, 4096), i * 4096)
+        checkPattern(await client.read(4096, i * 4096), i * 4096)
       }))
     })
     assert.ok(copied >= 64 * 4096, `small payloads are copied out of the pool buffers (${copied})`)
@@ -129,9 +129,9 @@ test('extended headers: a 1 MiB READ copies almost none of its payload', async (
   try {
     assert.equal(client.info.mode, 'extended')
     const copied = await copiedDuring(async () => {
-      for (let i = 0; i < 4; i++) checkPattern(await client.read(i * MiB, MiB), i * MiB)
+      for (let i = 0; i < 4; i++) checkPattern(await client.read(MiB, i * MiB), i * MiB)
       await Promise.all(Array.from({ length: 4 }, async (_, i) => {
-        checkPattern(await client.read((4 + i) * MiB, MiB), (4 + i) * MiB)
+        checkPattern(await client.read(MiB, (4 + i) * MiB), (4 + i) * MiB)
       }))
     })
     t.diagnostic(`copied ${copied} bytes, ${(100 * copied / (8 * MiB)).toFixed(3)} % of the payload`)

@@ -85,7 +85,7 @@ test('the socket is given buffers without a useUserBuffer() call per read', asyn
   handle.useUserBuffer = function (buf) { calls++; install.call(this, buf) }
   const reads = async (count: number, size: number): Promise<void> => {
     await Promise.all(Array.from({ length: 16 }, async (_, w) => {
-      for (let i = w; i < count; i += 16) await client.read((i % 64) * size % (64 * 1048576), size)
+      for (let i = w; i < count; i += 16) await client.read(size, (i % 64) * size % (64 * 1048576))
     }))
   }
   for (let phase = 0; phase < 3; phase++) {
