@@ -215,16 +215,22 @@ function failed (err: unknown, argv: readonly string[]): number {
   return 1
 }
 
-// Run when executed, not when imported by the tests. npm's bin is a symlink to this file, so
-// compare real paths.
-if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) {
-  main(process.argv.slice(2)).then((code) => {
+/**
+ * Runs a command line (process.argv.slice(2)) and leaves its exit code in process.exitCode:
+ * what the bin (bin.cts) calls, from the bundle or from this file.
+ */
+export function run (argv: readonly string[]): void {
+  main(argv).then((code) => {
     process.exitCode = code
     // A mount daemon's reader thread may still sit in a read() of /dev/fuse; it has nothing
     // left to do once we get here.
-    if (process.argv[2] === 'mount' || process.argv[2] === 'daemon') process.exit(code)
+    if (argv[0] === 'mount' || argv[0] === 'daemon') process.exit(code)
   }, (err: unknown) => {
     fail(err)
     process.exitCode = 1
   })
 }
+
+// Run when executed (`node dist/cli/main.js`, as the tests and scripts do), not when imported
+// by the tests or the bin. npm's bin is a symlink, so compare real paths.
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) run(process.argv.slice(2))
