@@ -19,7 +19,8 @@ import { extractServerCommands, serverCommandOf, withNbdTarget, type ServerComma
 import type { TlsFlags } from './tls-options.ts'
 import { UsageError } from './usage.ts'
 
-const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
+/** Read when asked for (the help, --version), not by every command. */
+const packageVersion = (): string => (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
 
 // What the CLI prints may carry a daemon's reply, a process name or a server's words: escaped.
 const out = (text: string): void => { process.stdout.write(printableLines(text) + '\n') }
@@ -49,7 +50,7 @@ export async function buildProgram (commands: ServerCommands = []): Promise<Comm
     await Promise.all([import('commander'), import('./durations.ts'), import('./tls-options.ts'), import('./copy.ts')])
   const program = new Command('nbdts')
     .description('A userspace NBD client: inspect exports, copy them, mount them as a local file, control running mounts')
-    .version(pkg.version)
+    .version(packageVersion())
     .showHelpAfterError('(nbdts --help lists the commands)')
     .exitOverride()
 
@@ -169,7 +170,7 @@ export async function main (argv: readonly string[]): Promise<number> {
   // The two command lines scripts run most, answered without commander; anything else (help,
   // a usage error) goes through it below.
   if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) {
-    out(pkg.version)
+    out(packageVersion())
     return 0
   }
   if (argv[0] === 'ctl') {
