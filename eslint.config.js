@@ -8,7 +8,7 @@ import tseslint from 'typescript-eslint'
 export default defineConfig(
   globalIgnores(['dist/**', 'docs/**', 'node_modules/**', 'bench/node_modules/**', 'bench/.build/**', 'bench/results/**', 'scratch/**', '**/*.js', '**/*.mjs', '**/*.cjs']),
   {
-    files: ['src/**/*.ts', 'test/**/*.ts', 'bench/**/*.ts', 'scripts/**/*.ts'],
+    files: ['src/**/*.ts', 'src/**/*.cts', 'test/**/*.ts', 'bench/**/*.ts', 'scripts/**/*.ts'],
     languageOptions: {
       parser: tseslint.parser,
       parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname }

@@ -1,13 +1,16 @@
 /**
- * `node --import tsx bench/startup.ts [--runs 15] [--cli PATH]`
+ * `node --import tsx bench/startup.ts [--runs 15] [--cli PATH] [--baseline PATH]`
  *
  * How long the commands people run in loops take, whole (process start to exit), against
  * `node -e 0` on the same machine: `nbdts --version`, `nbdts info URI` (an nbdkit memory
  * export on a Unix socket) and `nbdts ctl show mounts` (a daemon with no mounts on its own
  * socket), and nbdinfo for scale. The commands take turns, run after run, so a machine whose
  * speed drifts (a shared one) slows each alike; the medians and each command's median ratio
- * to `node -e 0` (of the runs side by side) are printed. Uses the built CLI (dist/), or
- * another build's dist/cli/main.js (--cli) to compare.
+ * to `node -e 0` (of the runs side by side) are printed. Uses the built bin (dist/cli/bin.cjs,
+ * as npm installs it), or another build's bin or dist/cli/main.js (--cli); --baseline adds the
+ * three commands of another build (its bin or main.js) to the same rounds, for a before/after
+ * of one run. The bins' code caches go to a directory of this run's own (XDG_CACHE_HOME), made
+ * by the warm-up round.
  */
 import { spawn, spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -17,10 +20,11 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { setTimeout as sleep } from 'node:timers/promises'
 
-const { values } = parseArgs({ options: { runs: { type: 'string', default: '15' }, cli: { type: 'string' } } })
+const { values } = parseArgs({ options: { runs: { type: 'string', default: '15' }, cli: { type: 'string' }, baseline: { type: 'string' } } })
 const runs = Number(values.runs)
-const cli = values.cli === undefined ? fileURLToPath(new URL('../dist/cli/main.js', import.meta.url)) : path.resolve(values.cli)
+const cli = values.cli === undefined ? fileURLToPath(new URL('../dist/cli/bin.cjs', import.meta.url)) : path.resolve(values.cli)
 const dir = mkdtempSync(path.join(tmpdir(), 'nbdts-startup-'))
+const env = { ...process.env, XDG_CACHE_HOME: path.join(dir, 'cache') }
 const nbdSocket = path.join(dir, 'nbd.sock')
 const ctlSocket = path.join(dir, 'ctl.sock')
 const uri = `nbd+unix:///?socket=${nbdSocket}`
@@ -33,7 +37,7 @@ async function waitFor (check: () => boolean): Promise<void> {
 function time (argv: readonly string[]): Promise<number> {
   return new Promise((resolve, reject) => {
     const started = process.hrtime.bigint()
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: 'ignore' })
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: 'ignore', env })
     child.on('error', reject)
     child.on('close', (code) => {
       if (code !== 0) reject(new Error(`${argv.join(' ')} exited ${String(code)}`))
@@ -57,6 +61,11 @@ try {
     'nbdts --version': [process.execPath, cli, '--version'],
     'nbdts info URI': [process.execPath, cli, 'info', uri],
     'nbdts ctl show mounts': [process.execPath, cli, 'ctl', '--socket', ctlSocket, 'show', 'mounts'],
+    ...(values.baseline !== undefined && {
+      'baseline --version': [process.execPath, path.resolve(values.baseline), '--version'],
+      'baseline info URI': [process.execPath, path.resolve(values.baseline), 'info', uri],
+      'baseline ctl show mounts': [process.execPath, path.resolve(values.baseline), 'ctl', '--socket', ctlSocket, 'show', 'mounts']
+    }),
     'nbdinfo URI': ['nbdinfo', uri]
   }
   const times = new Map(Object.keys(commands).map((name) => [name, [] as number[]]))

@@ -66,11 +66,12 @@ npm_install() {
 npm_install .
 
 # 3. Build dist/ (the CLI and the package entry points) when a source file is newer than it.
-if [ ! -f dist/.build-stamp ] || [ -n "$(find src tsconfig.json tsconfig.build.json package.json -newer dist/.build-stamp -print -quit)" ]; then
+if [ ! -f dist/.build-stamp ] || [ -n "$(find src tsconfig.json tsconfig.build.json package.json scripts/bundle-cli.ts -newer dist/.build-stamp -print -quit)" ]; then
   log "building dist/"
   rm -rf dist
   ./node_modules/.bin/tsc -p tsconfig.build.json
-  chmod +x dist/cli/main.js
+  node --import tsx scripts/bundle-cli.ts
+  chmod +x dist/cli/bin.cjs dist/cli/main.js
   touch dist/.build-stamp
 fi
 

@@ -19,7 +19,8 @@ import { extractServerCommands, serverCommandOf, withNbdTarget, type ServerComma
 import type { TlsFlags } from './tls-options.ts'
 import { UsageError } from './usage.ts'
 
-const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
+/** Read when asked for (the help, --version), not by every command. */
+const packageVersion = (): string => (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
 
 // What the CLI prints may carry a daemon's reply, a process name or a server's words: escaped.
 const out = (text: string): void => { process.stdout.write(printableLines(text) + '\n') }
@@ -49,7 +50,7 @@ export async function buildProgram (commands: ServerCommands = []): Promise<Comm
     await Promise.all([import('commander'), import('./durations.ts'), import('./tls-options.ts'), import('./copy.ts')])
   const program = new Command('nbdts')
     .description('A userspace NBD client: inspect exports, copy them, mount them as a local file, control running mounts')
-    .version(pkg.version)
+    .version(packageVersion())
     .showHelpAfterError('(nbdts --help lists the commands)')
     .exitOverride()
 
@@ -169,7 +170,7 @@ export async function main (argv: readonly string[]): Promise<number> {
   // The two command lines scripts run most, answered without commander; anything else (help,
   // a usage error) goes through it below.
   if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) {
-    out(pkg.version)
+    out(packageVersion())
     return 0
   }
   if (argv[0] === 'ctl') {
@@ -215,16 +216,22 @@ function failed (err: unknown, argv: readonly string[]): number {
   return 1
 }
 
-// Run when executed, not when imported by the tests. npm's bin is a symlink to this file, so
-// compare real paths.
-if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) {
-  main(process.argv.slice(2)).then((code) => {
+/**
+ * Runs a command line (process.argv.slice(2)) and leaves its exit code in process.exitCode:
+ * what the bin (bin.cts) calls, from the bundle or from this file.
+ */
+export function run (argv: readonly string[]): void {
+  main(argv).then((code) => {
     process.exitCode = code
     // A mount daemon's reader thread may still sit in a read() of /dev/fuse; it has nothing
     // left to do once we get here.
-    if (process.argv[2] === 'mount' || process.argv[2] === 'daemon') process.exit(code)
+    if (argv[0] === 'mount' || argv[0] === 'daemon') process.exit(code)
   }, (err: unknown) => {
     fail(err)
     process.exitCode = 1
   })
 }
+
+// Run when executed (`node dist/cli/main.js`, as the tests and scripts do), not when imported
+// by the tests or the bin. npm's bin is a symlink, so compare real paths.
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) run(process.argv.slice(2))

@@ -4,7 +4,8 @@
  * must not decide what `nbdts umount` waits for, and nothing is ever signalled on its word.
  *
  *   the process runs as the mount's owner (the kernel's user_id=, which a user cannot forge)
- *   its command line is an nbdts mount or an nbdts daemon (which holds many mounts)
+ *   its command line is an nbdts mount or an nbdts daemon (which holds many mounts): run as
+ *     nbdts (npm's bin link), or as the bin or the CLI module by path (bin.cjs, main.js)
  *   it holds /dev/fuse open
  *
  * A process passing all three is one the mount's owner started to serve a FUSE mount, so
@@ -33,7 +34,7 @@ export function verifyDaemon (entry: MountEntry): DaemonCheck {
   if (uids === null || Number(uids[2]) !== owner) {
     return { problem: `process ${pid} runs as uid ${uids?.[2] ?? '?'}, not as the mount's owner (uid ${owner})` }
   }
-  if (!(args.includes('mount') || args.includes('daemon')) || !args.some((a) => /(^|\/)(nbdts|main\.[jt]s)$/.test(a))) {
+  if (!(args.includes('mount') || args.includes('daemon')) || !args.some((a) => /(^|\/)(nbdts|main\.[jt]s|bin\.c[jt]s)$/.test(a))) {
     return { problem: `process ${pid} is not an nbdts mount daemon` }
   }
   let fds: string[]

@@ -9,7 +9,6 @@
  *                              superblock that does not change: the first connection's is the
  *                              reference)
  */
-import { createHash } from 'node:crypto'
 import type { ExportInfo } from '../connector/export-info.ts'
 import { checkReconnectedExport } from '../client/reconnect-check.ts'
 
@@ -25,6 +24,7 @@ export function identityProblem (reference: ExportInfo, info: ExportInfo, identi
   return undefined
 }
 
+/** node:crypto is loaded on the first digest, not by every client that imports this file (`nbdts info`). */
 export function digestOf (bytes: Uint8Array): string {
-  return createHash('sha256').update(bytes).digest('hex')
+  return process.getBuiltinModule('node:crypto').createHash('sha256').update(bytes).digest('hex')
 }

@@ -1,10 +1,20 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { cpSync, existsSync, readFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
-/** The built CLI, as users run it (npm test builds dist/ first). */
+/** The built CLI's modules (npm test builds dist/ first): every command, no bundle, no code cache. */
 export const CLI = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url))
+
+/**
+ * The bin, as npm installs it (package.json's "bin"): `info`, `ctl` and `--version` from the
+ * bundle with its code cache, the other commands from CLI.
+ */
+export const BIN = fileURLToPath(new URL('../../dist/cli/bin.cjs', import.meta.url))
+
+/** The bin's code caches during the tests: not the user's ~/.cache. */
+export const TEST_CODE_CACHE = path.join(tmpdir(), `nbdts-test-cache-${process.getuid?.() ?? 'user'}`)
 
 export interface CliResult {
   readonly code: number | null
@@ -12,9 +22,11 @@ export interface CliResult {
   readonly stderr: string
 }
 
+/** Runs the bin, as a user does. */
 export function nbdts (args: string[], options: { timeoutMs?: number, env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: options.env ?? process.env })
+    const env = { ...(options.env ?? process.env), XDG_CACHE_HOME: options.env?.XDG_CACHE_HOME ?? TEST_CODE_CACHE }
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env })
     let stdout = ''
     let stderr = ''
     child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d })

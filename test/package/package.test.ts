@@ -9,7 +9,7 @@
  */
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
@@ -43,7 +43,7 @@ before(async () => {
   // A clean checkout: the sources and the build config, no dist/; our node_modules for tsc.
   const clean = path.join(dir, 'clean')
   mkdirSync(clean)
-  for (const f of ['package.json', 'tsconfig.json', 'tsconfig.build.json', 'README.md', 'LICENSE']) cpSync(path.join(root, f), path.join(clean, f))
+  for (const f of ['package.json', 'tsconfig.json', 'tsconfig.build.json', 'README.md', 'LICENSE', 'scripts/bundle-cli.ts']) cpSync(path.join(root, f), path.join(clean, f))
   cpSync(path.join(root, 'src'), path.join(clean, 'src'), { recursive: true })
   symlinkSync(path.join(root, 'node_modules'), path.join(clean, 'node_modules'))
   const out = await sh('npm', ['pack', '--json', '--pack-destination', dir, '--loglevel=error'], clean)
@@ -259,10 +259,11 @@ console.log(JSON.stringify({ exports: listed, unnamed: [...unnamed].sort() }))
 describe('the npm package', () => {
   test('the tarball: built by prepack, what a user needs, no maps or sources, the LICENSE', () => {
     const files = packed.files.map((f) => f.path).sort()
-    for (const f of ['LICENSE', 'README.md', 'package.json', 'dist/index.js', 'dist/index.d.ts', 'dist/cli/main.js', 'dist/protocol/index.js', 'dist/streams/index.d.ts', 'dist/activation/index.js']) {
+    const bins = ['dist/cli/bin.cjs', 'dist/cli/nbdts.cjs']
+    for (const f of ['LICENSE', 'README.md', 'package.json', 'dist/index.js', 'dist/index.d.ts', 'dist/cli/main.js', ...bins, 'dist/protocol/index.js', 'dist/streams/index.d.ts', 'dist/activation/index.js']) {
       assert.ok(files.includes(f), `${f} is shipped`)
     }
-    assert.deepEqual(files.filter((f) => !/^dist\/.*\.(js|d\.ts)$/.test(f) && !['LICENSE', 'README.md', 'package.json'].includes(f)), [])
+    assert.deepEqual(files.filter((f) => !/^dist\/.*\.(js|d\.ts)$/.test(f) && !['LICENSE', 'README.md', 'package.json', ...bins].includes(f)), [])
     assert.equal(pkg.license, 'MIT')
     assert.match(readFileSync(path.join(root, 'LICENSE'), 'utf8'), /^MIT License\n\nCopyright \(c\) \d{4} nbdts contributors\n/)
     const installed = path.join(consumer, 'node_modules', 'nbdts')
@@ -361,11 +362,16 @@ export async function size (uri: string): Promise<number> {
     await sh(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', consumer], consumer)
   })
 
-  test('the nbdts bin runs', async () => {
+  test('the nbdts bin runs: --version, info from the bundle (twice: the second with its code cache), copy from the modules', async () => {
     const bin = path.join(consumer, 'node_modules', '.bin', 'nbdts')
-    assert.equal((await sh(bin, ['--version'], consumer)).stdout.trim(), pkg.version)
-    const info = JSON.parse((await sh(bin, ['info', '--json', server.uri()], consumer)).stdout) as { exports: Array<Record<string, unknown>> }
-    assert.equal(info.exports[0]!['export-size'], 4 << 20)
+    const env = { ...process.env, XDG_CACHE_HOME: path.join(consumer, 'cache') }
+    assert.equal((await sh(bin, ['--version'], consumer, env)).stdout.trim(), pkg.version)
+    for (let run = 0; run < 2; run++) {
+      const info = JSON.parse((await sh(bin, ['info', '--json', server.uri()], consumer, env)).stdout) as { exports: Array<Record<string, unknown>> }
+      assert.equal(info.exports[0]!['export-size'], 4 << 20)
+      assert.equal(readdirSync(path.join(consumer, 'cache', 'nbdts')).length, 1)
+    }
+    assert.match((await sh(bin, ['copy', '--help'], consumer, env)).stdout, /^Usage: nbdts copy/)
   })
 
   test('without koffi: the library imports and works, peer credentials say why they are unavailable', async () => {
