@@ -112,10 +112,11 @@ export class ExportFileSystem {
     this.#io.trim()
   }
 
-  /** Stops background work (the allocation count). */
+  /** Stops background work (the allocation count); the READ slab's free pages go back. */
   close (): void {
     this.#allocation.close()
     this.#tracker.close()
+    this.#io.trim()
   }
 
   /** Dispatches one request. `request` is a view of `slot`, released here or when done. */

@@ -64,11 +64,6 @@ export class IoOps {
     this.#slab = new ReadSlab(Math.min(SLAB_MAX, Math.max(SLAB_MIN, inFlight)), maxRead)
   }
 
-  /** READs whose buffer came from the heap (the slab was empty, or the read larger than a slot). */
-  get heapReads (): number {
-    return this.#slab.heapReads
-  }
-
   /** Bytes from `offset` to the end of the export, capped at `size` (0 past the end). */
   #clip (offset: number | bigint, size: number): number {
     if (this.#sizeNumber >= 0 && typeof offset === 'number') return offset >= this.#sizeNumber ? 0 : Math.min(size, this.#sizeNumber - offset)
@@ -76,7 +71,10 @@ export class IoOps {
     return remaining <= 0n ? 0 : remaining < BigInt(size) ? Number(remaining) : size
   }
 
-  /** Gives the pages of the free READ buffers back (idle after a burst). */
+  /**
+   * Gives the pages of the free READ buffers back: idle after a burst, and when the mount goes
+   * (the mapping itself stays: a READ still on the wire may write into it).
+   */
   trim (): void {
     this.#slab.trim()
   }
