@@ -10,9 +10,25 @@
 import { spawn } from 'node:child_process'
 import { closeSync, writeSync } from 'node:fs'
 
+/**
+ * V8 flags for a daemon (`nbdts mount`'s own, `nbdts daemon`), each unless this process was
+ * given it (on its command line or in NODE_OPTIONS). Semi-spaces of 4 MiB: V8 grows them to
+ * 16 MiB under load, and a daemon's young generation then holds up to 32 MiB, most of it
+ * garbage (its requests reuse their objects; what a request allocates dies with it). Measured
+ * with bench/mount-memory.ts (bench/README.md, "Mount daemon memory").
+ */
+const DAEMON_V8_FLAGS = ['--max-semi-space-size=4']
+
+/** This process's node flags, and the daemon's own where none of the same name was given. */
+export function daemonNodeFlags (execArgv: readonly string[] = process.execArgv, nodeOptions = process.env.NODE_OPTIONS ?? ''): string[] {
+  const name = (flag: string): string => flag.split('=')[0]!.replaceAll('_', '-')
+  const given = new Set([...execArgv, ...nodeOptions.split(/\s+/)].map(name))
+  return [...execArgv, ...DAEMON_V8_FLAGS.filter((flag) => !given.has(name(flag)))]
+}
+
 /** Runs this program again with `args` (a subcommand and its options), detached; resolves with the words after "ready". */
 export async function detach (args: readonly string[]): Promise<string[]> {
-  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, ...args, '--foreground', '--ready-fd', '3'],
+  const child = spawn(process.execPath, [...daemonNodeFlags(), process.argv[1]!, ...args, '--foreground', '--ready-fd', '3'],
     { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'pipe'] })
   const answer = await readyLine(child.stdio[3] as NodeJS.ReadableStream,
     new Promise<string>((resolve) => { child.once('exit', (code, signal) => { resolve(`error the daemon exited before it was ready (${code ?? signal})`) }) }))

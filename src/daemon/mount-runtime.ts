@@ -27,6 +27,18 @@ export type MountState = 'starting' | 'up' | 'failed' | 'removing'
 /** Where a mount came from: the config file, `add mount` on the control socket, `nbdts mount`. */
 export type MountOrigin = 'config' | 'ctl' | 'command line'
 
+/**
+ * A mount's replay ring (the write ledger's copies of acknowledged writes no FLUSH covered
+ * yet, write-ledger.ts): 16 MiB, half the library's default, since the daemon's peak memory
+ * holds all of it (bench/mount-memory.ts: peak RSS ~16 MiB lower). What it costs: the ledger
+ * asks for a FLUSH once half the ring is taken, so FLUSHes come about twice as often under a
+ * stream of writes (1 GiB of 1 MiB writes at QD 16: ~135 NBD FLUSHes instead of 65–90), and a
+ * write acknowledged while the ring is full keeps its FUSE request (and its request slot)
+ * until a FLUSH covers it: on storage where a FLUSH is slow, large writes wait for it. 8 MiB
+ * saved ~5 MiB more for twice the FLUSHes again (~300; 4 MiB: ~500): not taken.
+ */
+const MOUNT_REPLAY_LOG = 16 * 1024 * 1024
+
 export interface MountRuntimeOptions {
   readonly uri: string
   readonly file: string
@@ -130,6 +142,7 @@ export class MountRuntime {
         openTimeout: s.openTimeout,
         maxInFlight: s.maxInFlight,
         connections: s.connections,
+        replayLog: MOUNT_REPLAY_LOG,
         // Only root may add a mount, and the URI is root's own: it may name local files.
         allowLocalFile: true,
         ...givenTls(s),

@@ -86,7 +86,8 @@ export class ExportFileSystem {
     const client = options.client
     this.#nodes = new ExportNodes(options.layout, options.access, options.readonly, client.sizeBigInt)
     this.#tracker = new RequestTracker(channel, options.log)
-    this.#io = new IoOps(channel, this.#tracker, client, this.#nodes.exportId, options.readonly, options.log)
+    // READs are at most max_pages pages (INIT below).
+    this.#io = new IoOps(channel, this.#tracker, client, this.#nodes.exportId, options.readonly, options.log, Math.ceil(options.maxWrite / 4096) * 4096)
     this.#allocation = new AllocationCounter(client, options.log, options.allocation)
     this.initialised = new Promise((resolve) => { this.#markInitialised = resolve })
   }
@@ -106,15 +107,16 @@ export class ExportFileSystem {
     return this.#tracker.idle()
   }
 
-  /** Lets go of what only a burst needs (pooled read buffers). */
+  /** Lets go of what only a burst needs (the READ slab's pages). */
   trim (): void {
     this.#io.trim()
   }
 
-  /** Stops background work (the allocation count). */
+  /** Stops background work (the allocation count); the READ slab's free pages go back. */
   close (): void {
     this.#allocation.close()
     this.#tracker.close()
+    this.#io.trim()
   }
 
   /** Dispatches one request. `request` is a view of `slot`, released here or when done. */

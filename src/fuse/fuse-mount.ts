@@ -160,7 +160,6 @@ export class FuseMount {
       busyPoll.enable(opts.busyPollUs)
       channel = new FuseChannel({ fd, slotCount: options.slots ?? 128, slotSize: IN_HEADER + WRITE_IN + maxWrite + 4096, ...(reader !== undefined && { reader }) },
         (request, slot) => { fs!.handle(request, slot) })
-      channel.onError = (err) => { log('error', `FUSE reply failed: ${err.message}`) }
       fs = new ExportFileSystem(channel, {
         client: options.client, layout, readonly, access, maxWrite, keepCache: opts.keepCache, log,
         ...(options.allocation !== undefined && { allocation: options.allocation })

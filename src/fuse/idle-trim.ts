@@ -1,9 +1,9 @@
 /**
  * Memory back after a burst. What a burst leaves resident: the request slots the kernel wrote
- * WRITEs into (128 of max_write + headers: up to ~130 MiB at max_write 1 MiB), the pooled READ
- * buffers (≤ 16 MiB) and the C heap those Buffers came from (glibc keeps freed memory). Once no
- * request has come for IDLE_MS after some did, all three are given back: slot pages with
- * MADV_DONTNEED, the pool emptied, malloc_trim(0); twice more, IDLE_MS apart, for what V8's
+ * WRITEs into (128 of max_write + headers: up to ~130 MiB at max_write 1 MiB), the READ slab's
+ * slots the replies were read into (read-slab.ts) and the C heap (glibc keeps freed memory).
+ * Once no request has come for IDLE_MS after some did, all three are given back: slot and slab
+ * pages with MADV_DONTNEED, malloc_trim(0); twice more, IDLE_MS apart, for what V8's
  * garbage collector frees meanwhile. What stays is the steady state (V8's heap, code).
  */
 import type { LogFn } from './log.ts'

@@ -13,18 +13,26 @@ import { constants } from 'node:os'
 import type { NbdClient } from '../client/nbd-client.ts'
 import { NBD_STATE_HOLE, NBD_STATE_ZERO } from '../protocol/constants.ts'
 import { FALLOC_FL, IN_HEADER, SEEK_DATA, SEEK_HOLE, WRITE_IN } from './abi.ts'
-import { BufferPool } from './buffer-pool.ts'
 import type { FuseChannel } from './channel.ts'
 import { encodeU64Out, encodeWriteOut, parseFallocateIn, parseIoIn, parseLseekIn } from './codec.ts'
 import { ERRNO } from './errno.ts'
 import type { RequestTracker } from './interrupts.ts'
 import type { LogFn } from './log.ts'
+import { ReadSlab } from './read-slab.ts'
 
 export type IoChannel = Pick<FuseChannel, 'reply' | 'replyData' | 'release'>
-type IoClient = Pick<NbdClient, 'sizeBigInt' | 'readInto' | 'write' | 'flush' | 'punchHole' | 'writeZeroes' | 'blockStatus' | 'metaContexts' | 'canFlush' | 'canZero'>
+type IoClient = Pick<NbdClient, 'sizeBigInt' | 'readInto' | 'write' | 'flush' | 'punchHole' | 'writeZeroes' | 'blockStatus' | 'metaContexts' | 'canFlush' | 'canZero'> &
+  Partial<Pick<NbdClient, 'maxInFlight' | 'connections'>>
 
 const EISDIR = -constants.errno.EISDIR
 const ALLOCATION = 'base:allocation'
+/**
+ * READ slab slots: the reads the client can have on the wire (maxInFlight × connections; a
+ * stand-in client without them: 16), within these bounds. Reads past it wait in the client's
+ * queue with a heap buffer.
+ */
+const SLAB_MIN = 16
+const SLAB_MAX = 256
 /** The most one block-status request asks about: a u32 length, block-aligned. */
 const SEEK_STEP = 0xffff_f000n
 
@@ -38,11 +46,12 @@ export class IoOps {
   readonly #size: bigint
   /** The size as a number when it is exact (every export below 8 PiB), else -1. */
   readonly #sizeNumber: number
-  readonly #pool = new BufferPool()
+  readonly #slab: ReadSlab
   /** Scratch for small replies: replies are written synchronously, so one serves all. */
   readonly #scratch = Buffer.alloc(16)
 
-  constructor (channel: IoChannel, tracker: RequestTracker, client: IoClient, exportId: number, readonly: boolean, log: LogFn) {
+  /** `maxRead`: the largest READ the kernel sends (max_pages × 4 KiB), a slab slot's size. */
+  constructor (channel: IoChannel, tracker: RequestTracker, client: IoClient, exportId: number, readonly: boolean, log: LogFn, maxRead = 1 << 20) {
     this.#channel = channel
     this.#log = log
     this.#tracker = tracker
@@ -51,6 +60,8 @@ export class IoOps {
     this.#readonly = readonly
     this.#size = client.sizeBigInt
     this.#sizeNumber = this.#size <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(this.#size) : -1
+    const inFlight = (client.maxInFlight ?? SLAB_MIN) * (client.connections ?? 1)
+    this.#slab = new ReadSlab(Math.min(SLAB_MAX, Math.max(SLAB_MIN, inFlight)), maxRead)
   }
 
   /** Bytes from `offset` to the end of the export, capped at `size` (0 past the end). */
@@ -60,9 +71,12 @@ export class IoOps {
     return remaining <= 0n ? 0 : remaining < BigInt(size) ? Number(remaining) : size
   }
 
-  /** Lets the pooled read buffers go (idle after a burst). */
+  /**
+   * Gives the pages of the free READ buffers back: idle after a burst, and when the mount goes
+   * (the mapping itself stays: a READ still on the wire may write into it).
+   */
   trim (): void {
-    this.#pool.clear()
+    this.#slab.trim()
   }
 
   read (request: Buffer, slot: number, unique: number, nodeid: number): void {
@@ -77,14 +91,16 @@ export class IoOps {
       this.#channel.reply(unique, 0)
       return
     }
-    const buffer = this.#pool.take(length)
+    const slab = this.#slab
+    const taken = slab.take(length)
+    const buffer = slab.view(taken, length)
     let replied = false
     this.#tracker.track(unique, false, () => this.#client.readInto(buffer, io.offset),
       () => {
         replied = true
-        this.#channel.replyData(unique, buffer, () => { this.#pool.give(buffer) })
+        this.#channel.replyData(unique, buffer, () => { slab.give(taken) })
       },
-      () => { if (!replied) this.#pool.give(buffer) })
+      () => { if (!replied) slab.give(taken) })
   }
 
   write (request: Buffer, slot: number, unique: number, nodeid: number): void {
