@@ -579,3 +579,30 @@ describe('extended headers', () => {
 test('no scripted server failed', () => {
   for (const s of servers) assert.deepEqual(s.errors, [])
 })
+
+describe('a reply before its request was sent whole', () => {
+  // A server may answer a write before it has read the write's payload (the spec does not
+  // forbid it). Our send of that payload then waits for the socket; if the server closes now,
+  // the reply's own payload is still buffered and unread: it must never be parsed as the next
+  // header (that would be a protocol error, and the client would quit instead of reconnecting).
+  test('an ERROR chunk for a write still being sent, then a close: a connection loss, not a protocol error', async () => {
+    const server = await serve(async (peer) => {
+      await peer.negotiate({ size: 64n * 1024n * 1024n })
+      const read = await peer.read(28)
+      const write = await peer.read(28)
+      const cookie = write.readBigUInt64BE(8)
+      void read
+      peer.errorChunk({ flags: 0, type: NBD_CMD.WRITE, cookie, offset: 0n, length: 0n, payload: undefined }, 5, 'refused before reading it')
+      await new Promise((resolve) => setTimeout(resolve, 200))
+      peer.destroy()
+    })
+    const client = await NbdClient.connect(server.uri(), { ...fast, reconnectDelay: 0 })
+    // A READ keeps receiveReplies() running; the WRITE is bigger than the socket takes at once.
+    const reading = handled(client.read(4096, 0))
+    const writing = handled(client.write(Buffer.alloc(16 * 1024 * 1024, 1), 1024 * 1024))
+    await rejectsWithCode(writing, 'NBD_ERR_CONNECTION', 5000)
+    await rejectsWithCode(reading, 'NBD_ERR_CONNECTION', 5000)
+    assert.notEqual(client.state, 'QUIT')
+    client.destroy()
+  })
+})

@@ -32,7 +32,15 @@ async function mounted (uri: string, name: string, args: string[] = []): Promise
 
 async function attachLoop (file: string): Promise<string> {
   const loop = (await run('losetup', ['-f', '--show', file])).stdout.toString().trim()
-  stops.push(async () => { await run('losetup', ['-d', loop]).catch(() => {}) })
+  // Only while it still backs our file: a test detaches it itself, and the device's name may
+  // meanwhile belong to another test file's loop (running beside this one).
+  stops.push(async () => {
+    const attached = (await run('losetup', ['-j', file]).catch(() => ({ stdout: Buffer.alloc(0) }))).stdout.toString()
+    for (const line of attached.split('\n')) {
+      const device = line.split(':')[0]!
+      if (device === loop) await run('losetup', ['-d', loop]).catch(() => {})
+    }
+  })
   return loop
 }
 

@@ -239,8 +239,19 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
     wait.then(() => { this.#attempt(req) }, (err: unknown) => { this.#end(req, false, undefined, err) })
   }
 
-  /** The receiver read `req`'s reply whole (`error` null) or its link failed under it. */
+  /**
+   * The receiver read `req`'s reply whole (`error` null) or its link failed under it. Never
+   * throws: the receiver calls it for one request after another.
+   */
   readonly #replied = (req: Request, link: Link, error: Error | null): void => {
+    try {
+      this.#repliedOrThrow(req, link, error)
+    } catch (err) {
+      this.#end(req, false, undefined, err)
+    }
+  }
+
+  #repliedOrThrow (req: Request, link: Link, error: Error | null): void {
     if (error !== null) {
       link.release(req)
       this.#failed(req, link, error)
@@ -325,6 +336,14 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
   }
 
   readonly #repliedOn = (req: Request, link: Link, error: Error | null): void => {
+    try {
+      this.#repliedOnOrThrow(req, link, error)
+    } catch (err) {
+      this.#endOn(req, false, undefined, err)
+    }
+  }
+
+  #repliedOnOrThrow (req: Request, link: Link, error: Error | null): void {
     if (error !== null) {
       link.release(req)
       this.#endOn(req, false, undefined, error)
@@ -343,7 +362,16 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
   }
 
   #endOn (req: Request, ok: boolean, result: CommandResult, error: unknown): void {
-    void req.settle(ok)
+    if (req.ended) return
+    req.ended = true
+    try {
+      void req.settle(ok)
+    } catch (err) {
+      if (ok) {
+        req.fail(err)
+        return
+      }
+    }
     if (ok) req.answer(result)
     else req.fail(error)
   }

@@ -22,6 +22,7 @@
  * told it (in a later turn, never from inside Link.fail), so nothing hangs and nothing retries
  * on a link in the middle of failing.
  */
+import { ConnectionError } from '../../errors.ts'
 import { parseReplyHeaderInto, replyHeaderSize, type ReplyHeader } from '../../protocol/reply.ts'
 import type { Link } from './link.ts'
 import { STEP } from './reply.ts'
@@ -92,11 +93,12 @@ export class Receiver {
       req.receiving = false
       this.#receiving--
     }
-    // Its header was current while it still waited for the socket (nothing is being read for
-    // it): the next header is someone else's.
+    // Its header was current while it still waited for the socket: the chunk's payload is
+    // unread, so the stream is out of step from here (its send failed: the link is failing).
     if (this.#owner === req && !this.#receiveMutex) {
       this.#owner = null
       this.#current = null
+      if (this.#link.error === null) this.#link.fail(new ConnectionError('a reply arrived for a request whose send failed, and its payload was left unread'))
       this.#receiveReplies()
     }
   }

@@ -99,9 +99,12 @@ export class Sender {
     try {
       await waitDrain(this.#link)
     } catch (err) {
-      // It will never read its reply: give its cookie back before it is sent elsewhere.
+      // It will never read its reply: give its cookie back before it is sent elsewhere. The
+      // link fails first, so that nothing reads on after a reply header of its (see
+      // Receiver.leave).
+      const error = this.#link.fail(err)
       this.#link.release(req)
-      throw this.#link.fail(err)
+      throw error
     }
   }
 
