@@ -241,34 +241,37 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
 
   /**
    * The receiver read `req`'s reply whole (`error` null) or its link failed under it. Never
-   * throws: the receiver calls it for one request after another.
+   * throws: the receiver calls it for one request after another. `#repliedOn` is the same for
+   * a command run on one link (#runOn), which is never retried.
    */
-  readonly #replied = (req: Request, link: Link, error: Error | null): void => {
+  readonly #replied = (req: Request, link: Link, error: Error | null): void => { this.#take(req, link, error, false) }
+  readonly #repliedOn = (req: Request, link: Link, error: Error | null): void => { this.#take(req, link, error, true) }
+
+  #take (req: Request, link: Link, error: Error | null, onLink: boolean): void {
     try {
-      this.#repliedOrThrow(req, link, error)
+      // The outcome is taken before the link lets go of the request: a closing link that is
+      // now idle decides on its own FLUSH by what it acknowledged, this write included.
+      let result: CommandResult
+      let failure: unknown = error
+      if (error === null) {
+        try {
+          result = this.#outcome(req, link)
+        } catch (err) {
+          failure = err
+        }
+      }
+      link.release(req)
+      if (failure === null) this.#finish(req, true, result, undefined, onLink)
+      else if (onLink) this.#endOn(req, false, undefined, failure)
+      else this.#failed(req, link, failure)
     } catch (err) {
-      this.#end(req, false, undefined, err)
+      this.#finish(req, false, undefined, err, onLink)
     }
   }
 
-  #repliedOrThrow (req: Request, link: Link, error: Error | null): void {
-    if (error !== null) {
-      link.release(req)
-      this.#failed(req, link, error)
-      return
-    }
-    // The outcome is taken before the link lets go of the request: a closing link that is now
-    // idle decides on its own FLUSH by what it acknowledged, this write included.
-    let result: CommandResult
-    try {
-      result = this.#outcome(req, link)
-    } catch (err) {
-      link.release(req)
-      this.#failed(req, link, err)
-      return
-    }
-    link.release(req)
-    this.#end(req, true, result, undefined)
+  #finish (req: Request, ok: boolean, result: CommandResult, error: unknown, onLink: boolean): void {
+    if (onLink) this.#endOn(req, ok, result, error)
+    else this.#end(req, ok, result, error)
   }
 
   /** An attempt failed: sent again after a transport failure within the bound, else the end. */
@@ -333,32 +336,6 @@ export class Engine extends EventEmitter<{ state: [StateChange] }> {
     if (sending === undefined) link.receiver.receive(req)
     else sending.then(() => { link.receiver.receive(req) }, (err: unknown) => { this.#endOn(req, false, undefined, err) })
     return result
-  }
-
-  readonly #repliedOn = (req: Request, link: Link, error: Error | null): void => {
-    try {
-      this.#repliedOnOrThrow(req, link, error)
-    } catch (err) {
-      this.#endOn(req, false, undefined, err)
-    }
-  }
-
-  #repliedOnOrThrow (req: Request, link: Link, error: Error | null): void {
-    if (error !== null) {
-      link.release(req)
-      this.#endOn(req, false, undefined, error)
-      return
-    }
-    let result: CommandResult
-    try {
-      result = this.#outcome(req, link)
-    } catch (err) {
-      link.release(req)
-      this.#endOn(req, false, undefined, err)
-      return
-    }
-    link.release(req)
-    this.#endOn(req, true, result, undefined)
   }
 
   #endOn (req: Request, ok: boolean, result: CommandResult, error: unknown): void {
