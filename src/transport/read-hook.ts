@@ -12,6 +12,10 @@
  *   lent view    ── the reader is in the middle of a large payload: the rest of it, in the
  *                   destination itself (no copy: QEMU's and libnbd's recv into the iovec)
  *
+ * A short read into a lent view is followed at once by more reads of our own (read(2) on the
+ * socket's descriptor, in the same callback) until the view is full or the socket is empty, as
+ * QEMU's receive loop does, rather than a return to epoll per piece the server could send.
+ *
  * A lent view stays with the socket until the next read, so whoever is about to drop the
  * destination (an aborted request, a dead reader) first calls reclaim(), which hands the socket
  * a pool view instead; refresh() re-decides the same way when the reader's readSize() shrank.
@@ -36,6 +40,7 @@
  * handed to consumers outside the chunk list are used synchronously (before the event loop
  * reads again), so reuse never overwrites bytes someone still needs.
  */
+import { readSync } from 'node:fs'
 import type { Socket } from 'node:net'
 
 export const READ_BUFFER_SIZE = 256 * 1024
@@ -85,7 +90,7 @@ export class ReadHook {
     buffer: (): Buffer => this.#next(),
     callback: (n: number): boolean => {
       if (this.#direct) {
-        this.#sink!.onDirect(n)
+        this.#sink!.onDirect(n < this.#lent.length ? n + this.#readOn(n) : n)
       } else {
         const view = this.#lent.subarray(0, n)
         this.#used += n
@@ -132,6 +137,52 @@ export class ReadHook {
     this.#next()
     this.#install()
   }
+
+  /**
+   * QEMU's receive loop: a read that filled only part of a lent destination is followed at
+   * once by another, in this callback, until the destination is full or the socket is empty
+   * (EAGAIN). libuv would go back to epoll after any short read; on a large reply the server's
+   * thread refills the socket while we handle the first part, so most of these reads find data,
+   * and each one saves an epoll wait, a wake-up of this thread and a turn of the event loop
+   * (strace, 1 MiB READs at QD 16 over a Unix socket: epoll waits per MiB 6.5 → 1.6, EAGAIN
+   * 0.3). An error or the end of the stream stops the loop silently: libuv's next read meets it
+   * again and reports it as usual. Returns the bytes it read.
+   */
+  #readOn (got: number): number {
+    const fd = this.#fd()
+    if (fd < 0) return 0
+    const lent = this.#lent
+    let at = got
+    // EAGAIN is an exception here; a stack trace for it would be most of its cost.
+    const limit = Error.stackTraceLimit
+    Error.stackTraceLimit = 0
+    try {
+      while (at < lent.length) {
+        const n = readSync(fd, lent, at, lent.length - at, null)
+        if (n <= 0) break
+        at += n
+      }
+    } catch {
+      // EAGAIN (empty for now), or an error libuv will report.
+    } finally {
+      Error.stackTraceLimit = limit
+    }
+    ReadHook.readOnBytes += at - got
+    return at - got
+  }
+
+  /** The socket's descriptor, once it has one (-1: none, or a handle without one, as TLS). */
+  #fd (): number {
+    if (this.#fileDescriptor < 0) {
+      const fd = (this.#socket as unknown as { _handle?: { fd?: number } | null } | null)?._handle?.fd
+      if (typeof fd === 'number') this.#fileDescriptor = fd
+    }
+    return this.#fileDescriptor
+  }
+
+  #fileDescriptor = -1
+  /** Bytes read by #readOn in this process (tests, profiles). */
+  static readOnBytes = 0
 
   /** Decides the next read's buffer; Node installs what its buffer() call returns. */
   #next (): Buffer {
