@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { libnbd, nbdtsBaseline, nbdtsCopy, nbdtsLibrary, nbdtsNoReplayLog, qemu, vates, type Contender, type RunContext } from './lib/contenders.ts'
+import { libnbd, nbdtsBaseline, nbdtsCopy, nbdtsCopyBaseline, nbdtsLibrary, nbdtsNoReplayLog, qemu, vates, type Contender, type RunContext } from './lib/contenders.ts'
 import { startServers } from './lib/exports.ts'
 import { nbdfuse, nbdtsMount } from './lib/fuse.ts'
 import { runProc } from './lib/proc.ts'
@@ -41,7 +41,8 @@ const suiteFilter = args.suite?.split(',')
 const progress = (text: string): void => { process.stderr.write(`${text}\n`) }
 
 // --baseline DIR: another build of nbdts (a worktree at an older commit, `npm ci` and built) runs
-// as a reference contender in the library, tcp, multi-conn and fuse suites: before/after in one run.
+// as a reference contender in the library, tcp, multi-conn and fuse suites (and its `nbdts copy` in
+// the copy, tls and multi-conn suites): before/after in one run.
 const baseline = args.baseline === undefined
   ? undefined
   : { dir: path.resolve(args.baseline), label: execFileSync('git', ['-C', args.baseline, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim() }
@@ -53,9 +54,9 @@ const before = (c: (dir: string, label: string) => Contender): Contender[] => ba
 const SUITES: ReadonlyArray<{ name: SuiteName, contenders: Contender[] }> = [
   { name: 'library', contenders: [nbdtsLibrary, qemu, libnbd, vates, nbdtsNoReplayLog, ...before(nbdtsBaseline)] },
   { name: 'tcp', contenders: [nbdtsLibrary, qemu, libnbd, vates, nbdtsNoReplayLog, ...before(nbdtsBaseline)] },
-  { name: 'tls', contenders: [nbdtsLibrary, nbdtsCopy, qemu, libnbd] },
-  { name: 'copy', contenders: [nbdtsLibrary, nbdtsCopy, qemu, libnbd, vates] },
-  { name: 'multi-conn', contenders: [nbdtsLibrary, nbdtsCopy, libnbd, vates, ...before(nbdtsBaseline)] },
+  { name: 'tls', contenders: [nbdtsLibrary, nbdtsCopy, qemu, libnbd, ...before(nbdtsCopyBaseline)] },
+  { name: 'copy', contenders: [nbdtsLibrary, nbdtsCopy, qemu, libnbd, vates, ...before(nbdtsCopyBaseline)] },
+  { name: 'multi-conn', contenders: [nbdtsLibrary, nbdtsCopy, libnbd, vates, ...before(nbdtsBaseline), ...before(nbdtsCopyBaseline)] },
   {
     name: 'fuse',
     contenders: [nbdtsMount(), ...(variants.length > 0 ? [] : [nbdtsMount(1)]), nbdfuse(4), ...before((dir, label) => nbdtsMount('auto', { dir, label })),

@@ -1,14 +1,16 @@
 /**
  * `node --import tsx scripts/bundle-cli.ts` (the second half of `npm run build`): the CLI's
- * quick commands (`info`, `ctl`) as one CommonJS file, dist/cli/nbdts.cjs, which
+ * quick commands (`info`, `ctl`) and `copy` as one CommonJS file, dist/cli/nbdts.cjs, which
  * the bin (src/cli/bin.cts) compiles with a V8 code cache. On Node 20 a command's start-up is
  * mostly the resolving, reading and compiling of its ES modules, ~1.5 ms each (~80 for `info`),
  * and nothing caches the compile (module.enableCompileCache() is Node ≥ 22.1): one file with a
  * code cache brings `info` within 1.5× of `node -e 0` (bench/README.md has the figures).
  *
  * What the bundle holds: src/cli/main.ts and what those commands import (the client,
- * connector, protocol, transport, the control socket's client, commander, async-mutex). The
- * long-running commands (mount, daemon, copy) are left out: the bin runs them from the modules
+ * connector, protocol, transport, the control socket's client, the copier, commander,
+ * async-mutex). `copy` is in because it is timed whole against nbdcopy: the bundle with its code
+ * cache takes ~0.11 s off each run (bench/README.md), and adds 20 KiB to the bundle. The
+ * long-running commands (mount, daemon) are left out: the bin runs them from the modules
  * tsc built (dist/cli/main.js), as before, so their imports stand in for nothing here; should
  * the bundle ever reach one, it throws. The bundle's first line carries a hash of the rest, the
  * key of its code caches; the licences of the packages inlined are appended. The modules it
@@ -26,10 +28,9 @@ const list = path.join(root, 'dist/cli/nbdts.modules.txt')
 
 /** The modules only the long-running commands import: importer (relative to root) → specifiers. */
 const LEFT_OUT: Readonly<Record<string, readonly string[]>> = {
-  'src/cli/main.ts': ['./mount.ts', './daemon.ts'],
-  'src/cli/copy.ts': ['../copy/index.ts']
+  'src/cli/main.ts': ['./mount.ts', './daemon.ts']
 }
-/** Packages resolved at run time, not inlined: koffi is native; the rest only the left-out code uses. */
+/** Packages resolved at run time, not inlined: koffi is native; cli-progress only copy's progress bar loads; the rest only the left-out code uses. */
 const EXTERNAL = ['koffi', 'prom-client', 'smol-toml', 'cli-progress']
 
 const leaveOut: Plugin = {
@@ -41,6 +42,23 @@ const leaveOut: Plugin = {
     })
     b.onLoad({ filter: /.*/, namespace: 'left-out' }, (args) => ({
       contents: `throw new Error(${JSON.stringify(`internal: ${args.path} is not in the bundle (bin.cts runs that command from main.js)`)})`,
+      loader: 'js'
+    }))
+  }
+}
+
+/**
+ * commander requires node:child_process at its top, for executable subcommands, which nbdts has
+ * none of: loading it (with the dgram, socket-list and stream code it pulls in) was ~7 ms of each
+ * `info` and `copy`. commander gets a stand-in that loads it on first use.
+ */
+const lazyChildProcess: Plugin = {
+  name: 'lazy-child-process',
+  setup (b) {
+    b.onResolve({ filter: /^node:child_process$/ }, (args) =>
+      /node_modules\/commander\//.test(args.importer) ? { path: 'node:child_process', namespace: 'lazy-builtin' } : undefined)
+    b.onLoad({ filter: /.*/, namespace: 'lazy-builtin' }, (args) => ({
+      contents: `let real; module.exports = new Proxy({}, { get: (_, key) => (real ??= require(${JSON.stringify(args.path)}))[key] })`,
       loader: 'js'
     }))
   }
@@ -61,7 +79,7 @@ const result = await build({
   // libc.ts requires koffi from it), made when first asked for.
   define: { 'import.meta.url': '__bundle.url' },
   banner: { js: 'const __bundle = { get url () { return require(\'node:url\').pathToFileURL(__filename).href } };' },
-  plugins: [leaveOut],
+  plugins: [leaveOut, lazyChildProcess],
   // Whitespace only (names stay, for stack traces): a third less to read at each start, ~18 ms
   // of `info`'s CPU time (bench/README.md); renaming saves nothing more.
   minifyWhitespace: true,

@@ -23,7 +23,9 @@
  * The server ends with stop(), with this process (an exit hook, and PR_SET_PDEATHSIG through
  * setpriv(1) where it is installed, for a SIGKILL of ours), or on its own.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
+// node:child_process (and the dgram, net and stream code it loads) is imported when a server is
+// started: `copy` and `info` load this module for every URI, and most name no command.
+import type { ChildProcess } from 'node:child_process'
 import { accessSync, constants, mkdtempSync, renameSync, rmSync } from 'node:fs'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
@@ -96,6 +98,7 @@ const ACTIVATE = 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"'
 export async function startServerCommand (argv: readonly string[], options: ServerCommandOptions = {}): Promise<ServerCommand> {
   if (argv.length === 0 || argv[0] === '') throw new InvalidArgumentError('the server command is empty')
   throwIfAborted(options.signal)
+  const { spawn } = await import('node:child_process')
   const dir = privateDir()
   const listenPath = path.join(dir, 'listen')
   const socketPath = path.join(dir, 'sock')

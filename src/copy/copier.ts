@@ -14,7 +14,8 @@
  * Zero runs (from BLOCK_STATUS or zero detection) are skipped when the destination already
  * reads zeroes (a new file, null:, --destination-is-zero) unless --allocated; else they become
  * the destination's zero() (a hole, WRITE_ZEROES, or written zeroes where nothing better
- * exists).
+ * exists). Zero detection does not run for null:, which discards data and zeroes alike (the
+ * extents the source reports are still skipped unread).
  *
  * The first failure stops every worker from taking new pieces; the copy settles once every
  * request has settled, then throws that failure, prefixed with the endpoint and the range.
@@ -113,7 +114,8 @@ export async function copy (src: CopySource, dst: CopyDestination, options: Copy
   }
   const skipZeroes = dst.seekable && !options.allocated && (dst.startsZero || options.destinationIsZero)
   const sequencer = dst.seekable ? undefined : new Sequencer()
-  const detect = options.sparse > 0 && dst.seekable
+  // Zero blocks matter only to a destination that keeps what it is sent.
+  const detect = options.sparse > 0 && dst.seekable && dst.discards !== true
   let dataBytes = 0
   let zeroBytes = 0
 

@@ -9,7 +9,9 @@
  * BLKZEROOUT/fallocate; --destination-is-zero skips them when the device is known to be zero).
  * A block device's size comes from /sys/dev/block/MAJ:MIN/size, since fstat says 0.
  */
-import { open, readFile, type FileHandle } from 'node:fs/promises'
+// node:fs/promises (which loads readline's and the watchers' code) is imported when a file is
+// opened: a copy between NBD exports, or to null:, has no use for it.
+import type { FileHandle } from 'node:fs/promises'
 import type { Stats } from 'node:fs'
 import { InvalidArgumentError } from '../errors.ts'
 import { writeZeroBytes, type CopyDestination, type CopySource } from './endpoint.ts'
@@ -19,6 +21,7 @@ async function deviceSize (stats: Stats, name: string): Promise<number> {
   const major = Math.floor(stats.rdev / 256) & 0xfff
   const minor = (stats.rdev & 0xff) | ((Math.floor(stats.rdev / 0x100000) & 0xfff) << 8)
   try {
+    const { readFile } = await import('node:fs/promises')
     const sectors = Number((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim())
     return sectors * 512
   } catch (err) {
@@ -44,6 +47,7 @@ async function writeFully (fh: FileHandle, data: Buffer, offset: number): Promis
 }
 
 export async function fileSource (path: string, stats: Stats): Promise<CopySource> {
+  const { open } = await import('node:fs/promises')
   const fh = await open(path, 'r')
   try {
     const size = await deviceSize(stats, path)
@@ -64,6 +68,7 @@ export async function fileSource (path: string, stats: Stats): Promise<CopySourc
 /** `stats`: the destination as it is now, undefined when it does not exist yet. */
 export async function fileDestination (path: string, stats: Stats | undefined, sourceSize: number | undefined): Promise<CopyDestination> {
   const device = stats?.isBlockDevice() === true
+  const { open } = await import('node:fs/promises')
   const fh = await open(path, device ? 'r+' : 'w')
   try {
     let size: number | undefined

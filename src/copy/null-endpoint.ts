@@ -10,6 +10,7 @@ export function nullDestination (): CopyDestination {
     preferredBlockSize: undefined,
     seekable: true,
     startsZero: true,
+    discards: true,
     write: done,
     zero: done,
     flush: done,

@@ -11,7 +11,6 @@
  * The source is opened first: a destination file is sized from it.
  */
 import { createReadStream, createWriteStream, type Stats } from 'node:fs'
-import { stat } from 'node:fs/promises'
 import { startServerCommand, type ServerCommand } from '../activation/index.ts'
 import { InvalidArgumentError } from '../errors.ts'
 import type { CopyDestination, CopySource } from './endpoint.ts'
@@ -139,6 +138,8 @@ function signalOf (options: EndpointOptions): { signal?: AbortSignal } {
 
 async function statOrUndefined (path: string): Promise<Stats | undefined> {
   try {
+    // Imported here: a copy that names no file has no use for node:fs/promises (see file-endpoint.ts).
+    const { stat } = await import('node:fs/promises')
     return await stat(path)
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined

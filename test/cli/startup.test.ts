@@ -111,8 +111,8 @@ test('ctl\'s own flag reader and commander read the same command lines, and leav
   }
 })
 
-test('the bin answers --version itself, info and ctl from its bundle, and runs the other commands from the modules', async () => {
-  for (const args of [['--version'], ['info', '--size', server.uri()], ['ctl', '--socket', daemon.socket, 'show', 'mounts']]) {
+test('the bin answers --version itself, info, ctl and copy from its bundle, and runs the other commands from the modules', async () => {
+  for (const args of [['--version'], ['info', '--size', server.uri()], ['ctl', '--socket', daemon.socket, 'show', 'mounts'], ['copy', server.uri(), 'null:']]) {
     const { code, loaded } = await imports(args, BIN)
     assert.equal(code, 0, args.join(' '))
     // The hook sees ES modules and require()d files (and the bin itself): the bundle is neither
@@ -120,18 +120,18 @@ test('the bin answers --version itself, info and ctl from its bundle, and runs t
     assertNone(loaded, [/^dist\/(?!cli\/bin\.cjs$)/, ...HEAVY], `the bin's ${args[0]!}`)
     if (args[0] === 'info') assertNone(loaded, [/node_modules\//], 'the bin\'s info')
   }
-  const { code, loaded } = await imports(['copy', '--help'], BIN)
+  const { code, loaded } = await imports(['mount', '--help'], BIN)
   assert.equal(code, 0)
-  assert.ok(loaded.some((m) => m.startsWith('dist/cli/main.js')), 'copy runs from the modules')
+  assert.ok(loaded.some((m) => m.startsWith('dist/cli/main.js')), 'mount runs from the modules')
 })
 
-test('the bundle holds the quick commands\' code and not the daemon\'s, FUSE\'s or the copier\'s, with the licences of what it inlines', () => {
+test('the bundle holds info\'s, ctl\'s and copy\'s code and not the daemon\'s or FUSE\'s, with the licences of what it inlines', () => {
   const bundle = readFileSync(path.join(path.dirname(BIN), 'nbdts.cjs'), 'utf8')
   assert.match(bundle, /^\/\/ nbdts-bundle [0-9a-f]{16} /)
   // What esbuild put in (scripts/bundle-cli.ts lists it).
   const modules = readFileSync(path.join(path.dirname(BIN), 'nbdts.modules.txt'), 'utf8').split('\n')
-  for (const inside of ['src/cli/info.ts', 'src/cli/ctl.ts', 'src/client/nbd-client.ts', 'src/control/client.ts', 'node_modules/commander/index.js']) assert.ok(modules.includes(inside), inside)
-  assertNone(modules, [/^src\/daemon\//, /^src\/fuse\//, /^src\/copy\/(copier|progress)/, /prom-client|smol-toml|cli-progress|koffi/], 'the bundle')
+  for (const inside of ['src/cli/info.ts', 'src/cli/ctl.ts', 'src/cli/copy.ts', 'src/copy/copier.ts', 'src/client/nbd-client.ts', 'src/control/client.ts', 'node_modules/commander/index.js']) assert.ok(modules.includes(inside), inside)
+  assertNone(modules, [/^src\/daemon\//, /^src\/fuse\//, /prom-client|smol-toml|cli-progress|koffi/], 'the bundle')
   assert.match(bundle, /commander@[\d.]+ \(MIT\):\n\n.*MIT License/s)
 })
 

@@ -152,6 +152,12 @@ describe('nbdts copy', () => {
     await ok(['copy', '-', stdinToFile], image)
     assert.ok(readFileSync(stdinToFile).equals(image), 'trailing zeroes from a pipe are kept (the file is sized at EOF)')
     await ok(['copy', src.uri(), 'null:'])
+    // null: keeps nothing, so nothing is searched for zero blocks: without extents every byte
+    // counts as data (to a file the same copy finds the zero blocks and leaves holes).
+    const discarded = await ok(['copy', '-v', '--no-extents', src.uri(), 'null:'])
+    assert.match(discarded.stderr, /\(24\.0 MiB data, 0\.0 MiB zero\)/)
+    const kept = await ok(['copy', '-v', '--no-extents', src.uri(), path.join(dir, 'no-extents.img')])
+    assert.match(kept.stderr, /\(2\.1 MiB data, 21\.9 MiB zero\)/)
   })
 
   test('a URI on the command line may name local files, as nbdcopy\'s may: TLS with tls-psk-file', async () => {
