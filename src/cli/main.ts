@@ -88,6 +88,7 @@ export async function buildProgram (commands: ServerCommands = []): Promise<Comm
     .option('--readonly', 'refuse writes')
     .addOption(new Option('-o, --options <list>', 'FUSE mount options, comma-separated, repeatable: allow_other, uid=N, gid=N, mode=0644, ' +
       'kernel_cache, ro, busy_poll=µs (spin before sleeping while I/O flows; default 30, 0: off), reader=drain|thread (who reads /dev/fuse), ' +
+      'readahead=KiB (root only; default 4096), blksize=N (st_blksize; default 1 MiB), ' +
       'and the mount flags exec, noexec, async, sync, atime, noatime, dirsync, max_read=N').argParser(collect).default([], ''))
     .addOption(new Option('--reconnect-delay <duration>', 'how long I/O waits for a lost server before failing with EIO').default(30_000, '30s').argParser(parseDuration))
     .addOption(new Option('--open-timeout <duration>', 'keep retrying the first connect this long').default(0, '0: one attempt').argParser(parseDuration))

@@ -38,6 +38,11 @@ export interface FileSystemOptions {
   readonly maxWrite: number
   /** Let the kernel keep the page cache across opens (-o kernel_cache). */
   readonly keepCache?: boolean
+  /**
+   * st_blksize of the export (-o blksize=). @default maxWrite: cp copies in buffers of this
+   * size, so each write(2) is one full FUSE WRITE instead of eight 128 KiB ones (bench/README.md).
+   */
+  readonly blksize?: number
   readonly log: LogFn
   readonly allocation?: AllocationOptions
 }
@@ -84,7 +89,7 @@ export class ExportFileSystem {
     this.#channel = channel
     this.#options = options
     const client = options.client
-    this.#nodes = new ExportNodes(options.layout, options.access, options.readonly, client.sizeBigInt)
+    this.#nodes = new ExportNodes(options.layout, options.access, options.readonly, client.sizeBigInt, options.blksize ?? options.maxWrite)
     this.#tracker = new RequestTracker(channel, options.log)
     // READs are at most max_pages pages (INIT below).
     this.#io = new IoOps(channel, this.#tracker, client, this.#nodes.exportId, options.readonly, options.log, Math.ceil(options.maxWrite / 4096) * 4096)

@@ -29,6 +29,7 @@ import { describeHolders } from './holders.ts'
 import type { LogFn } from './log.ts'
 import { parseMountOptions } from './mount-options.ts'
 import { pinMountTarget, type PinnedTarget } from './mount-point.ts'
+import { DEFAULT_READAHEAD_KIB, setReadahead } from './readahead.ts'
 import { connectionNumber, mountFuse, nbdtsMountAt, nbdtsMountWithSource, unmount } from './mount-table.ts'
 import { directoryMode, type Layout } from './nodes.ts'
 import { trimHeap } from '../util/libc.ts'
@@ -162,6 +163,7 @@ export class FuseMount {
         (request, slot) => { fs!.handle(request, slot) })
       fs = new ExportFileSystem(channel, {
         client: options.client, layout, readonly, access, maxWrite, keepCache: opts.keepCache, log,
+        ...(opts.blksize !== undefined && { blksize: opts.blksize }),
         ...(options.allocation !== undefined && { allocation: options.allocation })
       })
       // The kernel sends INIT right after mount(2); nothing works until it is answered.
@@ -175,6 +177,9 @@ export class FuseMount {
         clearTimeout(timer)
       }
       await fs.allocation.step(1000, 4096)
+      if (!setReadahead(entry.device, opts.readaheadKiB ?? DEFAULT_READAHEAD_KIB) && opts.readaheadKiB !== undefined) {
+        log('warn', `-o readahead=${opts.readaheadKiB} ignored: only root may set a mount's readahead`)
+      }
       const mount = new FuseMount({ path: target, layout, readonly, channel, fs, client: options.client, log, connection: connectionNumber(entry) })
       log('info', `mounted ${mount.file} (${readonly ? 'read-only' : 'read-write'}, ${options.client.sizeBigInt} bytes, ${uid === 0 ? 'mount(8)' : 'fusermount3'}, -o ${kernel.join(',')}, ${channel.reader} reader)`)
       return mount

@@ -3,7 +3,9 @@
  *
  *   ours          allow_other, uid=N, gid=N, mode=OCTAL, kernel_cache, ro / rw,
  *                 busy_poll=µs (spin before sleeping while requests flow; 0 turns it off),
- *                 reader=drain|thread (who reads /dev/fuse: device-reader.ts)
+ *                 reader=drain|thread (who reads /dev/fuse: device-reader.ts),
+ *                 readahead=KiB (the mount's readahead, root only: readahead.ts; default 4096),
+ *                 blksize=N (the export's st_blksize, a power of two; default max_write, 1 MiB)
  *   passed on     the mount flags fusermount3 knows (exec, noexec, async, sync, atime, noatime,
  *                 dirsync) and max_read=N
  *   implied       default_permissions, nosuid, nodev (accepted, always on)
@@ -32,6 +34,10 @@ export interface MountOptionSet {
   readonly busyPollUs: number
   /** Who reads /dev/fuse (device-reader.ts); undefined: drain where koffi can poll, else thread. */
   readonly reader: 'drain' | 'thread' | undefined
+  /** Readahead of the mount's bdi, KiB (set through sysfs where we may); undefined: the default. */
+  readonly readaheadKiB: number | undefined
+  /** st_blksize of the export (the buffer size cp picks); undefined: max_write (1 MiB). */
+  readonly blksize: number | undefined
   /** Passed to the kernel (mount(8) or fusermount3) as they are. */
   readonly kernel: readonly string[]
 }
@@ -55,6 +61,8 @@ export function parseMountOptions (values: readonly string[]): MountOptionSet {
   let keepCache = false
   let busyPollUs = DEFAULT_BUSY_POLL_US
   let reader: 'drain' | 'thread' | undefined
+  let readaheadKiB: number | undefined
+  let blksize: number | undefined
   const kernel: string[] = []
   for (const option of values.flatMap((v) => v.split(',')).map((o) => o.trim()).filter((o) => o !== '')) {
     const eq = option.indexOf('=')
@@ -71,12 +79,14 @@ export function parseMountOptions (values: readonly string[]): MountOptionSet {
     else if (name === 'max_read') kernel.push(`max_read=${id(option, value)}`)
     else if (name === 'busy_poll') busyPollUs = microseconds(option, value)
     else if (name === 'reader') reader = readerKind(option, value)
+    else if (name === 'readahead') readaheadKiB = id(option, value)
+    else if (name === 'blksize') blksize = powerOfTwo(option, value)
     else if (OURS.has(name)) throw new InvalidArgumentError(`mount option "${option}": nbdts sets ${name} itself`)
     else if (name === 'suid' || name === 'dev' || name === 'blkdev') throw new InvalidArgumentError(`mount option "${option}" is refused: the export is mounted nosuid,nodev as a plain file`)
     else if (name === 'allow_root') throw new InvalidArgumentError('mount option "allow_root" is not supported: allow_other with the default mode 0600 lets only you and root in')
     else throw new InvalidArgumentError(`unknown mount option "${option}" (see nbdts mount --help)`)
   }
-  return { allowOther, uid, gid, mode, readonly, keepCache, busyPollUs, reader, kernel }
+  return { allowOther, uid, gid, mode, readonly, keepCache, busyPollUs, reader, readaheadKiB, blksize, kernel }
 }
 
 function id (option: string, value: string | undefined): number {
@@ -94,6 +104,12 @@ function microseconds (option: string, value: string | undefined): number {
     throw new InvalidArgumentError(`mount option "${option}" needs microseconds, 0 to ${MAX_BUSY_POLL_US} (0: no spinning)`)
   }
   return Number(value)
+}
+
+function powerOfTwo (option: string, value: string | undefined): number {
+  const n = id(option, value)
+  if (n < 512 || n > 1 << 20 || (n & (n - 1)) !== 0) throw new InvalidArgumentError(`mount option "${option}" needs a power of two from 512 to 1048576`)
+  return n
 }
 
 function readerKind (option: string, value: string | undefined): 'drain' | 'thread' {

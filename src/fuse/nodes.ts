@@ -46,8 +46,11 @@ export class ExportNodes {
   readonly #access: Access
   readonly #size: number | bigint
   readonly #time = Math.floor(Date.now() / 1000)
+  readonly #blksize: number
 
-  constructor (layout: Layout, access: Access, readonly: boolean, size: bigint) {
+  /** `blksize`: the export's st_blksize (the I/O size cp and friends pick). */
+  constructor (layout: Layout, access: Access, readonly: boolean, size: bigint, blksize = BLKSIZE) {
+    this.#blksize = blksize
     this.layout = layout
     this.exportId = layout.kind === 'file' ? FUSE_ROOT_ID : EXPORT_ID
     this.#access = access
@@ -75,7 +78,7 @@ export class ExportNodes {
   attributes (nodeid: number, blocks: bigint): Attributes {
     const { uid, gid } = this.#access
     const base = { uid, gid, time: this.#time, blksize: BLKSIZE }
-    if (nodeid === this.exportId) return { ...base, ino: nodeid, size: this.#size, blocks, mode: this.#fileMode, nlink: 1 }
+    if (nodeid === this.exportId) return { ...base, blksize: this.#blksize, ino: nodeid, size: this.#size, blocks, mode: this.#fileMode, nlink: 1 }
     return { ...base, ino: nodeid, size: BLKSIZE, blocks: BLKSIZE / 512, mode: this.#dirMode, nlink: 2 }
   }
 

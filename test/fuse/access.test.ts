@@ -73,7 +73,9 @@ describe('access to the mounted export', () => {
       ['mode=999', /mode=999" needs permission bits in octal/],
       ['suid', /"suid" is refused/],
       ['busy_poll=501', /"busy_poll=501" needs microseconds, 0 to 500/],
-      ['reader=uring', /"reader=uring" needs drain .* or thread/]
+      ['reader=uring', /"reader=uring" needs drain .* or thread/],
+      ['blksize=1000', /"blksize=1000" needs a power of two from 512 to 1048576/],
+      ['readahead=x', /"readahead=x" needs a number/]
     ] as const) {
       const r = await nbdts(['mount', s.uri(), file, '-o', option])
       assert.equal(r.code, 1, option)

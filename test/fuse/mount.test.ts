@@ -210,6 +210,30 @@ describe('nbdts mount', () => {
     assert.equal(stdout.subarray(0, 8 * MiB).reduce((n, b) => n + (b === 0 ? 0 : 1), 0), offsets.length, 'nothing else changed')
   })
 
+  test('cp writes 1 MiB at a time (st_blksize is max_write) and root\'s mount reads ahead 4 MiB; -o blksize= and readahead= change them', async () => {
+    const log = path.join(dir, 'blksize.log')
+    const s = await server('blksize', ['--filter=log', 'memory', '8M', `logfile=${log}`])
+    const m = await mounted(s.uri(), 'blksize.img')
+    const bdi = async (file: string): Promise<number> => {
+      const device = (await run('mountpoint', ['-d', file])).stdout.toString().trim()
+      return Number(readFileSync(`/sys/class/bdi/${device}/read_ahead_kb`, 'utf8'))
+    }
+    assert.equal(statSync(m.file).blksize, MiB)
+    assert.equal(await bdi(m.file), 4096)
+    const source = path.join(dir, 'blksize-source.img')
+    writeFileSync(source, randomBytes(8 * MiB))
+    await run('cp', [source, m.file])
+    const writes = logLines(log, 'Write')
+    assert.equal(writes.length, 8, `cp sent 8 writes of 1 MiB:\n${writes.join('\n')}`)
+    for (const w of writes) assert.match(w, /count=0x100000 /)
+    assert.deepEqual(readFileSync(m.file), readFileSync(source))
+    await m.unmount()
+
+    const small = await mounted(s.uri(), 'blksize-small.img', ['-o', 'blksize=65536,readahead=512'])
+    assert.equal(statSync(small.file).blksize, 65536)
+    assert.equal(await bdi(small.file), 512)
+  })
+
   test('a directory mount shows the export as DIR/NAME', async () => {
     const s = await server('dirmode', ['pattern', '4M'])
     const m = await mounted(s.uri(), 'dirmode', ['--name', 'export.raw'], 'dir')
@@ -217,6 +241,7 @@ describe('nbdts mount', () => {
     assert.equal(m.file, path.join(m.target, 'export.raw'))
     const st = statSync(m.file)
     assert.equal(st.size, 4 * MiB)
+    assert.equal(statSync(m.target).blksize, 4096, 'the directory keeps the page size')
     const head = readFileSync(m.file).subarray(0, 16)
     assert.equal(head.readBigUInt64BE(8), 8n, 'pattern data reads through')
     assert.equal(existsSync(path.join(m.target, 'nbd')), false)
