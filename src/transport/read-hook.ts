@@ -44,6 +44,10 @@ import { readSync } from 'node:fs'
 import type { Socket } from 'node:net'
 
 export const READ_BUFFER_SIZE = 256 * 1024
+/** The most bytes one read callback reads on (see #readOn). */
+const READ_ON_MAX = 4 * 1024 * 1024
+/** Not under frozen intrinsics (a lockdown), where assigning Error.stackTraceLimit throws. */
+const canTrimStacks = Object.getOwnPropertyDescriptor(Error, 'stackTraceLimit')?.writable === true
 const POOL_LIMIT = 8
 
 export class PooledBuffer {
@@ -145,27 +149,37 @@ export class ReadHook {
    * thread refills the socket while we handle the first part, so most of these reads find data,
    * and each one saves an epoll wait, a wake-up of this thread and a turn of the event loop
    * (strace, 1 MiB READs at QD 16 over a Unix socket: epoll waits per MiB 6.5 → 1.6, EAGAIN
-   * 0.3). An error or the end of the stream stops the loop silently: libuv's next read meets it
-   * again and reports it as usual. Returns the bytes it read.
+   * 0.3). At most READ_ON_MAX bytes per callback, so that a 32 MiB reply does not hold the
+   * event loop (libuv itself stops after 32 reads). The end of the stream stops the loop and
+   * libuv's next read meets it too; an error is reported by destroying the socket with it,
+   * since read(2) reports a socket error once and libuv would then see only the end. Returns
+   * the bytes it read.
    */
   #readOn (got: number): number {
     const fd = this.#fd()
     if (fd < 0) return 0
     const lent = this.#lent
+    const end = Math.min(lent.length, got + READ_ON_MAX)
     let at = got
-    // EAGAIN is an exception here; a stack trace for it would be most of its cost.
+    let failed: Error | null = null
     const limit = Error.stackTraceLimit
-    Error.stackTraceLimit = 0
+    // EAGAIN is an exception here; a stack trace for it would be most of its cost.
+    if (canTrimStacks) Error.stackTraceLimit = 0
     try {
-      while (at < lent.length) {
-        const n = readSync(fd, lent, at, lent.length - at, null)
+      while (at < end) {
+        const n = readSync(fd, lent, at, end - at, null)
         if (n <= 0) break
         at += n
       }
-    } catch {
-      // EAGAIN (empty for now), or an error libuv will report.
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      if (code !== 'EAGAIN' && code !== 'EWOULDBLOCK' && code !== 'EINTR') failed = err as Error
     } finally {
-      Error.stackTraceLimit = limit
+      if (canTrimStacks) Error.stackTraceLimit = limit
+    }
+    if (failed !== null) {
+      const socket = this.#socket
+      process.nextTick(() => { socket?.destroy(failed) })
     }
     ReadHook.readOnBytes += at - got
     return at - got
