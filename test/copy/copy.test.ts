@@ -13,7 +13,7 @@ import { closeSync, existsSync, ftruncateSync, openSync, readFileSync, statSync,
 import path from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { within } from '../helpers/assert.ts'
-import { CLI } from '../helpers/cli.ts'
+import { BIN, TEST_CODE_CACHE } from '../helpers/cli.ts'
 import { run, startNbdkit, tempDir, type RunningServer } from '../helpers/servers.ts'
 import { makePsk } from '../helpers/tls-keys.ts'
 
@@ -26,10 +26,10 @@ let src: RunningServer
 
 interface Result { code: number | null, signal: NodeJS.Signals | null, stdout: Buffer, stderr: string }
 
-/** nbdts with stdin from `input` and stdout kept as bytes. */
+/** nbdts (the bin, as npm installs it: copy runs from the bundle) with stdin from `input` and stdout kept as bytes. */
 function nbdts (args: string[], options: { input?: Buffer, timeoutMs?: number, onStderr?: (text: string, pid: number) => void } = {}): Promise<Result> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['pipe', 'pipe', 'pipe'] })
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, XDG_CACHE_HOME: TEST_CODE_CACHE } })
     const out: Buffer[] = []
     let stderr = ''
     child.stdout.on('data', (d: Buffer) => out.push(d))

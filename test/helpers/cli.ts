@@ -9,7 +9,7 @@ export const CLI = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.u
 
 /**
  * The bin, as npm installs it (package.json's "bin"): `info`, `ctl` and `--version` from the
- * bundle with its code cache, the other commands from CLI.
+ * bundle with its code cache (copy too, since issue 26), the other commands from CLI.
  */
 export const BIN = fileURLToPath(new URL('../../dist/cli/bin.cjs', import.meta.url))
 
