@@ -1,6 +1,6 @@
 /**
  * `node --import tsx bench/scaling.ts [--seconds 2] [--runs 3] [--workloads 4k-randread,1m-read,4k-randwrite]
- *   [--layouts split,shared] [--workers 1,2] [--node-args '--single-threaded-gc'] [--report]`
+ *   [--layouts split,shared] [--workers 1,2] [--node-args=--single-threaded-gc] [--report]`
  *
  * Does the library win with more cores? Two shapes of the same load (bench/workers/scaling.ts):
  * today's one Node thread driving N connections of one NbdClient (multi-conn), and an engine per
