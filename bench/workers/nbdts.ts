@@ -7,6 +7,7 @@
  *         base:allocation says is a hole (as nbdcopy does); report the time from connect to close
  */
 import { pathToFileURL } from 'node:url'
+import { ioLoop } from '../lib/io-loop.ts'
 import { copyPlan, type Job, type WorkerResult } from '../lib/job.ts'
 
 const job = JSON.parse(process.argv[2]!) as Job
@@ -34,29 +35,11 @@ if (job.mode === 'copy') {
   await client.close()
   seconds = (performance.now() - t0) / 1000
 } else {
-  const blocks = Number(client.size) / job.bs
-  let next = 0
-  const offset = job.rw.startsWith('rand')
-    ? () => Math.floor(Math.random() * blocks) * job.bs
-    : () => { const o = next * job.bs; next = (next + 1) % blocks; return o }
-  const writing = job.rw.endsWith('write')
-  let stopAt = 0
-  // One buffer per request in flight, for the warm-up and the run alike (as an application would).
-  const buffers = Array.from({ length: job.qd }, () => Buffer.alloc(job.bs, 0x5a))
-  const loop = async (buf: Buffer): Promise<void> => {
-    while (performance.now() < stopAt) {
-      if (writing) await client.write(buf, offset())
-      else await client.readInto(buf, offset())
-      ops++
-    }
-  }
+  const run = ioLoop(client, job)
   // Warm up (JIT, socket buffers), then measure.
-  stopAt = performance.now() + 500
-  await Promise.all(buffers.map(loop))
-  ops = 0
+  await run(500)
   const started = performance.now()
-  stopAt = started + job.seconds * 1000
-  await Promise.all(buffers.map(loop))
+  ops = await run(job.seconds * 1000)
   seconds = (performance.now() - started) / 1000
   await client.close()
 }

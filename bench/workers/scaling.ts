@@ -13,6 +13,7 @@
 import { readFileSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads'
+import { ioLoop } from '../lib/io-loop.ts'
 
 export type Shape = 'multi-conn' | 'workers'
 
@@ -90,31 +91,13 @@ function cores (): Array<{ busy: number, total: number }> {
 async function runEngine (load: Load, ready: () => Promise<void>): Promise<EngineResult> {
   const { NbdClient } = await import(pathToFileURL(load.lib).href) as typeof import('nbdts')
   const client = await NbdClient.connect(load.uri, { maxInFlight: Math.ceil(load.qd / load.connections), connections: load.connections, ...load.options })
-  const blocks = Math.floor(client.size / load.bs)
-  let next = 0
-  const offset = load.rw.startsWith('rand')
-    ? () => Math.floor(Math.random() * blocks) * load.bs
-    : () => { const o = next * load.bs; next = (next + 1) % blocks; return o }
-  const writing = load.rw === 'randwrite'
-  let stopAt = 0
-  let ops = 0
-  const buffers = Array.from({ length: load.qd }, () => Buffer.alloc(load.bs, 0x5a))
-  const loop = async (buf: Buffer): Promise<void> => {
-    while (performance.now() < stopAt) {
-      if (writing) await client.write(buf, offset())
-      else await client.readInto(buf, offset())
-      ops++
-    }
-  }
+  const run = ioLoop(client, load)
   // Warm up (JIT, socket buffers), then wait for every engine to be ready.
-  stopAt = performance.now() + 500
-  await Promise.all(buffers.map(loop))
+  await run(500)
   await ready()
-  ops = 0
   const before = threadSched()
   const started = performance.now()
-  stopAt = started + load.seconds * 1000
-  await Promise.all(buffers.map(loop))
+  const ops = await run(load.seconds * 1000)
   const seconds = (performance.now() - started) / 1000
   const after = threadSched()
   await client.close()
